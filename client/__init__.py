@@ -1,0 +1,1 @@
+"""The ``regbench`` command line."""

@@ -1,0 +1,115 @@
+"""The one entry point that turns a spec into results: train, evaluate, log.
+
+``run(spec, tracker, workdir=...)`` trains (resuming from ``workdir/last.pt`` when it
+exists), evaluates the final model on the train, validation and test splits, and
+logs params, tags, per-epoch metrics, the final metrics, the spec and the checkpoints
+to the tracker. Analyses (attacks, boundaries, geometry, plots) join here later.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import regcore
+from regcore.data import DataSplits, load_dataset
+from regcore.spec import ExperimentSpec
+from regcore.tracking import MemoryTracker, Tracker
+from regcore.train import Callbacks, TrainResult, evaluate, train
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, Any]  # final metrics (see ``final_metrics``)
+    history: list[dict[str, float]]
+    workdir: Path
+    model_path: Path
+
+
+def environment_tags() -> dict[str, str]:
+    """Versions that make a number reproducible, logged with every run."""
+    return {
+        "regbench.version": regcore.__version__,
+        "python.version": platform.python_version(),
+        "torch.version": torch.__version__,
+    }
+
+
+def run(
+    spec: ExperimentSpec,
+    tracker: Tracker | None = None,
+    *,
+    workdir: Path,
+    data: DataSplits | None = None,
+    callbacks: Callbacks | None = None,
+    resume: bool = True,
+) -> RunResult:
+    tracker = tracker or MemoryTracker()
+    callbacks = callbacks or Callbacks()
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path = workdir / "spec.yaml"
+    spec_path.write_text(spec.to_yaml())
+
+    tracker.set_tags({"spec_hash": spec.spec_hash(), **environment_tags()})
+    tracker.log_params(spec.flat_params())
+    tracker.log_artifact(spec_path)
+
+    user_on_epoch = callbacks.on_epoch
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        tracker.log_metrics(metrics, step=epoch)
+        if user_on_epoch is not None:
+            user_on_epoch(epoch, metrics)
+
+    data = data if data is not None else load_dataset(spec.dataset, spec.training.seed)
+    result = train(
+        spec,
+        data,
+        workdir=workdir,
+        callbacks=Callbacks(callbacks.on_step, on_epoch, callbacks.should_cancel),
+        resume=resume,
+    )
+    metrics = final_metrics(spec, result, data.to(result.device))
+    tracker.log_metrics({k: float(v) for k, v in metrics.items() if _is_number(v)}, step=None)
+
+    model_path = workdir / "model.pt"
+    torch.save(
+        {"spec": spec.model_dump(mode="json"), "model": result.model.state_dict()}, model_path
+    )
+    (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    (workdir / "history.json").write_text(json.dumps(result.history, indent=1))
+    for name in ("model.pt", "last.pt"):
+        tracker.log_artifact(workdir / name, "checkpoints")
+    for name in ("metrics.json", "history.json"):
+        tracker.log_artifact(workdir / name)
+    return RunResult(metrics, result.history, workdir, model_path)
+
+
+def final_metrics(spec: ExperimentSpec, result: TrainResult, data: DataSplits) -> dict[str, Any]:
+    """Clean (eval-mode) loss and accuracy on every split, plus what identifies the run."""
+    batch = spec.training.eval_batch_size
+    metrics: dict[str, Any] = {}
+    metrics["test_loss"], metrics["test_accuracy"] = evaluate(result.model, data.test, batch)
+    metrics["train_loss"], metrics["train_accuracy"] = evaluate(result.model, data.train, batch)
+    if data.val is not None:
+        metrics["val_loss"], metrics["val_accuracy"] = evaluate(result.model, data.val, batch)
+    last = result.history[-1] if result.history else {}
+    for key, value in last.items():
+        if key.startswith("reg/"):
+            metrics[key] = value
+    metrics["epochs"] = result.epochs_run
+    metrics["best_epoch"] = result.best_epoch
+    metrics["stopped_early"] = result.stopped_early
+    metrics["seed"] = spec.training.seed
+    metrics["spec_hash"] = spec.spec_hash()
+    metrics["train_seconds"] = sum(row.get("epoch_seconds", 0.0) for row in result.history)
+    return metrics
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

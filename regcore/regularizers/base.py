@@ -1,0 +1,131 @@
+"""The regularizer interface: every hook the training loop offers, each a no-op by default.
+
+A regularizer overrides only what it needs; the loop never changes for a new one.
+Order within one training step (``regcore.train``):
+
+    model = reg.setup(model)                 once, before the optimizer exists
+    x, y = reg.transform_batch(x, y)         training batches only (noise, mixup)
+    reg.before_forward(model)                e.g. perturb weights
+    logits = model(x); data_loss = CE(logits, y)
+    term = reg.penalty(ctx)                  added to the loss, logged as reg/<name>
+    loss.backward()
+    reg.after_backward(model)                e.g. restore perturbed weights
+    reg.before_step(model, optimizer)        e.g. clip gradients
+    optimizer.step(); scheduler.step()
+    reg.after_step(ctx)                      e.g. project weights, decoupled decay
+    reg.on_epoch_end(epoch)
+
+State that must survive a resume goes through ``state_dict``/``load_state_dict``.
+Randomness comes from torch's global generator, which the loop seeds and checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from regcore.registry import ComponentParams
+
+
+@dataclass
+class StepContext:
+    """What a penalty may look at during one training step."""
+
+    model: nn.Module
+    inputs: torch.Tensor  # (B, ...) after batch transforms; requires grad if any reg asks
+    targets: torch.Tensor  # (B,)
+    logits: torch.Tensor  # (B, C)
+    data_loss: torch.Tensor  # () mean cross-entropy of the batch
+    epoch: int  # 1-based
+    step: int  # optimizer steps taken before this one (0-based, global)
+    steps_per_epoch: int
+    total_steps: int
+    lr: float  # learning rate of the first param group for this step
+
+
+class Regularizer:
+    """Base class: a registered regularizer subclasses this and sets ``Params``."""
+
+    Params: ClassVar[type[ComponentParams]]
+    needs_input_grad: ClassVar[bool] = False  # the loop sets inputs.requires_grad_(True)
+
+    def __init__(self, params: ComponentParams) -> None:
+        self.params = params
+
+    def setup(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def transform_batch(
+        self, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return inputs, targets
+
+    def before_forward(self, model: nn.Module) -> None:
+        return None
+
+    def penalty(self, ctx: StepContext) -> torch.Tensor | None:
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        return None
+
+    def before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        return None
+
+    def after_step(self, ctx: StepContext) -> None:
+        return None
+
+    def on_epoch_end(self, epoch: int) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def weight_parameters(model: nn.Module, exclude_bias_and_norm: bool) -> Iterator[nn.Parameter]:
+    """Trainable parameters; optionally only the multi-dimensional ones (no biases, no
+    norm-layer scales and shifts, no activation betas: all of those are 0- or 1-D)."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and not (exclude_bias_and_norm and parameter.ndim <= 1):
+            yield parameter
+
+
+def squared_l2_norm(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
+    """sum_i ||w_i||^2 over the given tensors."""
+    return _sum_nonempty([p.pow(2).sum() for p in parameters])
+
+
+def l1_norm(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
+    """sum_i |w_i| over the given tensors."""
+    return _sum_nonempty([p.abs().sum() for p in parameters])
+
+
+def _sum_nonempty(terms: list[torch.Tensor]) -> torch.Tensor:
+    if not terms:
+        raise ValueError("the model has no parameters that this regularizer selects")
+    return torch.stack(terms).sum()
+
+
+def build_regularizers(specs: Iterable[Any]) -> dict[str, Regularizer]:
+    """Instantiate a spec's regularizers, keyed by the name their term is logged under
+    (``l2``, or ``l2_2`` for a second l2 in the same spec)."""
+    from regcore.registries import REGULARIZERS
+
+    built: dict[str, Regularizer] = {}
+    for spec in specs:
+        key, n = spec.name, 1
+        while key in built:
+            n += 1
+            key = f"{spec.name}_{n}"
+        built[key] = REGULARIZERS.get(spec.name).target(spec.params)
+    return built

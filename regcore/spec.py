@@ -1,0 +1,336 @@
+"""ExperimentSpec: the one contract shared by the client, the API, the workers and regcore.
+
+A spec names a dataset, a model, a list of regularizers, the training recipe, the
+analyses to run afterwards and the resources it needs. Every component is written
+flat, ``{name: jacobian, weight: 0.01, n_proj: 1}``, and its params are validated by
+the params model its registry entry declares, so an unknown name or a bad value
+fails with the field path (``regularizers.0.weight``) and the valid choices.
+
+The spec hash identifies the science of an experiment: it is stable across key
+order and across defaults written out or omitted, and ignores fields marked
+``identity=False`` (labels, data locations, devices, resources).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from regcore.registries import ANALYSES, DATASETS, MODELS, REGULARIZERS
+from regcore.registry import NOT_IDENTITY, ComponentParams, Registry, UnknownComponentError
+
+
+class SpecError(ValueError):
+    """A spec that cannot be read (bad YAML/JSON, not a mapping, missing file)."""
+
+
+# --------------------------------------------------------------------------- components
+
+
+def _line_error(loc: tuple[str | int, ...], kind: str, message: str, value: Any) -> dict[str, Any]:
+    return {"type": PydanticCustomError(kind, message), "loc": loc, "input": value}
+
+
+class Component(BaseModel):
+    """A registered component chosen by name, its params checked by the entry's own model."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    registry: ClassVar[Registry]
+    key: ClassVar[str] = "name"
+
+    name: str
+    params: ComponentParams
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _from_flat(cls, data: Any, handler: Any) -> Self:
+        if isinstance(data, cls):
+            return data
+        kind = cls.registry.kind
+        if isinstance(data, str):  # shorthand: "l2" means {name: l2} with defaults
+            data = {cls.key: data}
+        if not isinstance(data, Mapping):
+            raise PydanticCustomError(
+                "component_type",
+                "expected a mapping like {{{key}: <{kind}>, ...params}}",
+                {"key": cls.key, "kind": kind},
+            )
+        raw = dict(data)
+        name = raw.pop(cls.key, None)
+        try:
+            entry = cls.registry.get(name) if isinstance(name, str) else None
+        except UnknownComponentError as exc:
+            raise ValidationError.from_exception_data(
+                cls.__name__, [_line_error((cls.key,), "unknown_component", str(exc), name)]
+            ) from None
+        if entry is None:
+            choices = ", ".join(cls.registry.names())
+            message = f"a {kind} needs a {cls.key!r}; valid choices: {choices}"
+            raise ValidationError.from_exception_data(
+                cls.__name__, [_line_error((cls.key,), "missing_component", message, data)]
+            )
+        try:
+            params = entry.params.model_validate(raw)
+        except ValidationError as exc:
+            raise _explain_unknown_params(exc, entry.params, f"{kind} {name!r}") from None
+        return cls.model_construct(name=name, params=params)
+
+    @model_serializer(mode="plain")
+    def _to_flat(self) -> dict[str, Any]:
+        return {self.key: self.name, **self.params.model_dump(mode="json")}
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "title": cls.__name__,
+            "description": f"A {cls.registry.kind}: its {cls.key!r} plus that component's own "
+            "params (see GET /api/v1/catalog).",
+            "properties": {cls.key: {"type": "string"}},
+            "required": [cls.key],
+            "additionalProperties": True,
+        }
+
+
+def _explain_unknown_params(
+    exc: ValidationError, params: type[BaseModel], what: str
+) -> ValidationError:
+    """Rewrite 'extra inputs are not permitted' so it lists the params that do exist."""
+    valid = ", ".join(params.model_fields) or "(no params)"
+    errors: list[dict[str, Any]] = []
+    for error in exc.errors():
+        if error["type"] == "extra_forbidden":
+            field = error["loc"][-1]
+            message = f"unknown parameter {field!r} for {what}; valid parameters: {valid}"
+            errors.append(_line_error(error["loc"], "unknown_parameter", message, error["input"]))
+        else:
+            errors.append(
+                _line_error(error["loc"], error["type"], error["msg"], error.get("input"))
+            )
+    return ValidationError.from_exception_data(exc.title, errors)
+
+
+class DatasetSpec(Component):
+    registry: ClassVar[Registry] = DATASETS
+
+
+class ModelSpec(Component):
+    registry: ClassVar[Registry] = MODELS
+
+
+class RegularizerSpec(Component):
+    registry: ClassVar[Registry] = REGULARIZERS
+
+
+class AnalysisSpec(Component):
+    registry: ClassVar[Registry] = ANALYSES
+    key: ClassVar[str] = "kind"
+
+
+# --------------------------------------------------------------------------- training
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConstantSchedule(_Strict):
+    kind: Literal["constant"] = "constant"
+
+
+class StepSchedule(_Strict):
+    """Multiply the learning rate by gamma at each milestone, given as a fraction of training."""
+
+    kind: Literal["step"] = "step"
+    milestones: list[Annotated[float, Field(gt=0, lt=1)]] = [1 / 3, 2 / 3]
+    gamma: float = Field(0.1, gt=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if value != sorted(set(value)):
+            raise ValueError("milestones must be strictly increasing fractions of training")
+        return value
+
+
+class CosineSchedule(_Strict):
+    """Cosine decay from lr to min_lr_fraction * lr over the whole run."""
+
+    kind: Literal["cosine"] = "cosine"
+    min_lr_fraction: float = Field(0.0, ge=0, le=1)
+
+
+Schedule = Annotated[ConstantSchedule | StepSchedule | CosineSchedule, Field(discriminator="kind")]
+
+
+class EarlyStopping(_Strict):
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+    restore_best: bool = True
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(100, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Schedule = ConstantSchedule()
+    seed: int = Field(0, ge=0)
+    early_stopping: EarlyStopping | None = None
+    device: str = Field("auto", json_schema_extra=NOT_IDENTITY)
+    deterministic: bool = Field(
+        False,
+        description="torch.use_deterministic_algorithms (bitwise repeatable on GPUs, slower)",
+        json_schema_extra=NOT_IDENTITY,
+    )
+    eval_batch_size: int = Field(1000, ge=1, json_schema_extra=NOT_IDENTITY)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError("device must be one of auto, cpu, mps, cuda, cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> Self:
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+        return self
+
+
+class ResourcesSpec(_Strict):
+    """What a job needs from a worker; ignored by local runs and by the spec hash."""
+
+    queue: Literal["auto", "gpu", "cpu"] = "auto"
+    gpu_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of one GPU; below 1 lets small jobs share a GPU"
+    )
+    memory_gb: float | None = Field(None, gt=0)
+    time_limit_minutes: int | None = Field(None, ge=1)
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+class ExperimentSpec(_Strict):
+    name: str = Field("experiment", min_length=1, json_schema_extra=NOT_IDENTITY)
+    description: str = Field("", json_schema_extra=NOT_IDENTITY)
+    dataset: DatasetSpec
+    model: ModelSpec
+    regularizers: list[RegularizerSpec] = []
+    training: TrainingSpec = TrainingSpec()
+    analyses: list[AnalysisSpec] = []
+    resources: ResourcesSpec = Field(ResourcesSpec(), json_schema_extra=NOT_IDENTITY)
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self) -> Self:
+        val_fraction = getattr(self.dataset.params, "val_fraction", None)
+        if self.training.early_stopping is not None and not val_fraction:
+            raise ValueError(
+                "training.early_stopping needs a validation split: set dataset.val_fraction > 0"
+            )
+        return self
+
+    # -- reading
+
+    @classmethod
+    def from_text(cls, text: str) -> ExperimentSpec:
+        """Parse YAML (a superset of JSON) and validate."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"not valid YAML or JSON: {exc}") from None
+        if not isinstance(data, Mapping):
+            raise SpecError("a spec must be a mapping at the top level")
+        return cls.model_validate(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ExperimentSpec:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SpecError(f"cannot read spec {path}: {exc.strerror}") from None
+        return cls.from_text(text)
+
+    # -- writing and identity
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def identity(self) -> dict[str, Any]:
+        """The spec with every default written out and every non-identity field dropped."""
+        return _identity(self)
+
+    def spec_hash(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def flat_params(self) -> dict[str, str]:
+        """Dotted keys -> values as text (``regularizers.0.weight``), for trackers."""
+        flat: dict[str, str] = {}
+        _flatten(self.model_dump(mode="json"), "", flat)
+        return flat
+
+
+def _identity(value: Any) -> Any:
+    if isinstance(value, Component):
+        return {value.key: value.name, **_identity(value.params)}
+    if isinstance(value, BaseModel):
+        out: dict[str, Any] = {}
+        for field_name, field in type(value).model_fields.items():
+            extra = field.json_schema_extra
+            if isinstance(extra, dict) and extra.get("identity") is False:
+                continue
+            out[field_name] = _identity(getattr(value, field_name))
+        return out
+    if isinstance(value, list | tuple):
+        return [_identity(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _identity(item) for key, item in value.items()}
+    return value
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(item, f"{prefix}{key}.", out)
+    elif isinstance(value, list) and value and any(isinstance(v, dict) for v in value):
+        for index, item in enumerate(value):
+            _flatten(item, f"{prefix}{index}.", out)
+    else:
+        out[prefix.rstrip(".")] = json.dumps(value) if not isinstance(value, str) else value
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``regularizers.0.weight: Input should be >= 0``."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in error["loc"]) or "(spec)"
+        lines.append(f"{path}: {error['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,457 @@
+"""The training loop: seeded, checkpointed every epoch, exactly resumable.
+
+``train(spec, data, workdir=...)`` builds the model and the regularizers, trains with
+SGD or Adam, evaluates on the validation split each epoch, checkpoints (model,
+optimizer, scheduler, every RNG state, epoch, early-stopping state, history) to
+``workdir/last.pt``, and resumes from it when it exists: a run stopped after epoch k
+and resumed ends with the same weights as one never stopped.
+
+Per epoch it reports ``train/loss`` (the whole objective), ``train/data_loss``,
+``train/accuracy``, one ``reg/<name>`` per regularizer with a penalty, ``val/loss``,
+``val/accuracy``, ``lr`` and ``epoch_seconds``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regcore.data import DataSplits, Split, load_dataset
+from regcore.models import create_model
+from regcore.regularizers import Regularizer, StepContext, build_regularizers
+from regcore.spec import ExperimentSpec, TrainingSpec
+
+CHECKPOINT_FORMAT = 1
+NONFINITE_CHECK_EVERY = 20  # steps between host syncs that look for a nan/inf loss
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became nan or inf; the message names the epoch and the step."""
+
+
+class TrainingCancelledError(RuntimeError):
+    """The cancel callback asked to stop; the last epoch's checkpoint is kept."""
+
+
+@dataclass
+class Callbacks:
+    """Hooks for whoever supervises training (the CLI's progress bar, a worker)."""
+
+    on_step: Callable[[int, int, int], None] | None = None  # (epoch, step in epoch, steps/epoch)
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None  # (epoch, metrics)
+    should_cancel: Callable[[], bool] | None = None
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict[str, float]]  # one row per epoch, with "epoch"
+    epochs_run: int
+    best_epoch: int | None  # with early stopping: the epoch whose weights were kept
+    stopped_early: bool
+    resumed_from_epoch: int  # 0 for a fresh run
+    device: torch.device
+
+
+@dataclass
+class _EarlyStoppingState:
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+
+
+@dataclass
+class _Progress:
+    epoch: int = 0  # epochs completed
+    global_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    early: _EarlyStoppingState = field(default_factory=_EarlyStoppingState)
+
+
+# --------------------------------------------------------------------------- setup helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_optimizer(model: nn.Module, training: TrainingSpec) -> torch.optim.Optimizer:
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters,
+            lr=training.lr,
+            momentum=training.momentum,
+            nesterov=training.nesterov,
+            weight_decay=training.weight_decay,
+        )
+    optimizer_class = torch.optim.Adam if training.optimizer == "adam" else torch.optim.AdamW
+    return optimizer_class(
+        parameters, lr=training.lr, betas=training.betas, weight_decay=training.weight_decay
+    )
+
+
+def lr_factor(training: TrainingSpec, total_steps: int) -> Callable[[int], float]:
+    """The schedule as a multiplier of the base lr, per optimizer step."""
+    schedule = training.schedule
+    if schedule.kind == "step":
+        boundaries = [round(f * total_steps) for f in schedule.milestones]
+        gamma = schedule.gamma
+        return lambda step: gamma ** sum(step >= b for b in boundaries)
+    if schedule.kind == "cosine":
+        floor = schedule.min_lr_fraction
+        return lambda step: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    return lambda step: 1.0
+
+
+def batch_order(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A fresh shuffle of range(n) cut into batches (the last may be smaller)."""
+    return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=split.x.device)
+    correct = torch.zeros((), device=split.x.device, dtype=torch.long)
+    for start in range(0, len(split), batch_size):
+        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+        logits = model(x)  # (B, C)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
+    model.train(was_training)
+    return loss_sum.item() / len(split), correct.item() / len(split)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state(shuffle: torch.Generator) -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "shuffle": shuffle.get_state(),
+    }
+
+
+def _restore_rng(state: Mapping[str, Any], shuffle: torch.Generator) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["key"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    shuffle.set_state(state["shuffle"])
+
+
+def _save_atomically(payload: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``: tensors and plain data only)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    spec: ExperimentSpec,
+    data: DataSplits | None = None,
+    *,
+    workdir: Path | None = None,
+    callbacks: Callbacks | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    training = spec.training
+    callbacks = callbacks or Callbacks()
+    device = resolve_device(training.device)
+    seed_everything(training.seed, training.deterministic)
+
+    data = (data or load_dataset(spec.dataset, training.seed)).to(device)
+    model = create_model(spec.model, data.info)
+    regularizers = build_regularizers(spec.regularizers)
+    for regularizer in regularizers.values():
+        model = regularizer.setup(model)
+    model.to(device)
+
+    optimizer = build_optimizer(model, training)
+    steps_per_epoch = math.ceil(len(data.train) / training.batch_size)
+    total_steps = steps_per_epoch * training.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(training, total_steps))
+    shuffle = torch.Generator().manual_seed(training.seed)
+    progress = _Progress()
+
+    checkpoint_path = workdir / "last.pt" if workdir is not None else None
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    if resume and checkpoint_path is not None and checkpoint_path.exists():
+        checkpoint = load_checkpoint(checkpoint_path, device)
+        if checkpoint.get("spec_hash") != spec.spec_hash():
+            raise ValueError(f"{checkpoint_path} belongs to another spec; use a fresh workdir")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        for key, state in checkpoint["regularizers"].items():
+            regularizers[key].load_state_dict(state)
+        progress = _Progress(
+            epoch=checkpoint["epoch"],
+            global_step=checkpoint["global_step"],
+            history=list(checkpoint["history"]),
+            early=_EarlyStoppingState(**checkpoint["early_stopping"]),
+        )
+        _restore_rng(checkpoint["rng"], shuffle)
+    resumed_from = progress.epoch
+    best_state = _load_best(workdir, device) if progress.early.best_epoch else None
+
+    for epoch in range(progress.epoch + 1, training.epochs + 1):
+        if _is_finished(progress, training):  # patience ran out (possibly before a resume)
+            break
+        started = time.perf_counter()
+        metrics = _train_one_epoch(
+            model, data.train, regularizers, optimizer, scheduler, training,
+            epoch, progress, shuffle, total_steps, callbacks,
+        )  # fmt: skip
+        if data.val is not None:
+            metrics["val/loss"], metrics["val/accuracy"] = evaluate(
+                model, data.val, training.eval_batch_size
+            )
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        for regularizer in regularizers.values():
+            regularizer.on_epoch_end(epoch)
+
+        progress.epoch = epoch
+        progress.history.append({"epoch": float(epoch), **metrics})
+        if _update_early_stopping(progress.early, training, epoch, metrics):
+            best_state = copy.deepcopy(model.state_dict())
+            if workdir is not None:
+                _save_atomically({"epoch": epoch, "model": best_state}, workdir / "best.pt")
+        if checkpoint_path is not None:
+            _save_atomically(
+                _checkpoint(spec, model, optimizer, scheduler, regularizers, progress, shuffle),
+                checkpoint_path,
+            )
+        if callbacks.on_epoch is not None:
+            callbacks.on_epoch(epoch, metrics)
+        if callbacks.should_cancel is not None and callbacks.should_cancel():
+            raise TrainingCancelledError(f"cancelled after epoch {epoch}")
+
+    early = training.early_stopping
+    if early is not None and early.restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    return TrainResult(
+        model=model,
+        history=progress.history,
+        epochs_run=progress.epoch,
+        best_epoch=progress.early.best_epoch,
+        stopped_early=_is_finished(progress, training) and progress.epoch < training.epochs,
+        resumed_from_epoch=resumed_from,
+        device=device,
+    )
+
+
+def _train_one_epoch(
+    model: nn.Module,
+    train_split: Split,
+    regularizers: dict[str, Regularizer],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    training: TrainingSpec,
+    epoch: int,
+    progress: _Progress,
+    shuffle: torch.Generator,
+    total_steps: int,
+    callbacks: Callbacks,
+) -> dict[str, float]:
+    model.train()
+    device = train_split.x.device
+    needs_input_grad = any(r.needs_input_grad for r in regularizers.values())
+    lr_at_start = optimizer.param_groups[0]["lr"]
+    # Sums stay on the device; the host syncs only every NONFINITE_CHECK_EVERY steps.
+    sums = {name: torch.zeros((), device=device) for name in ("loss", "data_loss", "correct")}
+    term_sums: dict[str, torch.Tensor] = {}  # only regularizers that return a penalty
+    window: list[torch.Tensor] = []
+    seen = 0
+
+    batches = batch_order(len(train_split), training.batch_size, shuffle)
+    steps_per_epoch = len(batches)
+    for step_in_epoch, index in enumerate(batches):
+        if callbacks.should_cancel is not None and callbacks.should_cancel():
+            raise TrainingCancelledError(f"cancelled during epoch {epoch}, step {step_in_epoch}")
+        index = index.to(device)
+        x, y = train_split.x[index], train_split.y[index]  # (B, ...), (B,)
+        for regularizer in regularizers.values():
+            x, y = regularizer.transform_batch(x, y)
+        if needs_input_grad:
+            x.requires_grad_(True)
+        for regularizer in regularizers.values():
+            regularizer.before_forward(model)
+
+        logits = model(x)  # (B, C)
+        data_loss = F.cross_entropy(logits, y)
+        ctx = StepContext(
+            model=model, inputs=x, targets=y, logits=logits, data_loss=data_loss,
+            epoch=epoch, step=progress.global_step, steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps, lr=optimizer.param_groups[0]["lr"],
+        )  # fmt: skip
+        terms = {name: r.penalty(ctx) for name, r in regularizers.items()}
+        terms = {name: term for name, term in terms.items() if term is not None}
+        loss = data_loss + sum(terms.values()) if terms else data_loss
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for regularizer in regularizers.values():
+            regularizer.after_backward(model)
+        for regularizer in regularizers.values():
+            regularizer.before_step(model, optimizer)
+        optimizer.step()
+        scheduler.step()
+        for regularizer in regularizers.values():
+            regularizer.after_step(ctx)
+        progress.global_step += 1
+
+        batch = y.shape[0]
+        seen += batch
+        sums["loss"] += loss.detach() * batch
+        sums["data_loss"] += data_loss.detach() * batch
+        sums["correct"] += (logits.detach().argmax(dim=1) == y).sum()
+        for name, term in terms.items():
+            term_sums[name] = term_sums.get(name, 0) + term.detach() * batch
+        window.append(loss.detach())
+        if len(window) == NONFINITE_CHECK_EVERY or step_in_epoch == len(batches) - 1:
+            _check_finite(window, epoch, step_in_epoch, terms, data_loss)
+            window = []
+        if callbacks.on_step is not None:
+            callbacks.on_step(epoch, step_in_epoch + 1, steps_per_epoch)
+
+    metrics = {
+        "train/loss": sums["loss"].item() / seen,
+        "train/data_loss": sums["data_loss"].item() / seen,
+        "train/accuracy": sums["correct"].item() / seen,
+        "lr": lr_at_start,
+    }
+    for name, term_sum in term_sums.items():
+        metrics[f"reg/{name}"] = term_sum.item() / seen
+    return metrics
+
+
+def _check_finite(
+    window: list[torch.Tensor],
+    epoch: int,
+    last_step: int,
+    terms: Mapping[str, torch.Tensor],
+    data_loss: torch.Tensor,
+) -> None:
+    finite = torch.isfinite(torch.stack(window))  # (W,)
+    if bool(finite.all()):
+        return
+    offset = int((~finite).nonzero()[0, 0])
+    first, value = last_step - len(window) + 1 + offset, float(window[offset])
+    parts = ", ".join(
+        [f"data_loss={float(data_loss):.4g}"]
+        + [f"reg/{name}={float(term):.4g}" for name, term in terms.items()]
+    )
+    raise TrainingDivergedError(
+        f"training diverged: loss is {value} at epoch {epoch}, step {first} "
+        f"(last step checked: {parts}); lower the learning rate or the regularizer weights"
+    )
+
+
+def _update_early_stopping(
+    state: _EarlyStoppingState, training: TrainingSpec, epoch: int, metrics: dict[str, float]
+) -> bool:
+    """Track the monitored metric; True when this epoch is the new best."""
+    early = training.early_stopping
+    if early is None:
+        return False
+    value = metrics["val/loss"] if early.metric == "val_loss" else -metrics["val/accuracy"]
+    if state.best_value is None or value < state.best_value - early.min_delta:
+        state.best_value, state.best_epoch, state.bad_epochs = value, epoch, 0
+        return True
+    state.bad_epochs += 1
+    return False
+
+
+def _is_finished(progress: _Progress, training: TrainingSpec) -> bool:
+    early = training.early_stopping
+    return early is not None and progress.early.bad_epochs >= early.patience
+
+
+def _load_best(workdir: Path | None, device: torch.device) -> dict[str, torch.Tensor] | None:
+    path = workdir / "best.pt" if workdir is not None else None
+    return load_checkpoint(path, device)["model"] if path is not None and path.exists() else None
+
+
+def _checkpoint(
+    spec: ExperimentSpec,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    regularizers: dict[str, Regularizer],
+    progress: _Progress,
+    shuffle: torch.Generator,
+) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "spec_hash": spec.spec_hash(),
+        "epoch": progress.epoch,
+        "global_step": progress.global_step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "regularizers": {name: r.state_dict() for name, r in regularizers.items()},
+        "history": progress.history,
+        "early_stopping": vars(progress.early),
+        "rng": _rng_state(shuffle),
+    }

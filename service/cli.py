@@ -1,0 +1,178 @@
+"""Local commands: run a spec (or a whole grid) in this process, list the catalog.
+
+``regbench run FILE`` validates everything first, so an invalid spec or grid exits
+with status 2 and writes nothing. Each run gets its own MLflow run and working
+directory; the final table goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from regcore import grid as grids
+from regcore.spec import ExperimentSpec, SpecError, format_validation_error
+
+EXIT_INVALID = 2
+EXIT_FAILED = 1
+NON_DETERMINISTIC = ("train_seconds",)  # left out of --json so repeated runs compare equal
+TABLE_METRICS = ("test_accuracy", "test_loss", "train_accuracy", "val_accuracy", "train_seconds")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    configuration: str
+    spec: ExperimentSpec
+
+
+def load_plan(path: Path) -> list[PlannedRun]:
+    """Read a spec or a grid file and validate every spec in it (raises on the first bad)."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path} is not valid YAML or JSON: {exc}") from None
+    if not isinstance(document, Mapping):
+        raise SpecError(f"{path}: expected a spec or a grid (a mapping) at the top level")
+    if not grids.is_grid(document):
+        spec = ExperimentSpec.model_validate(document)
+        return [PlannedRun(spec.name, spec)]
+    plan = []
+    for number, point in enumerate(grids.expand(document["base"], document["grid"])):
+        try:
+            spec = ExperimentSpec.model_validate(point.spec)
+        except ValidationError as exc:
+            raise SpecError(
+                f"grid point {number} ({grids.describe(point.values)}) is invalid:\n"
+                + format_validation_error(exc)
+            ) from None
+        plan.append(PlannedRun(point.configuration, spec))
+    return plan
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print final metrics as JSON on stdout.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Override REGBENCH_DATA_DIR.")
+@click.option("--device", help="Override training.device (auto, cpu, cuda, cuda:N, mps).")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def run(
+    path: Path, as_json: bool, data_dir: Path | None, device: str | None, quiet: bool
+) -> None:
+    """Run a spec (or a grid: {base, grid}) in-process and print the results."""
+    err = Console(stderr=True)
+    try:
+        plan = load_plan(path)
+        if device is not None:
+            plan = [
+                PlannedRun(p.configuration, _with_device(p.spec, device)) for p in plan
+            ]
+    except ValidationError as exc:
+        err.print(f"[red]invalid spec {path}:[/red]", highlight=False)
+        err.print(format_validation_error(exc), markup=False, highlight=False)
+        sys.exit(EXIT_INVALID)
+    except (SpecError, grids.GridError) as exc:
+        err.print(f"[red]invalid spec {path}:[/red]", highlight=False)
+        err.print(str(exc), markup=False, highlight=False)
+        sys.exit(EXIT_INVALID)
+
+    from service.local_runs import LocalRunner, RunFailedError
+    from service.settings import Settings
+
+    settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+    runner = LocalRunner(settings)
+    results: list[tuple[str, dict[str, Any]]] = []
+    with _progress(err, quiet) as progress:
+        overall = progress.add_task("runs", total=len(plan))
+        for number, planned in enumerate(plan, start=1):
+            label = f"[{number}/{len(plan)}] {planned.configuration}"
+            try:
+                metrics = runner.run(planned.spec, progress, label)
+            except RunFailedError as exc:
+                progress.stop()
+                err.print(f"[red]{label} failed:[/red] {exc}", highlight=False)
+                sys.exit(EXIT_FAILED)
+            results.append((planned.configuration, metrics))
+            progress.advance(overall)
+
+    if as_json:
+        runs = [_deterministic(metrics) for _, metrics in results]
+        payload: Any = runs[0] if len(plan) == 1 else runs
+        click.echo(json.dumps(payload, sort_keys=True))
+    else:
+        Console().print(comparison_table(results))
+
+
+def _with_device(spec: ExperimentSpec, device: str) -> ExperimentSpec:
+    data = spec.model_dump(mode="json")
+    data["training"]["device"] = device
+    return ExperimentSpec.model_validate(data)
+
+
+def _deterministic(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k not in NON_DETERMINISTIC}
+
+
+def _progress(console: Console, quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=True,
+    )
+
+
+def comparison_table(results: list[tuple[str, Mapping[str, Any]]]) -> Table:
+    from regcore.compare import compare
+
+    rows = compare(results, TABLE_METRICS)
+    table = Table(title="regbench results (mean ± std over seeds)")
+    table.add_column("configuration")
+    table.add_column("n", justify="right")
+    for metric in TABLE_METRICS:
+        table.add_column(metric.replace("_", " "), justify="right")
+    for row in rows:
+        cells = [str(row.metrics[m]) if m in row.metrics else "-" for m in TABLE_METRICS]
+        table.add_row(row.configuration, str(row.n), *cells)
+    return table
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the params' JSON schemas.")
+def catalog(as_json: bool) -> None:
+    """List datasets, models and regularizers with their params."""
+    from regcore.catalog import build_catalog
+
+    entries = build_catalog()
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    console = Console()
+    for kind, components in entries.items():
+        table = Table(title=kind, show_lines=False, title_justify="left")
+        table.add_column("name")
+        table.add_column("params (default)")
+        table.add_column("what it is")
+        for component in components:
+            params = ", ".join(
+                f"{name}={json.dumps(field.get('default'))}"
+                for name, field in component["params"].get("properties", {}).items()
+            )
+            table.add_row(component["name"], params, component["summary"])
+        console.print(table)

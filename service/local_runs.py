@@ -1,0 +1,76 @@
+"""Runs specs in this process against the configured MLflow store (``regbench run``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.progress import Progress
+
+from regcore.data import DataSplits, DatasetNotFoundError, load_dataset
+from regcore.pipeline import run as run_pipeline
+from regcore.spec import ExperimentSpec
+from regcore.train import Callbacks, TrainingCancelledError, TrainingDivergedError
+from service.settings import Settings
+from service.tracking import MlflowTracker
+
+
+class RunFailedError(RuntimeError):
+    """A run could not finish; the message says why (the MLflow run is marked FAILED)."""
+
+
+class LocalRunner:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._datasets: dict[tuple[str, int], DataSplits] = {}
+
+    def dataset(self, spec: ExperimentSpec) -> DataSplits:
+        """Load each (dataset, seed) once per runner: a grid reuses its splits."""
+        key = (spec.dataset.model_dump_json(), spec.training.seed)
+        if key not in self._datasets:
+            try:
+                self._datasets[key] = load_dataset(spec.dataset, spec.training.seed)
+            except DatasetNotFoundError as exc:
+                raise RunFailedError(str(exc)) from None
+        return self._datasets[key]
+
+    def run(self, spec: ExperimentSpec, progress: Progress, label: str) -> dict[str, Any]:
+        data = self.dataset(spec)  # before MLflow: a missing dataset leaves no run behind
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        tracker = MlflowTracker(
+            self.settings.tracking_uri,
+            self.settings.mlflow_experiment,
+            artifact_root=self.settings.artifact_root,
+            run_name=spec.name,
+            tags={"regbench.source": "local"},
+        )
+        workdir = self.settings.runs_dir / tracker.run_id
+        task = progress.add_task(label, total=spec.training.epochs, status="")
+
+        def on_step(epoch: int, step: int, steps: int) -> None:
+            progress.update(task, completed=epoch - 1 + step / steps, status=f"epoch {epoch}")
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            shown = metrics.get("val/accuracy", metrics["train/accuracy"])
+            progress.update(task, completed=epoch, status=f"epoch {epoch} acc {shown:.3f}")
+
+        try:
+            result = run_pipeline(
+                spec,
+                tracker,
+                workdir=workdir,
+                data=data,
+                callbacks=Callbacks(on_step=on_step, on_epoch=on_epoch),
+            )
+        except (TrainingDivergedError, TrainingCancelledError, ValueError) as exc:
+            tracker.finish("FAILED")
+            raise RunFailedError(str(exc)) from exc
+        except BaseException:
+            tracker.finish("FAILED")
+            raise
+        finally:
+            progress.remove_task(task)
+        tracker.finish("FINISHED")
+        # The checkpoints are in MLflow now; keep only the small files locally.
+        for name in ("last.pt", "best.pt"):
+            (workdir / name).unlink(missing_ok=True)
+        return {**result.metrics, "mlflow_run_id": tracker.run_id}

@@ -1,0 +1,69 @@
+"""The MLflow tracker: one MLflow run per experiment, logged in batches.
+
+Each MLflow call costs a round trip to a tracking server, so params and per-epoch
+metrics go in ``log_batch`` calls (MLflow caps a batch at 100 params / 1000 metrics).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_LENGTH = 6000
+
+
+class MlflowTracker:
+    """Implements ``regcore.tracking.Tracker`` on one MLflow run."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        *,
+        artifact_root: Path | None = None,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = self.ensure_experiment(experiment_name, artifact_root)
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags or {}))
+            run_id = run.info.run_id
+        self.run_id: str = run_id
+
+    def ensure_experiment(self, name: str, artifact_root: Path | None) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = (artifact_root / name).as_uri() if artifact_root is not None else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        items = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+        for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + MAX_PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        timestamp = int(time.time() * 1000)
+        items = [Metric(key, float(value), timestamp, step or 0) for key, value in metrics.items()]
+        for start in range(0, len(items), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(
+                self.run_id, metrics=items[start : start + MAX_METRICS_PER_BATCH]
+            )
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """status: FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(self.run_id, status)
