@@ -106,12 +106,14 @@ class Registry(Generic[T]):
         self._load()
         return sorted(self._entries)
 
-    def build(self, name: str, params: ComponentParams | dict[str, Any] | None = None) -> Any:
-        """Validate params (if given as a dict) and call the registered target with them."""
+    def build(
+        self, name: str, params: ComponentParams | dict[str, Any] | None = None, *args: Any
+    ) -> Any:
+        """Validate params (if given as a dict) and call ``target(params, *args)``."""
         entry = self.get(name)
         if not isinstance(params, ComponentParams):
             params = entry.params.model_validate(params or {})
-        return entry.target(params)
+        return entry.target(params, *args)
 
     def __contains__(self, name: object) -> bool:
         self._load()

@@ -79,9 +79,10 @@ def make_splits(
     info: DataInfo,
 ) -> DataSplits:
     """Deterministic train/validation split (and optional subsets) from one seed."""
-    generator = torch.Generator().manual_seed(params.split_seed if params.split_seed is not None else seed)
+    split_seed = params.split_seed if params.split_seed is not None else seed
+    generator = torch.Generator().manual_seed(split_seed)
     order = torch.randperm(len(train_y), generator=generator)
-    n_val = int(round(params.val_fraction * len(train_y)))
+    n_val = round(params.val_fraction * len(train_y))
     val_idx, train_idx = order[:n_val], order[n_val:]
     if params.train_size is not None:
         train_idx = train_idx[: params.train_size]
