@@ -75,7 +75,9 @@ def run(
         resume=resume,
     )
     metrics = final_metrics(spec, result, data.to(result.device))
-    tracker.log_metrics({k: float(v) for k, v in metrics.items() if _is_number(v)}, step=None)
+    # reg/* terms are already in the per-epoch history; log each final number once.
+    final = {k: float(v) for k, v in metrics.items() if _is_number(v) and not k.startswith("reg/")}
+    tracker.log_metrics(final, step=result.epochs_run)
 
     model_path = workdir / "model.pt"
     torch.save(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -56,9 +57,11 @@ class Entry(Generic[T]):
 
     @property
     def summary(self) -> str:
-        """First line of the component's docstring."""
-        doc = getattr(self.target, "__doc__", None) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """First line of the component's docstring, else of its module's."""
+        doc = getattr(self.target, "__doc__", None)
+        if not doc:
+            doc = getattr(sys.modules.get(getattr(self.target, "__module__", "")), "__doc__", "")
+        return doc.strip().splitlines()[0] if doc and doc.strip() else ""
 
 
 class Registry(Generic[T]):

@@ -399,8 +399,8 @@ def _check_finite(
     offset = int((~finite).nonzero()[0, 0])
     first, value = last_step - len(window) + 1 + offset, float(window[offset])
     parts = ", ".join(
-        [f"data_loss={float(data_loss):.4g}"]
-        + [f"reg/{name}={float(term):.4g}" for name, term in terms.items()]
+        [f"data_loss={float(data_loss.detach()):.4g}"]
+        + [f"reg/{name}={float(term.detach()):.4g}" for name, term in terms.items()]
     )
     raise TrainingDivergedError(
         f"training diverged: loss is {value} at epoch {epoch}, step {first} "

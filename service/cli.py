@@ -68,17 +68,13 @@ def load_plan(path: Path) -> list[PlannedRun]:
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Override REGBENCH_DATA_DIR.")
 @click.option("--device", help="Override training.device (auto, cpu, cuda, cuda:N, mps).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def run(
-    path: Path, as_json: bool, data_dir: Path | None, device: str | None, quiet: bool
-) -> None:
+def run(path: Path, as_json: bool, data_dir: Path | None, device: str | None, quiet: bool) -> None:
     """Run a spec (or a grid: {base, grid}) in-process and print the results."""
     err = Console(stderr=True)
     try:
         plan = load_plan(path)
         if device is not None:
-            plan = [
-                PlannedRun(p.configuration, _with_device(p.spec, device)) for p in plan
-            ]
+            plan = [PlannedRun(p.configuration, _with_device(p.spec, device)) for p in plan]
     except ValidationError as exc:
         err.print(f"[red]invalid spec {path}:[/red]", highlight=False)
         err.print(format_validation_error(exc), markup=False, highlight=False)
@@ -95,7 +91,7 @@ def run(
     runner = LocalRunner(settings)
     results: list[tuple[str, dict[str, Any]]] = []
     with _progress(err, quiet) as progress:
-        overall = progress.add_task("runs", total=len(plan))
+        overall = progress.add_task("runs", total=len(plan), status="")
         for number, planned in enumerate(plan, start=1):
             label = f"[{number}/{len(plan)}] {planned.configuration}"
             try:
@@ -112,7 +108,8 @@ def run(
         payload: Any = runs[0] if len(plan) == 1 else runs
         click.echo(json.dumps(payload, sort_keys=True))
     else:
-        Console().print(comparison_table(results))
+        # Off a terminal rich would wrap the table at 80 columns; let it be as wide as it needs.
+        Console(width=None if sys.stdout.isatty() else 250).print(comparison_table(results))
 
 
 def _with_device(spec: ExperimentSpec, device: str) -> ExperimentSpec:

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.progress import Progress
 
-from regcore.data import DataSplits, DatasetNotFoundError, load_dataset
+from regcore.data import DatasetNotFoundError, DataSplits, load_dataset
 from regcore.pipeline import run as run_pipeline
 from regcore.spec import ExperimentSpec
 from regcore.train import Callbacks, TrainingCancelledError, TrainingDivergedError

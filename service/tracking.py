@@ -6,12 +6,17 @@ metrics go in ``log_batch`` calls (MLflow caps a batch at 100 params / 1000 metr
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+# MLflow announces schema migrations of a new local store at INFO; that is not our output.
+for _logger in ("mlflow", "alembic"):
+    logging.getLogger(_logger).setLevel(logging.WARNING)
 
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
@@ -34,7 +39,9 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self.ensure_experiment(experiment_name, artifact_root)
         if run_id is None:
-            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags or {}))
+            run = self.client.create_run(
+                self.experiment_id, run_name=run_name, tags=dict(tags or {})
+            )
             run_id = run.info.run_id
         self.run_id: str = run_id
 
@@ -57,9 +64,7 @@ class MlflowTracker:
         timestamp = int(time.time() * 1000)
         items = [Metric(key, float(value), timestamp, step or 0) for key, value in metrics.items()]
         for start in range(0, len(items), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(
-                self.run_id, metrics=items[start : start + MAX_METRICS_PER_BATCH]
-            )
+            self.client.log_batch(self.run_id, metrics=items[start : start + MAX_METRICS_PER_BATCH])
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)

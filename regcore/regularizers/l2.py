@@ -4,8 +4,8 @@
 ``mode: decoupled`` (Loshchilov & Hutter 2019, https://arxiv.org/abs/1711.05101)
 shrinks the weights at each optimizer step, ``w <- w - lr * 2 * weight * w`` (applied
 just before the optimizer's own update, as AdamW does): under plain SGD this is exactly
-the penalty's step, but it bypasses momentum and Adam's scaling. Note PyTorch's ``weight_decay=wd`` equals
-``weight = wd / 2`` here.
+the penalty's step, but it bypasses momentum and Adam's scaling. Note PyTorch's
+``weight_decay=wd`` equals ``weight = wd / 2`` here.
 """
 
 from __future__ import annotations
