@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks that claim jobs and run ``regcore.pipeline`` (issue 5)."""
