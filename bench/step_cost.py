@@ -81,7 +81,7 @@ def main() -> None:
         regularizers = build_regularizers(RegularizerSpec.model_validate(s) for s in specs)
         model = create_model(ModelSpec.model_validate({"name": args.model}), info)
         for regularizer in regularizers.values():
-            model = regularizer.setup(model)
+            model = regularizer.setup(model, info)
         model.to(device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         one_step(model, optimizer, regularizers, x, y)  # warm-up

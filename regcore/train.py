@@ -223,7 +223,7 @@ def train(
     model = create_model(spec.model, data.info)
     regularizers = build_regularizers(spec.regularizers)
     for regularizer in regularizers.values():
-        model = regularizer.setup(model)
+        model = regularizer.setup(model, data.info)
     model.to(device)
 
     optimizer = build_optimizer(model, training)

@@ -3,7 +3,8 @@
 A regularizer overrides only what it needs; the loop never changes for a new one.
 Order within one training step (``regcore.train``):
 
-    model = reg.setup(model)                 once, before the optimizer exists
+    model = reg.setup(model, info)           once, before the optimizer exists (spectral
+                                             norm, orthogonal init, activation swaps)
     x, y = reg.transform_batch(x, y)         training batches only (noise, mixup)
     reg.before_forward(model)                e.g. perturb weights
     logits = model(x); data_loss = CE(logits, y)
@@ -28,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from regcore.data.base import DataInfo
 from regcore.registry import ComponentParams
 
 
@@ -56,7 +58,8 @@ class Regularizer:
     def __init__(self, params: ComponentParams) -> None:
         self.params = params
 
-    def setup(self, model: nn.Module) -> nn.Module:
+    def setup(self, model: nn.Module, info: DataInfo) -> nn.Module:
+        """Transform the model before training (on the CPU, before it moves to the device)."""
         return model
 
     def transform_batch(

@@ -11,9 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regcore.data.base import DataInfo
 from regcore.registries import REGULARIZERS
 from regcore.regularizers import Regularizer, StepContext
 from regcore.spec import RegularizerSpec
+
+TINY_INFO = DataInfo((1, 4, 4), 3, (0.5,), (0.25,), ("a", "b", "c"))
 
 
 def tiny_model(dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -79,7 +82,7 @@ def test_contract_defaults_round_trip_and_one_step(name: str) -> None:
     spec = RegularizerSpec.model_validate({"name": name})
     assert RegularizerSpec.model_validate(spec.model_dump()) == spec
     regularizer = REGULARIZERS.get(name).target(spec.params)
-    model = regularizer.setup(tiny_model(torch.float32))
+    model = regularizer.setup(tiny_model(torch.float32), TINY_INFO)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
     x, y = batch(torch.float32)
