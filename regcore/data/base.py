@@ -66,7 +66,9 @@ class SplitParams(ComponentParams):
     train_size: int | None = Field(
         None, ge=1, description="keep only this many training examples (quick runs)"
     )
-    test_size: int | None = Field(None, ge=1, description="keep only this many test examples")
+    test_size: int | None = Field(
+        None, ge=1, description="keep only this many test examples (the same for every seed)"
+    )
 
 
 def make_splits(
@@ -87,7 +89,9 @@ def make_splits(
     if params.train_size is not None:
         train_idx = train_idx[: params.train_size]
     if params.test_size is not None:
-        keep = torch.randperm(len(test_y), generator=generator)[: params.test_size]
+        # Fixed, not the run seed: every run of a comparison is tested on the same images.
+        test_order = torch.randperm(len(test_y), generator=torch.Generator().manual_seed(0))
+        keep = test_order[: params.test_size]
         test_x, test_y = test_x[keep], test_y[keep]
     return DataSplits(
         train=Split(train_x[train_idx].contiguous(), train_y[train_idx].contiguous()),

@@ -342,3 +342,8 @@ def test_split_seed_overrides_the_run_seed() -> None:
     assert torch.equal(a.val.x, b.val.x)
     assert torch.equal(a.train.x, small_blobs(7).train.x)  # default: the run seed
     assert not torch.equal(small_blobs(0).train.x, small_blobs(1).train.x)
+
+
+def test_test_subset_is_the_same_for_every_seed() -> None:
+    a, b = small_blobs(0, test_size=10), small_blobs(1, test_size=10)
+    assert torch.equal(a.test.x, b.test.x) and torch.equal(a.test.y, b.test.y)
