@@ -48,7 +48,10 @@ class BoundaryParams(ComponentParams):
     planes: int = Field(50, ge=1, description="random planes, each through its own test point")
     resolution: int = Field(101, ge=3, description="R: grid points per side (odd: centre on grid)")
     half_width: list[float] = Field(
-        [1.0, 4.0], min_length=1, description="w: half-widths in pixel L2 units, one map each"
+        [40.0, 100.0],
+        min_length=1,
+        description="w: half-widths in pixel L2 units, one map each (random directions meet "
+        "a boundary far later than adversarial ones: ~10-25 for LeNet on digits)",
     )
     clip: bool = Field(False, description="clip grid points to [0, 1]")
     split: Literal["test", "val", "train"] = "test"
