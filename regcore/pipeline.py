@@ -3,7 +3,9 @@
 ``run(spec, tracker, workdir=...)`` trains (resuming from ``workdir/last.pt`` when it
 exists), evaluates the final model on the train, validation and test splits, and
 logs params, tags, per-epoch metrics, the final metrics, the spec and the checkpoints
-to the tracker. Analyses (attacks, boundaries, geometry, plots) join here later.
+to the tracker, then runs the spec's analyses in their order (a ``plots`` analysis
+listed after ``boundary`` draws the planes that analysis measured) and logs their
+metrics and files.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 import torch
 
 import regcore
+from regcore.analysis.base import AnalysisContext
 from regcore.data import DataSplits, load_dataset
+from regcore.registries import ANALYSES
 from regcore.spec import ExperimentSpec
 from regcore.tracking import MemoryTracker, Tracker
 from regcore.train import Callbacks, TrainResult, evaluate, train
@@ -74,7 +78,8 @@ def run(
         callbacks=Callbacks(callbacks.on_step, on_epoch, callbacks.should_cancel),
         resume=resume,
     )
-    metrics = final_metrics(spec, result, data.to(result.device))
+    data = data.to(result.device)
+    metrics = final_metrics(spec, result, data)
     # reg/* terms are already in the per-epoch history; log each final number once.
     final = {k: float(v) for k, v in metrics.items() if _is_number(v) and not k.startswith("reg/")}
     tracker.log_metrics(final, step=result.epochs_run)
@@ -89,7 +94,34 @@ def run(
         tracker.log_artifact(workdir / name, "checkpoints")
     for name in ("metrics.json", "history.json"):
         tracker.log_artifact(workdir / name)
+
+    analysis_metrics = run_analyses(spec, result.model, data, result.history, workdir, tracker)
+    tracker.log_metrics(analysis_metrics, step=result.epochs_run)
+    metrics.update(analysis_metrics)
+    (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return RunResult(metrics, result.history, workdir, model_path)
+
+
+def run_analyses(
+    spec: ExperimentSpec,
+    model: torch.nn.Module,
+    data: DataSplits,
+    history: list[dict[str, float]],
+    workdir: Path,
+    tracker: Tracker,
+) -> dict[str, float]:
+    """Run the spec's analyses in order on the trained model; log their files as they come."""
+    model.eval()
+    device = next(iter(model.parameters())).device
+    ctx = AnalysisContext(model, data, device, workdir / "analyses", history)
+    metrics: dict[str, float] = {}
+    for analysis_spec in spec.analyses:
+        analysis = ANALYSES.get(analysis_spec.name).target(analysis_spec.params)
+        outcome = analysis.run(ctx)
+        metrics.update(outcome.metrics)
+        for path in outcome.artifacts:
+            tracker.log_artifact(path, path.parent.relative_to(workdir).as_posix())
+    return metrics
 
 
 def final_metrics(spec: ExperimentSpec, result: TrainResult, data: DataSplits) -> dict[str, Any]:

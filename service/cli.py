@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from regcore import grid as grids
+from regcore.analysis.base import as_json_value
 from regcore.spec import ExperimentSpec, SpecError, format_validation_error
 
 EXIT_INVALID = 2
@@ -106,7 +107,7 @@ def run(path: Path, as_json: bool, data_dir: Path | None, device: str | None, qu
     if as_json:
         runs = [_deterministic(metrics) for _, metrics in results]
         payload: Any = runs[0] if len(plan) == 1 else runs
-        click.echo(json.dumps(payload, sort_keys=True))
+        click.echo(json.dumps(payload, sort_keys=True, allow_nan=False))
     else:
         # Off a terminal rich would wrap the table at 80 columns; let it be as wide as it needs.
         Console(width=None if sys.stdout.isatty() else 250).print(comparison_table(results))
@@ -119,7 +120,8 @@ def _with_device(spec: ExperimentSpec, device: str) -> ExperimentSpec:
 
 
 def _deterministic(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k not in NON_DETERMINISTIC}
+    """Metrics fit for --json: no wall-clock times, nan/inf as null (strict JSON)."""
+    return {k: as_json_value(v) for k, v in metrics.items() if k not in NON_DETERMINISTIC}
 
 
 def _progress(console: Console, quiet: bool) -> Progress:

@@ -127,3 +127,34 @@ def test_catalog_lists_components_with_params(tmp_path: Path) -> None:
     assert set(l2["params"]["properties"]) == {"weight", "mode", "exclude_bias_and_norm"}
     table = regbench("catalog", cwd=tmp_path)
     assert table.returncode == 0 and "confidence_penalty" in table.stdout
+
+
+def test_analyses_run_after_training_and_every_plot_reaches_mlflow(tmp_path: Path) -> None:
+    spec = {
+        "name": "lenet-analyses",
+        "dataset": {"name": "digits", "train_size": 300, "test_size": 100},
+        "model": {"name": "lenet"},
+        "training": {"epochs": 2, "batch_size": 32, "lr": 0.05, "device": "cpu"},
+        "analyses": [
+            {"kind": "boundary", "planes": 3, "resolution": 31},
+            {"kind": "calibration"},
+            {"kind": "plots", "embedding_samples": 60},
+        ],
+    }
+    done = regbench("run", str(write(tmp_path / "spec.yaml", spec)), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)
+    assert 0 <= metrics["calibration/ece"] <= 1
+    assert "boundary/w100/tv_iso_mean" in metrics
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    run_id = metrics["mlflow_run_id"]
+    plots = {a.path.split("/")[-1] for a in client.list_artifacts(run_id, "analyses/plots")}
+    assert {
+        "loss_curves.png", "accuracy_curves.png", "weights.png", "embedding_pca.png",
+        "embedding_tsne.png", "feature_maps_conv1.png", "feature_maps_conv2.png",
+        "saliency.png", "occlusion.png", "boundary_planes.png",
+    } <= plots  # fmt: skip
+    for folder in ("analyses/boundary", "analyses/calibration"):
+        assert client.list_artifacts(run_id, folder)
+    logged = client.get_run(run_id).data.metrics
+    assert logged["calibration/ece"] == pytest.approx(metrics["calibration/ece"])
