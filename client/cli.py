@@ -13,6 +13,7 @@ import click
 
 LOCAL_COMMANDS = {
     "run": ("service.cli", "run", "Run a spec or a grid here, in-process, and print results."),
+    "analyze": ("service.cli", "analyze", "Run analyses on a finished run's checkpoint."),
     "catalog": ("service.cli", "catalog", "List datasets, models and regularizers with params."),
 }
 

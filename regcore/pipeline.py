@@ -22,9 +22,16 @@ import regcore
 from regcore.analysis.base import AnalysisContext
 from regcore.data import DataSplits, load_dataset
 from regcore.registries import ANALYSES
-from regcore.spec import ExperimentSpec
+from regcore.spec import AnalysisSpec, ExperimentSpec
 from regcore.tracking import MemoryTracker, Tracker
-from regcore.train import Callbacks, TrainResult, evaluate, train
+from regcore.train import (
+    Callbacks,
+    TrainResult,
+    build_model,
+    evaluate,
+    resolve_device,
+    train,
+)
 
 
 @dataclass
@@ -100,6 +107,31 @@ def run(
     metrics.update(analysis_metrics)
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return RunResult(metrics, result.history, workdir, model_path)
+
+
+def analyze(
+    spec: ExperimentSpec,
+    model_state: dict[str, torch.Tensor],
+    analyses: list[AnalysisSpec],
+    tracker: Tracker | None = None,
+    *,
+    workdir: Path,
+    history: list[dict[str, float]] | None = None,
+    data: DataSplits | None = None,
+) -> dict[str, float]:
+    """Run analyses on a finished run's weights (``model.pt``) and log them to its tracker."""
+    data = data if data is not None else load_dataset(spec.dataset, spec.training.seed)
+    model, _ = build_model(spec, data.info)
+    model.load_state_dict(model_state)
+    device = resolve_device(spec.training.device)
+    model.to(device)
+    with_analyses = spec.model_copy(update={"analyses": analyses})
+    metrics = run_analyses(
+        with_analyses, model, data.to(device), history or [], workdir, tracker or MemoryTracker()
+    )
+    if tracker is not None:
+        tracker.log_metrics(metrics, step=len(history or []))
+    return metrics
 
 
 def run_analyses(

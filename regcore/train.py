@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regcore.data import DataSplits, Split, load_dataset
+from regcore.data import DataInfo, DataSplits, Split, load_dataset
 from regcore.models import create_model
 from regcore.regularizers import Regularizer, StepContext, build_regularizers
 from regcore.spec import ExperimentSpec, TrainingSpec
@@ -102,6 +102,16 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+
+
+def build_model(spec: ExperimentSpec, info: DataInfo) -> tuple[nn.Module, dict[str, Regularizer]]:
+    """The spec's model after its regularizers' model transforms (spectral norms, activation
+    swaps), on the CPU: the structure a checkpoint's state dict loads into."""
+    model = create_model(spec.model, info)
+    regularizers = build_regularizers(spec.regularizers)
+    for regularizer in regularizers.values():
+        model = regularizer.setup(model, info)
+    return model, regularizers
 
 
 def build_optimizer(model: nn.Module, training: TrainingSpec) -> torch.optim.Optimizer:
@@ -220,10 +230,7 @@ def train(
     seed_everything(training.seed, training.deterministic)
 
     data = (data or load_dataset(spec.dataset, training.seed)).to(device)
-    model = create_model(spec.model, data.info)
-    regularizers = build_regularizers(spec.regularizers)
-    for regularizer in regularizers.values():
-        model = regularizer.setup(model, data.info)
+    model, regularizers = build_model(spec, data.info)
     model.to(device)
 
     optimizer = build_optimizer(model, training)

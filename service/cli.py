@@ -16,14 +16,14 @@ from typing import Any
 
 import click
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from regcore import grid as grids
 from regcore.analysis.base import as_json_value
-from regcore.spec import ExperimentSpec, SpecError, format_validation_error
+from regcore.spec import AnalysisSpec, ExperimentSpec, SpecError, format_validation_error
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
@@ -175,3 +175,46 @@ def catalog(as_json: bool) -> None:
             )
             table.add_row(component["name"], params, component["summary"])
         console.print(table)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option(
+    "--analysis",
+    "analyses",
+    multiple=True,
+    required=True,
+    help="An analysis kind (boundary) or a spec entry as YAML/JSON ({kind: boundary, planes: 10}).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Override REGBENCH_DATA_DIR.")
+def analyze(run_id: str, analyses: tuple[str, ...], as_json: bool, data_dir: Path | None) -> None:
+    """Run analyses on a finished run's checkpoint and log them into that MLflow run."""
+    err = Console(stderr=True)
+    try:
+        entries = [yaml.safe_load(text) for text in analyses]
+        parsed = TypeAdapter(list[AnalysisSpec]).validate_python(entries)
+    except (yaml.YAMLError, ValidationError) as exc:
+        err.print("[red]invalid --analysis:[/red]", highlight=False)
+        message = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        err.print(message, markup=False, highlight=False)
+        sys.exit(EXIT_INVALID)
+
+    from service.local_runs import LocalRunner, RunFailedError
+    from service.settings import Settings
+
+    settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+    try:
+        metrics = LocalRunner(settings).analyze(run_id, parsed)
+    except RunFailedError as exc:
+        err.print(f"[red]analysis failed:[/red] {exc}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        click.echo(json.dumps(_deterministic(metrics), sort_keys=True, allow_nan=False))
+        return
+    table = Table(title=f"analyses of run {run_id}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in sorted(metrics.items()):
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)

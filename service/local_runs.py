@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 from rich.progress import Progress
 
 from regcore.data import DatasetNotFoundError, DataSplits, load_dataset
+from regcore.pipeline import analyze as analyze_checkpoint
 from regcore.pipeline import run as run_pipeline
-from regcore.spec import ExperimentSpec
-from regcore.train import Callbacks, TrainingCancelledError, TrainingDivergedError
+from regcore.spec import AnalysisSpec, ExperimentSpec
+from regcore.train import (
+    Callbacks,
+    TrainingCancelledError,
+    TrainingDivergedError,
+    load_checkpoint,
+)
 from service.settings import Settings
 from service.tracking import MlflowTracker
 
@@ -74,3 +83,27 @@ class LocalRunner:
         for name in ("last.pt", "best.pt"):
             (workdir / name).unlink(missing_ok=True)
         return {**result.metrics, "mlflow_run_id": tracker.run_id}
+
+    def analyze(self, run_id: str, analyses: list[AnalysisSpec]) -> dict[str, Any]:
+        """Run analyses on a finished MLflow run's checkpoint, logging into that same run."""
+        tracker = MlflowTracker(
+            self.settings.tracking_uri, self.settings.mlflow_experiment, run_id=run_id
+        )
+        workdir = self.settings.runs_dir / run_id
+        try:
+            fetched = Path(tracker.download("checkpoints/model.pt", workdir / "fetched"))
+            history_file = Path(tracker.download("history.json", workdir / "fetched"))
+        except MlflowException as exc:
+            raise RunFailedError(f"run {run_id} has no finished checkpoint: {exc}") from None
+        checkpoint = load_checkpoint(fetched)
+        spec = ExperimentSpec.model_validate(checkpoint["spec"])
+        metrics = analyze_checkpoint(
+            spec,
+            checkpoint["model"],
+            analyses,
+            tracker,
+            workdir=workdir,
+            history=json.loads(history_file.read_text()),
+            data=self.dataset(spec),
+        )
+        return {**metrics, "mlflow_run_id": run_id}

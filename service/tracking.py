@@ -69,6 +69,11 @@ class MlflowTracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def download(self, artifact_path: str, destination: Path) -> str:
+        """Fetch one artifact of the run into ``destination``; returns the local path."""
+        destination.mkdir(parents=True, exist_ok=True)
+        return self.client.download_artifacts(self.run_id, artifact_path, str(destination))
+
     def finish(self, status: str = "FINISHED") -> None:
         """status: FINISHED, FAILED or KILLED."""
         self.client.set_terminated(self.run_id, status)

@@ -158,3 +158,27 @@ def test_analyses_run_after_training_and_every_plot_reaches_mlflow(tmp_path: Pat
         assert client.list_artifacts(run_id, folder)
     logged = client.get_run(run_id).data.metrics
     assert logged["calibration/ece"] == pytest.approx(metrics["calibration/ece"])
+
+
+def test_analyze_a_finished_run_logs_into_the_same_run(tmp_path: Path) -> None:
+    trained = regbench("run", str(write(tmp_path / "spec.yaml", SPEC)), "--json", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    run_id = json.loads(trained.stdout)["mlflow_run_id"]
+
+    bad = regbench("analyze", run_id, "--analysis", "astrology", cwd=tmp_path)
+    assert bad.returncode == 2 and "0.kind" in bad.stderr and "calibration" in bad.stderr
+
+    done = regbench(
+        "analyze", run_id, "--analysis", "calibration",
+        "--analysis", "{kind: boundary, planes: 2, resolution: 11}", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)
+    assert metrics["mlflow_run_id"] == run_id and "calibration/ece" in metrics
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    assert client.list_artifacts(run_id, "analyses/calibration")
+    assert client.list_artifacts(run_id, "analyses/boundary")
+    assert "boundary/w40/tv_iso_mean" in client.get_run(run_id).data.metrics
+
+    missing = regbench("analyze", "0" * 32, "--analysis", "calibration", cwd=tmp_path)
+    assert missing.returncode == 1 and "0" * 32 in missing.stderr
