@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
-from regcore.analysis.geometry import hessian_spectral_norm
+from regcore.analysis.base import AnalysisContext
+from regcore.analysis.geometry import GeometryAnalysis, GeometryParams, hessian_spectral_norm
+from regcore.data.base import DataInfo, DataSplits, Split
 
 
 def quadratic(matrix: torch.Tensor, shift: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -55,3 +58,28 @@ def test_gradient_norms_equal_autograd_per_sample_for_a_network() -> None:
         )
         top = torch.linalg.eigvalsh(hessian).abs().max().item()
         assert hessian_norm[b].item() == pytest.approx(top, rel=0.01)
+
+
+def test_geometry_analysis_reports_batched_means(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    info = DataInfo((6,), 3, (0.5,) * 6, (0.25,) * 6, ("a", "b", "c"))
+    split = Split(torch.rand(50, 6, dtype=torch.float64), torch.randint(0, 3, (50,)))
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    model = model.double().eval()
+    ctx = AnalysisContext(
+        model, DataSplits(split, None, split, info), torch.device("cpu"), tmp_path
+    )
+    params = GeometryParams(samples=50, batch_size=7, iterations=30)
+    result = GeometryAnalysis(params).run(ctx)
+
+    x = split.x.clone().requires_grad_(True)
+    losses = torch.nn.functional.cross_entropy(model(x), split.y, reduction="none")
+    (grads,) = torch.autograd.grad(losses.sum(), x)
+    assert result.metrics["geometry/grad_norm_mean"] == pytest.approx(grads.norm(dim=1).mean())
+    jacobians = torch.stack(
+        [torch.autograd.functional.jacobian(model, split.x[b]) for b in range(50)]
+    )  # (N, C, D)
+    frobenius = jacobians.flatten(1).norm(dim=1)
+    assert result.metrics["geometry/jacobian_frobenius_mean"] == pytest.approx(frobenius.mean())
+    assert result.metrics["geometry/curvature_mean"] > 0
+    assert (tmp_path / "geometry" / "samples.csv").read_text().count("\n") == 51
