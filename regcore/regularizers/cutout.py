@@ -8,9 +8,10 @@ the image: the paper lets the centre fall anywhere so that partial squares occur
 code clips the same way). ``probability`` is the chance that a sample is cut at all (1 in
 the paper). The paper's sizes: 16 px on CIFAR-10, 8 on CIFAR-100, 20 on SVHN.
 
-``fill`` is in pixel space (models normalize inside), so the default 0 is black. The
-paper's code cuts the normalized image, i.e. fills with the per-channel dataset mean;
-``fill: mean`` does that here (the mean comes from the dataset's DataInfo at setup).
+``fill`` is in pixel space (models normalize inside). The paper's code cuts the
+normalized image, i.e. fills with the per-channel dataset mean, so the default
+``fill: mean`` does that (the mean comes from the dataset's DataInfo at setup); a number
+such as 0 (black) fills with that pixel value instead.
 
 Vectorized: the mask is built from the per-sample centres by broadcasting, no loop over
 samples. Centres come from the device's global torch generator.
@@ -33,7 +34,7 @@ from regcore.regularizers.base import Regularizer
 class CutoutParams(ComponentParams):
     size: int = Field(8, ge=1, description="side of the square in pixels (CIFAR-10: 16)")
     fill: float | Literal["mean"] = Field(
-        0.0, description="pixel value of the square; 'mean': the dataset's channel means"
+        "mean", description="'mean': the dataset's channel means (the paper's); or a pixel value"
     )
     probability: float = Field(1.0, ge=0, le=1, description="chance that a sample is cut")
 

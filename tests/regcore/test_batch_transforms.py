@@ -122,7 +122,7 @@ def test_cutout_transform_cuts_one_square_per_sample_partial_at_borders() -> Non
     x = torch.ones(300, 2, 8, 8)
     y = torch.zeros(300, dtype=torch.long)
     torch.manual_seed(0)
-    out, same_y = make("cutout", size=3).transform_batch(x, y)
+    out, same_y = make("cutout", size=3, fill=0.0).transform_batch(x, y)
     assert same_y is y and out.shape == x.shape
     assert torch.equal(out[:, 0], out[:, 1])  # one square, through every channel
     cut = (out[:, 0] == 0).sum(dim=(1, 2))  # (B,)
@@ -134,9 +134,9 @@ def test_cutout_transform_cuts_one_square_per_sample_partial_at_borders() -> Non
 def test_cutout_probability() -> None:
     x, y = torch.ones(400, 1, 6, 6), torch.zeros(400, dtype=torch.long)
     torch.manual_seed(0)
-    unchanged, _ = make("cutout", probability=0.0).transform_batch(x, y)
+    unchanged, _ = make("cutout", probability=0.0, fill=0.0).transform_batch(x, y)
     assert torch.equal(unchanged, x)
-    out, _ = make("cutout", size=2, probability=0.3).transform_batch(x, y)
+    out, _ = make("cutout", size=2, probability=0.3, fill=0.0).transform_batch(x, y)
     cut = (out == 0).flatten(1).any(dim=1).float()
     assert cut.mean().item() == pytest.approx(0.3, abs=0.07)
 
