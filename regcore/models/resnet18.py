@@ -6,7 +6,9 @@ max-pool; then the parameter count equals ``torchvision.models.resnet18``'s (the
 stem has 64 * C * (49 - 9) fewer). Batch norm, a selectable activation (one module per
 use, so learnable betas are not shared), dropout before the final fc, and torchvision's
 initialization. Module names follow torchvision's (conv1, bn1, layer1..4, fc), so with
-relu the state dict matches torchvision's apart from ``normalize.*``.
+relu the state dict matches torchvision's apart from ``normalize.*``. ``batch_norm:
+lipschitz`` swaps every batch norm for ``LipschitzBatchNorm2d`` (Srinivas et al. 2022:
+affine scale off, each channel's gain <= a learnable gamma, initialized to ``bn_gamma``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from regcore.data.base import DataInfo
 from regcore.models.layers import ActivationName, ModelParams, input_normalization
+from regcore.models.lipschitz_bn import LipschitzBatchNorm2d
 from regcore.registries import MODELS
 
 
@@ -27,6 +30,15 @@ class ResNet18Params(ModelParams):
     stem: Literal["cifar", "imagenet"] = Field(
         "cifar", description="cifar: 3x3 conv, no max-pool; imagenet: 7x7/2 conv + 3x3/2 max-pool"
     )
+    batch_norm: Literal["standard", "lipschitz"] = Field(
+        "standard", description="lipschitz: gamma-Lipschitz batch norm (Srinivas et al. 2022)"
+    )
+    bn_gamma: float = Field(1.0, gt=0, description="initial gamma of the Lipschitz batch norm")
+
+    def new_batch_norm(self, channels: int) -> nn.Module:
+        if self.batch_norm == "lipschitz":
+            return LipschitzBatchNorm2d(channels, gamma=self.bn_gamma)
+        return nn.BatchNorm2d(channels)
 
 
 class BasicBlock(nn.Module):
@@ -35,15 +47,16 @@ class BasicBlock(nn.Module):
     def __init__(self, inputs: int, outputs: int, stride: int, params: ResNet18Params) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(outputs)
+        self.bn1 = params.new_batch_norm(outputs)
         self.act1 = params.new_activation()
         self.conv2 = nn.Conv2d(outputs, outputs, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(outputs)
+        self.bn2 = params.new_batch_norm(outputs)
         self.act2 = params.new_activation()
         self.downsample: nn.Module | None = None
         if stride != 1 or inputs != outputs:
             self.downsample = nn.Sequential(
-                nn.Conv2d(inputs, outputs, 1, stride=stride, bias=False), nn.BatchNorm2d(outputs)
+                nn.Conv2d(inputs, outputs, 1, stride=stride, bias=False),
+                params.new_batch_norm(outputs),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +84,7 @@ class ResNet18(nn.Module):
         else:
             self.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = params.new_batch_norm(64)
         self.act = params.new_activation()
         self.layer1 = self._stage(64, 64, 1, params)
         self.layer2 = self._stage(64, 128, 2, params)
