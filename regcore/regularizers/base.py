@@ -24,10 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from regcore.data.base import DataInfo
 from regcore.registry import ComponentParams
@@ -101,6 +103,32 @@ def weight_parameters(model: nn.Module, exclude_bias_and_norm: bool) -> Iterator
     for parameter in model.parameters():
         if parameter.requires_grad and not (exclude_bias_and_norm and parameter.ndim <= 1):
             yield parameter
+
+
+WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+
+
+def select_layers(model: nn.Module, patterns: Iterable[str], who: str) -> dict[str, nn.Module]:
+    """Conv and linear modules whose name matches one of the glob patterns; none is an error
+    (``who`` names the regularizer in the message)."""
+    patterns = list(patterns)
+    layers = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, WeightLayer)
+        and any(fnmatchcase(name, pattern) for pattern in patterns)
+    }
+    if not layers:
+        raise ValueError(f"{who}: no conv/linear layer matches {patterns}")
+    return layers
+
+
+def stored_weight(module: nn.Module) -> torch.Tensor:
+    """The trained weight tensor of a layer: under a parametrization (spectral norm, lcnn)
+    the original one, since ``module.weight`` is recomputed from it at every access."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
 
 
 def squared_l2_norm(parameters: Iterable[torch.Tensor]) -> torch.Tensor:

@@ -37,7 +37,6 @@ forward passes, which never iterate, cost nothing extra.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from fnmatch import fnmatchcase
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +48,7 @@ from torch.nn.utils.parametrizations import _SpectralNorm
 from regcore.data.base import DataInfo
 from regcore.registries import REGULARIZERS
 from regcore.registry import ComponentParams
-from regcore.regularizers.base import Regularizer, StepContext
+from regcore.regularizers.base import Regularizer, StepContext, select_layers
 
 INIT_ITERATIONS = 15  # power iterations at registration, as torch's spectral_norm does
 EPS = 1e-12  # guards the normalization of a zero vector (torch's default)
@@ -246,17 +245,6 @@ def _numeric_padding(conv: Conv) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- applying it
 
 
-def select_layers(model: nn.Module, patterns: Iterable[str]) -> dict[str, nn.Module]:
-    """Conv and linear modules whose name matches one of the glob patterns."""
-    patterns = list(patterns)
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear | Conv)
-        and any(fnmatchcase(name, pattern) for pattern in patterns)
-    }
-
-
 @torch.no_grad()
 def layer_input_sizes(
     model: nn.Module, layers: dict[str, nn.Module], input_shape: tuple[int, ...]
@@ -301,10 +289,7 @@ def apply_spectral_bound(
 ) -> list[tuple[nn.Module, SpectralBound]]:
     """Register the ``<= gamma`` parametrization on every matching conv and linear layer
     (in place); returns the (layer, bound) pairs, for ``refresh_spectral_bounds``."""
-    patterns = list(patterns)
-    layers = select_layers(model, patterns)
-    if not layers:
-        raise ValueError(f"spectral_norm: no conv/linear layer matches {patterns}")
+    layers = select_layers(model, patterns, "spectral_norm")
     convs = {name: m for name, m in layers.items() if isinstance(m, Conv)}
     sizes = layer_input_sizes(model, convs, input_shape) if convs else {}
     bounds: list[tuple[nn.Module, SpectralBound]] = []

@@ -21,37 +21,9 @@ writing into the computed weight would be lost at the next forward.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from fnmatch import fnmatchcase
-
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.utils import parametrize
-
-WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
-
-
-def select_layers(model: nn.Module, patterns: Iterable[str], who: str) -> dict[str, nn.Module]:
-    """Conv and linear modules whose name matches one of the glob patterns; none is an error
-    (``who`` names the regularizer in the message)."""
-    patterns = list(patterns)
-    layers = {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, WeightLayer)
-        and any(fnmatchcase(name, pattern) for pattern in patterns)
-    }
-    if not layers:
-        raise ValueError(f"{who}: no conv/linear layer matches {patterns}")
-    return layers
-
-
-def stored_weight(module: nn.Module) -> torch.Tensor:
-    """The trained weight tensor of a layer (the original one under a parametrization)."""
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
 
 
 def as_matrix(weight: torch.Tensor) -> torch.Tensor:

@@ -32,14 +32,12 @@ from torch import nn
 from regcore.data.base import DataInfo
 from regcore.registries import REGULARIZERS
 from regcore.registry import ComponentParams
-from regcore.regularizers.base import Regularizer, StepContext
+from regcore.regularizers.base import Regularizer, StepContext, select_layers, stored_weight
 from regcore.regularizers.svb import (
     bound_batchnorm_,
     bound_singular_values_,
     orthogonal_init_,
     select_batchnorms,
-    select_layers,
-    stored_weight,
 )
 
 

@@ -26,8 +26,8 @@ from torch import nn
 from regcore.data.base import DataInfo
 from regcore.registries import REGULARIZERS
 from regcore.registry import ComponentParams
-from regcore.regularizers.base import Regularizer, StepContext
-from regcore.regularizers.svb import as_matrix, orthogonal_init_, select_layers, stored_weight
+from regcore.regularizers.base import Regularizer, StepContext, select_layers, stored_weight
+from regcore.regularizers.svb import as_matrix, orthogonal_init_
 
 
 class SVBSoftParams(ComponentParams):

@@ -5,15 +5,13 @@ and applied to the clean weights, which are restored before the optimizer step.
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
-
 import torch
 from pydantic import Field
 from torch import nn
 
 from regcore.registries import REGULARIZERS
 from regcore.registry import ComponentParams
-from regcore.regularizers.base import Regularizer
+from regcore.regularizers.base import Regularizer, select_layers, stored_weight
 
 
 class WeightNoiseParams(ComponentParams):
@@ -31,20 +29,16 @@ class WeightNoise(Regularizer):
 
     def __init__(self, params: WeightNoiseParams) -> None:
         super().__init__(params)
-        self._clean: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._clean: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def selected(self, model: nn.Module) -> list[nn.Parameter]:
-        chosen: list[nn.Parameter] = []
-        for name, module in model.named_modules():
-            if not isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-                continue
-            if not any(fnmatchcase(name, pattern) for pattern in self.params.layers):
-                continue
-            chosen.append(module.weight)
+    def selected(self, model: nn.Module) -> list[torch.Tensor]:
+        """The stored weights (and biases) of the matching layers: under a parametrization
+        (spectral_norm, lcnn) noise goes into the original weight, not the computed one."""
+        chosen: list[torch.Tensor] = []
+        for module in select_layers(model, self.params.layers, "weight_noise").values():
+            chosen.append(stored_weight(module))
             if self.params.include_bias and module.bias is not None:
                 chosen.append(module.bias)
-        if not chosen:
-            raise ValueError(f"weight_noise: no conv/linear layer matches {self.params.layers}")
         return chosen
 
     @torch.no_grad()

@@ -292,3 +292,16 @@ def test_weight_noise_gradient_taken_at_noisy_point_and_weights_restored() -> No
 def test_weight_noise_needs_a_matching_layer() -> None:
     with pytest.raises(ValueError, match="no conv/linear layer matches"):
         make("weight_noise", layers=["nothing*"]).before_forward(tiny_model())
+
+
+def test_weight_noise_reaches_layers_under_a_spectral_bound() -> None:
+    """Under a parametrization the weight is recomputed from the original at every access,
+    so noise written into ``module.weight`` would be lost."""
+    model = make("spectral_norm", gamma=1.0).setup(tiny_model(torch.float32), TINY_INFO)
+    linear = model[3]
+    clean = linear.weight.detach().clone()
+    noise = make("weight_noise", sigma=0.5, layers=["3"])
+    noise.before_forward(model)
+    assert not torch.allclose(linear.weight, clean)  # the computed weight sees the noise
+    noise.after_backward(model)
+    torch.testing.assert_close(linear.weight, clean)
