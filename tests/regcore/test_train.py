@@ -192,3 +192,15 @@ def test_lenet_on_digits_demo_reaches_90_percent() -> None:
     result = train(spec, data)
     _, accuracy = evaluate(result.model, data.test)
     assert accuracy >= 0.9
+
+
+def test_jacobian_l2_and_dropout_combine_with_separate_terms() -> None:
+    spec = make_spec(
+        regularizers=[{"name": "jacobian", "weight": 0.01}, {"name": "l2", "weight": 0.001}],
+        model={"dropout": 0.5},
+        training={"epochs": 2},
+    )
+    row = train(spec).history[-1]
+    assert row["reg/jacobian"] > 0 and row["reg/l2"] > 0
+    total = row["train/data_loss"] + row["reg/jacobian"] + row["reg/l2"]
+    assert row["train/loss"] == pytest.approx(total, rel=1e-5)
