@@ -1,9 +1,11 @@
 """The only settings object: ``REGBENCH_*`` environment variables and an optional ``.env``.
 
 The embedded default needs no external service: everything lives under one data
-directory (``REGBENCH_DATA_DIR``, default ``./regbench-data``), with MLflow on a local
-SQLite store and its artifacts beside it. A cluster points the same code at an MLflow
-tracking server with ``REGBENCH_MLFLOW_TRACKING_URI``.
+directory (``REGBENCH_DATA_DIR``, default ``./regbench-data``): the job store and the
+Celery broker on SQLite files, MLflow on a local SQLite store with its artifacts
+beside it. A cluster points the same code at PostgreSQL (``REGBENCH_DATABASE_URL``),
+Redis (``REGBENCH_BROKER_URL``) and an MLflow tracking server
+(``REGBENCH_MLFLOW_TRACKING_URI``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,40 @@ class Settings(BaseSettings):
     mlflow_ui_url: str | None = Field(
         None, description="public address of the MLflow UI, for links (default: none)"
     )
+    database_url: str | None = Field(
+        None, description="job store (SQLAlchemy URL); default: SQLite under the data dir"
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker; default: kombu's SQLAlchemy transport on SQLite"
+    )
+    broker_timeout_s: float = Field(
+        3.0, gt=0, description="connect timeout when the API enqueues (then 503, job stays queued)"
+    )
+    broker_poll_interval_s: float = Field(
+        0.1, gt=0, description="polling interval of the server-less SQLite broker"
+    )
+    visibility_timeout_s: int = Field(
+        6 * 3600, ge=60, description="redelivery after this long unacked: above the longest job"
+    )
+    job_time_limit_s: int = Field(24 * 3600, ge=60, description="hard limit per job")
+    heartbeat_interval_s: float = Field(5.0, gt=0, description="running jobs report this often")
+    heartbeat_stale_s: float = Field(
+        60.0, gt=0, description="a running job silent this long is requeued by the reaper"
+    )
+    max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails")
+    max_sweep_size: int = Field(1000, ge=1, description="experiments one sweep may expand to")
+
+    @property
+    def job_store_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'jobs.db').resolve()}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
 
     @property
     def tracking_uri(self) -> str:

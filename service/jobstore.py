@@ -1,0 +1,333 @@
+"""The job store: submissions and every job state transition, each one atomic.
+
+States: queued -> running -> succeeded | failed | cancelled; running -> queued when a
+worker's heartbeat stops (attempt counts deliveries; past ``max_attempts`` the job
+fails with the reason). Transitions are single conditional UPDATEs, so two workers
+given the same job (a redelivery, a reconciler's re-enqueue) cannot both claim it:
+
+    UPDATE jobs SET state='running' ... WHERE id=? AND (state='queued' OR heartbeat stale)
+
+Functions take a Session and flush; the caller commits (one transaction per request
+or per worker step). They never talk to the broker: the API commits, then enqueues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from regcore.spec import ExperimentSpec
+from service.tables import Experiment, Job, JobKind, JobState, Worker, new_id, utcnow
+
+TERMINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Submission:
+    experiment: Experiment
+    created: bool  # False: an identical spec already existed and was returned
+
+
+def queue_for(spec: ExperimentSpec, default_queue: str) -> str:
+    """``resources.queue``: gpu or cpu, or the deployment's default for ``auto``."""
+    return default_queue if spec.resources.queue == "auto" else spec.resources.queue
+
+
+def submit_experiment(
+    session: Session,
+    spec: ExperimentSpec,
+    *,
+    owner: str = "anonymous",
+    default_queue: str = "cpu",
+    sweep_id: str | None = None,
+    configuration: str | None = None,
+    force: bool = False,
+) -> Submission:
+    """One experiment: a train job plus one job per analysis, depending on it.
+
+    An identical spec (same hash) returns the existing experiment unless ``force``; the
+    unique index on ``dedup_key`` decides, so concurrent submissions cannot both win.
+    """
+    spec_hash = spec.spec_hash()
+    dedup_key = f"{spec_hash}:{new_id()}" if force else spec_hash
+    if not force:
+        existing = session.scalar(select(Experiment).where(Experiment.dedup_key == dedup_key))
+        if existing is not None:
+            return Submission(existing, created=False)
+    queue = queue_for(spec, default_queue)
+    experiment = Experiment(
+        name=spec.name,
+        owner=owner,
+        sweep_id=sweep_id,
+        configuration=configuration,
+        spec=spec.model_dump(mode="json"),
+        spec_hash=spec_hash,
+        dedup_key=dedup_key,
+    )
+    train = Job(id=new_id(), kind=JobKind.TRAIN, queue=queue, state=JobState.QUEUED)
+    experiment.jobs.append(train)
+    for analysis in spec.analyses:
+        experiment.jobs.append(
+            Job(
+                kind=analysis.name,
+                payload=analysis.model_dump(mode="json"),
+                depends_on=train.id,
+                queue=queue,
+                state=JobState.QUEUED,
+            )
+        )
+    try:
+        with session.begin_nested():
+            session.add(experiment)
+            session.flush()
+    except IntegrityError:  # lost a race with an identical submission
+        existing = session.scalar(select(Experiment).where(Experiment.dedup_key == dedup_key))
+        if existing is None:
+            raise
+        return Submission(existing, created=False)
+    return Submission(experiment, created=True)
+
+
+def add_analysis_jobs(
+    session: Session, experiment: Experiment, analyses: Sequence[dict[str, Any]]
+) -> list[Job]:
+    """Analysis jobs on an experiment whose train job already succeeded (or will)."""
+    train = train_job(experiment)
+    jobs = [
+        Job(
+            kind=analysis["kind"],
+            payload=dict(analysis),
+            depends_on=train.id,
+            queue=train.queue,
+            state=JobState.QUEUED,
+        )
+        for analysis in analyses
+    ]
+    experiment.jobs.extend(jobs)
+    session.flush()
+    return jobs
+
+
+def train_job(experiment: Experiment) -> Job:
+    return next(job for job in experiment.jobs if job.kind == JobKind.TRAIN)
+
+
+def experiment_status(experiment: Experiment) -> str:
+    """One word for an experiment from its jobs' states."""
+    states = {job.state for job in experiment.jobs}
+    for state in (JobState.FAILED, JobState.CANCELLED, JobState.RUNNING):
+        if state in states:
+            return state.value
+    if states == {JobState.SUCCEEDED}:
+        return JobState.SUCCEEDED.value
+    if JobState.SUCCEEDED in states:
+        return JobState.RUNNING.value  # training done, analyses waiting
+    return JobState.QUEUED.value
+
+
+# --------------------------------------------------------------------------- broker bookkeeping
+
+
+def mark_enqueued(session: Session, job_ids: Sequence[str]) -> None:
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
+
+
+def runnable_queued_jobs(session: Session, enqueued_before: datetime) -> list[Job]:
+    """Queued jobs that the broker may have lost: never enqueued, or enqueued before the
+    cut-off and still unclaimed, whose dependency (if any) has succeeded."""
+    parent = aliased(Job)
+    dependency_done = or_(
+        Job.depends_on.is_(None),
+        exists().where(and_(parent.id == Job.depends_on, parent.state == JobState.SUCCEEDED)),
+    )
+    query = select(Job).where(
+        Job.state == JobState.QUEUED,
+        Job.cancel_requested.is_(False),
+        or_(Job.enqueued_at.is_(None), Job.enqueued_at < enqueued_before),
+        dependency_done,
+    )
+    return list(session.scalars(query.order_by(Job.created_at)))
+
+
+def dependents_ready(session: Session, job_id: str) -> list[Job]:
+    """Queued jobs waiting on ``job_id`` (to enqueue once it succeeded)."""
+    query = select(Job).where(Job.depends_on == job_id, Job.state == JobState.QUEUED)
+    return list(session.scalars(query))
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def claim(
+    session: Session,
+    job_id: str,
+    *,
+    worker: str,
+    device: str | None,
+    stale_before: datetime,
+    max_attempts: int,
+) -> Job | None:
+    """Atomically take a job; None if another worker has it, it finished, it was cancelled,
+    or its dependency has not succeeded. Past ``max_attempts`` the job fails instead."""
+    now = utcnow()
+    parent = aliased(Job)
+    claimable = and_(
+        Job.id == job_id,
+        Job.cancel_requested.is_(False),
+        or_(
+            Job.state == JobState.QUEUED,
+            and_(Job.state == JobState.RUNNING, Job.heartbeat_at < stale_before),
+        ),
+        or_(
+            Job.depends_on.is_(None),
+            exists().where(and_(parent.id == Job.depends_on, parent.state == JobState.SUCCEEDED)),
+        ),
+    )
+    exhausted = session.execute(
+        update(Job)
+        .where(claimable, Job.attempt >= max_attempts)
+        .values(
+            state=JobState.FAILED,
+            finished_at=now,
+            error=f"gave up after {max_attempts} attempts (worker lost each time)",
+        )
+    )
+    if exhausted.rowcount:
+        return None
+    result = session.execute(
+        update(Job)
+        .where(claimable)
+        .values(
+            state=JobState.RUNNING,
+            attempt=Job.attempt + 1,
+            worker=worker,
+            device=device,
+            started_at=now,
+            heartbeat_at=now,
+            error=None,
+        )
+    )
+    if result.rowcount != 1:
+        return None
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def heartbeat(
+    session: Session,
+    job_id: str,
+    worker: str,
+    *,
+    progress: float | None = None,
+    message: str | None = None,
+) -> bool:
+    """Record liveness and progress; returns True when a cancel was requested (or the job
+    is no longer this worker's), i.e. when the supervisor should stop the run."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = progress
+    if message is not None:
+        values["message"] = message
+    owned = and_(Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING)
+    result = session.execute(update(Job).where(owned).values(**values))
+    if result.rowcount != 1:
+        return True
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def set_mlflow_run(session: Session, job_id: str, run_id: str) -> None:
+    job = session.get(Job, job_id)
+    if job is not None:
+        job.mlflow_run_id = run_id
+        if job.kind == JobKind.TRAIN:
+            job.experiment.mlflow_run_id = run_id
+
+
+def finish(
+    session: Session,
+    job_id: str,
+    worker: str,
+    state: JobState,
+    *,
+    error: str | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> bool:
+    """running -> succeeded | failed | cancelled, only by the worker that holds the job."""
+    if not state.finished:
+        raise ValueError(f"finish() needs a final state, got {state}")
+    owned = and_(Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING)
+    values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "error": error}
+    if state == JobState.SUCCEEDED:
+        values["progress"] = 1.0
+    result = session.execute(update(Job).where(owned).values(**values))
+    if result.rowcount == 1 and metrics:
+        job = session.get(Job, job_id, populate_existing=True)
+        assert job is not None
+        job.experiment.metrics = {**(job.experiment.metrics or {}), **metrics}
+    return result.rowcount == 1
+
+
+def request_cancel(session: Session, experiment: Experiment) -> list[Job]:
+    """Queued jobs are cancelled at once (they will never run); running ones get a flag
+    that their supervisor sees at its next heartbeat. Returns the jobs that changed."""
+    changed = []
+    now = utcnow()
+    for job in experiment.jobs:
+        if job.state == JobState.QUEUED:
+            job.state, job.finished_at, job.cancel_requested = JobState.CANCELLED, now, True
+            changed.append(job)
+        elif job.state == JobState.RUNNING and not job.cancel_requested:
+            job.cancel_requested = True
+            changed.append(job)
+    session.flush()
+    return changed
+
+
+def requeue_stale(session: Session, stale_before: datetime, max_attempts: int) -> list[str]:
+    """The reaper: running jobs whose heartbeat stopped go back to queued (or fail once
+    their attempts are used up). Returns the ids put back in the queue."""
+    stale = and_(Job.state == JobState.RUNNING, Job.heartbeat_at < stale_before)
+    session.execute(
+        update(Job)
+        .where(stale, Job.attempt >= max_attempts)
+        .values(
+            state=JobState.FAILED,
+            finished_at=utcnow(),
+            error=f"worker lost; gave up after {max_attempts} attempts",
+        )
+    )
+    session.execute(  # a lost job that was being cancelled is simply cancelled
+        update(Job)
+        .where(stale, Job.cancel_requested.is_(True))
+        .values(state=JobState.CANCELLED, finished_at=utcnow())
+    )
+    ids = list(session.scalars(select(Job.id).where(stale)))
+    if ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids))
+            .values(state=JobState.QUEUED, worker=None, enqueued_at=None, message="requeued")
+        )
+    return ids
+
+
+def worker_heartbeat(
+    session: Session, name: str, hostname: str, queues: str, device: str | None
+) -> None:
+    worker = session.get(Worker, name)
+    if worker is None:
+        session.add(Worker(name=name, hostname=hostname, queues=queues, device=device))
+    else:
+        worker.heartbeat_at, worker.queues, worker.device = utcnow(), queues, device
+    session.flush()
+
+
+def live_workers(session: Session, seen_within: timedelta) -> list[Worker]:
+    cutoff = utcnow() - seen_within
+    return list(session.scalars(select(Worker).where(Worker.heartbeat_at >= cutoff)))

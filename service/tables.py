@@ -1,0 +1,127 @@
+"""The job store's tables (SQLAlchemy 2). Alembic migrations in ``migrations/`` create them.
+
+The database is the source of truth for every job; the broker only carries job ids.
+An experiment is one spec: a ``train`` job plus analysis jobs that depend on it.
+Deduplication: ``experiments.dedup_key`` is unique; it equals the spec hash unless the
+submitter forced a new experiment (then the hash plus a fresh suffix).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class JobKind(StrEnum):
+    TRAIN = "train"
+    ATTACK = "attack"
+    BOUNDARY = "boundary"
+    GEOMETRY = "geometry"
+    CALIBRATION = "calibration"
+    PLOTS = "plots"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(100), default="anonymous")
+    sweep_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    base: Mapped[dict[str, Any]]
+    grid: Mapped[dict[str, Any]]
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    experiments: Mapped[list[Experiment]] = relationship(back_populates="sweep")
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(100), default="anonymous")
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    configuration: Mapped[str | None] = mapped_column(Text)  # the grid point's label
+    spec: Mapped[dict[str, Any]]
+    spec_hash: Mapped[str] = mapped_column(String(64), index=True)
+    dedup_key: Mapped[str] = mapped_column(String(100), unique=True)
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    sweep: Mapped[Sweep | None] = relationship(back_populates="experiments")
+    jobs: Mapped[list[Job]] = relationship(back_populates="experiment", order_by="Job.created_at")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_queue", "state", "queue"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    payload: Mapped[dict[str, Any] | None]  # an analysis job's spec entry
+    depends_on: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    state: Mapped[str] = mapped_column(String(20), default=JobState.QUEUED)
+    queue: Mapped[str] = mapped_column(String(20), default="cpu")
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    device: Mapped[str | None] = mapped_column(String(50))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    enqueued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    experiment: Mapped[Experiment] = relationship(back_populates="jobs")
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    queues: Mapped[str] = mapped_column(String(200))
+    device: Mapped[str | None] = mapped_column(String(50))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
