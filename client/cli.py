@@ -15,6 +15,7 @@ LOCAL_COMMANDS = {
     "run": ("service.cli", "run", "Run a spec or a grid here, in-process, and print results."),
     "analyze": ("service.cli", "analyze", "Run analyses on a finished run's checkpoint."),
     "catalog": ("service.cli", "catalog", "List datasets, models and regularizers with params."),
+    "db": ("service.cli", "db", "Job-store schema: upgrade, downgrade, current."),
 }
 
 

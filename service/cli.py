@@ -218,3 +218,50 @@ def analyze(run_id: str, analyses: tuple[str, ...], as_json: bool, data_dir: Pat
     for name, value in sorted(metrics.items()):
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
+
+
+@click.group()
+def db() -> None:
+    """Job-store schema: upgrade, downgrade, current (REGBENCH_DATABASE_URL)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Migrate the job store up to REVISION (default: the newest)."""
+    from service.schema import upgrade_database
+    from service.settings import Settings
+
+    settings = Settings()
+    upgrade_database(settings.job_store_url, revision)
+    click.echo(f"job store at {revision}: {_safe_url(settings.job_store_url)}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Migrate the job store down to REVISION (``base`` drops every table)."""
+    from service.schema import downgrade_database
+    from service.settings import Settings
+
+    settings = Settings()
+    downgrade_database(settings.job_store_url, revision)
+    click.echo(f"job store at {revision}: {_safe_url(settings.job_store_url)}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the job store's revision and the newest one."""
+    from service.db import make_engine
+    from service.schema import current_revision, head_revision
+    from service.settings import Settings
+
+    engine = make_engine(Settings().job_store_url)
+    click.echo(f"current: {current_revision(engine)}  newest: {head_revision()}")
+    engine.dispose()
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
