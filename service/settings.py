@@ -41,15 +41,16 @@ class Settings(BaseSettings):
         0.1, gt=0, description="polling interval of the server-less SQLite broker"
     )
     visibility_timeout_s: int = Field(
-        6 * 3600, ge=60, description="redelivery after this long unacked: above the longest job"
+        6 * 3600, ge=1, description="redelivery after this long unacked: above the longest job"
     )
-    job_time_limit_s: int = Field(24 * 3600, ge=60, description="hard limit per job")
+    job_time_limit_s: int = Field(24 * 3600, ge=1, description="hard limit per job")
     heartbeat_interval_s: float = Field(5.0, gt=0, description="running jobs report this often")
     heartbeat_stale_s: float = Field(
         60.0, gt=0, description="a running job silent this long is requeued by the reaper"
     )
     max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails")
     max_sweep_size: int = Field(1000, ge=1, description="experiments one sweep may expand to")
+    default_queue: str = Field("cpu", description="queue of jobs whose resources say auto")
 
     @property
     def job_store_url(self) -> str:
