@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from regcore.registries import ANALYSES, DATASETS, MODELS, REGULARIZERS
+from regcore.registries import ANALYSES, ATTACKS, DATASETS, MODELS, REGULARIZERS
 from regcore.registry import Registry
 
 CATALOG: dict[str, Registry] = {
@@ -12,6 +12,7 @@ CATALOG: dict[str, Registry] = {
     "models": MODELS,
     "regularizers": REGULARIZERS,
     "analyses": ANALYSES,
+    "attacks": ATTACKS,
 }
 
 

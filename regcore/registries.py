@@ -11,5 +11,6 @@ DATASETS: Registry = Registry("dataset", package="regcore.data")
 MODELS: Registry = Registry("model", package="regcore.models")
 REGULARIZERS: Registry = Registry("regularizer", package="regcore.regularizers")
 ANALYSES: Registry = Registry("analysis", package="regcore.analysis")
+ATTACKS: Registry = Registry("attack", package="regcore.attacks")
 
-__all__ = ["ANALYSES", "DATASETS", "MODELS", "REGULARIZERS"]
+__all__ = ["ANALYSES", "ATTACKS", "DATASETS", "MODELS", "REGULARIZERS"]

@@ -20,113 +20,90 @@ the one with the highest loss. Within a restart the last iterate is returned (Ma
 During an attack the model is in eval mode (dropout off, batch norm on its running
 statistics, so samples do not interact) and its mode is restored after. Gradients are
 taken with ``torch.autograd.grad`` with respect to the input only, so nothing is
-accumulated into the parameters' ``.grad``.
+accumulated into the parameters' ``.grad``. ``fgsm`` (regcore.attacks.fgsm) and
+``eval_mode`` / ``input_gradient`` (regcore.attacks.base) are re-exported here.
+
+Arguments: ``eps`` a float or a per-sample (B,) tensor (then alpha's default is per
+sample too), ``norm`` linf or l2 (default linf), ``steps`` 10, ``alpha`` 2.5 * eps /
+steps, ``random_start`` True, ``restarts`` 1, ``generator`` torch's global one. Usual
+budgets: MNIST Linf 0.3, CIFAR Linf 8/255, CIFAR L2 0.5. Shapes: x (B, ...) in [0, 1],
+y (B,) -> x' (B, ...). Example, three budgets in one batched pass:
+
+    eps = torch.tensor([0.1, 0.2, 0.3]).repeat_interleave(len(x))  # (3B,)
+    x_adv = pgd(model, x.repeat(3, 1, 1, 1), y.repeat(3), eps=eps, steps=40)
+    x_adv = ATTACKS.build("pgd", {"norm": "l2", "steps": 40})(model, x, y, 0.5)
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-Norm = Literal["linf", "l2"]
-_TINY = 1e-12  # guards per-sample divisions by a zero gradient or perturbation norm
+from regcore.attacks.base import (
+    TINY,
+    Attack,
+    AttackParams,
+    Norm,
+    broadcast,
+    check_norm,
+    eval_mode,
+    input_gradient,
+    per_sample,
+    per_sample_norm,
+)
+from regcore.attacks.fgsm import fgsm
+from regcore.registries import ATTACKS
+
+__all__ = ["PGD", "Norm", "PGDParams", "eval_mode", "fgsm", "input_gradient", "pgd"]
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put the model (every submodule) in eval mode; restore each submodule's mode after."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(B, ...) per-sample grad_x CE(f(x_b), y_b), detached; the parameters get no .grad.
-
-    The summed (not mean) loss makes each row the gradient of that sample's own loss.
-    """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(x), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-    return grad
-
-
-def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
-    """(B, ...) -> (B, 1, ..., 1) L2 norm of each sample, shaped to broadcast against t."""
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
-
-
-def _random_start(x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
+def _random_start(
+    x: torch.Tensor, eps: torch.Tensor, norm: Norm, generator: torch.Generator | None
+) -> torch.Tensor:
+    """x plus a uniform draw from the eps-ball, clamped; eps is (B, 1, ..., 1)."""
     if norm == "linf":
-        delta = (2 * torch.rand_like(x) - 1) * eps  # U(-eps, eps) per pixel
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        delta = (2 * noise - 1) * eps  # U(-eps, eps) per pixel
     else:
         # Uniform in the L2 ball: a Gaussian direction, radius eps * U^(1/D).
-        direction = torch.randn_like(x)
-        direction = direction / _per_sample_norm(direction).clamp_min(_TINY)
+        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = direction / per_sample_norm(direction).clamp_min(TINY)
         dims = x[0].numel()
-        radius = eps * torch.rand(x.shape[0], device=x.device, dtype=x.dtype) ** (1 / dims)
-        delta = direction * radius.view(-1, *([1] * (x.dim() - 1)))
+        u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+        delta = direction * eps * u.view(-1, *([1] * (x.dim() - 1))) ** (1 / dims)
     return (x + delta).clamp(0.0, 1.0)
 
 
-def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
-    """Onto {x' : ||x' - x|| <= eps} (in the given norm), then into [0, 1]."""
+def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Onto {x' : ||x' - x|| <= eps} (in the given norm), then into [0, 1]; eps (B, 1, ..., 1)."""
     delta = x_adv - x
     if norm == "linf":
-        delta = delta.clamp(-eps, eps)
+        delta = torch.minimum(torch.maximum(delta, -eps), eps)
     else:
         # Shrink only the samples outside the ball; eps / ||delta|| >= 1 inside it.
-        scale = (eps / _per_sample_norm(delta).clamp_min(_TINY)).clamp(max=1.0)
+        scale = (eps / per_sample_norm(delta).clamp_min(TINY)).clamp(max=1.0)
         delta = delta * scale
     return (x + delta).clamp(0.0, 1.0)
-
-
-def _check(eps: float, norm: str, steps: int, restarts: int) -> None:
-    if not (eps >= 0 and math.isfinite(eps)):
-        raise ValueError(f"eps must be a finite number >= 0; got {eps}")
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2'; got {norm!r}")
-    if steps < 1 or restarts < 1:
-        raise ValueError(f"steps and restarts must be >= 1; got {steps} and {restarts}")
-
-
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """x' = clamp01(x + eps * sign(grad_x CE)): one Linf step from x, no random start."""
-    _check(eps, "linf", 1, 1)
-    x = x.detach()
-    if eps == 0:
-        return x.clone()
-    with eval_mode(model):
-        grad = input_gradient(model, x, y)  # (B, ...)
-    return (x + eps * grad.sign()).clamp(0.0, 1.0)
 
 
 def _pgd_once(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: float,
+    eps: torch.Tensor,
     norm: Norm,
     steps: int,
-    alpha: float,
+    alpha: torch.Tensor,
     random_start: bool,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
-    x_adv = _random_start(x, eps, norm) if random_start else x.clone()
+    x_adv = _random_start(x, eps, norm, generator) if random_start else x.clone()
     for _ in range(steps):
         grad = input_gradient(model, x_adv, y)  # (B, ...)
         # L2: a zero gradient gives a zero step, not a nan.
-        step = grad.sign() if norm == "linf" else grad / _per_sample_norm(grad).clamp_min(_TINY)
+        step = grad.sign() if norm == "linf" else grad / per_sample_norm(grad).clamp_min(TINY)
         x_adv = _project(x_adv + alpha * step, x, eps, norm)
     return x_adv
 
@@ -136,27 +113,34 @@ def pgd(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    eps: float,
+    eps: float | torch.Tensor,
     norm: Norm = "linf",
     steps: int = 10,
-    alpha: float | None = None,
+    alpha: float | torch.Tensor | None = None,
     random_start: bool = True,
     restarts: int = 1,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Untargeted PGD in pixel space: (B, ...) inputs in [0, 1] -> adversarial examples.
 
-    ``alpha`` defaults to 2.5 * eps / steps. Without a random start every restart would
-    be the same, so ``restarts`` only matters with ``random_start``. Randomness comes
-    from torch's global generator.
+    ``eps`` is a float or a per-sample (B,) tensor; ``alpha`` (float or (B,)) defaults to
+    2.5 * eps / steps, per sample. Without a random start every restart would be the same,
+    so ``restarts`` only matters with ``random_start``. Random starts are drawn from
+    ``generator`` (on x's device), else from torch's global generator. A sample with
+    eps = 0 comes back as x itself.
     """
-    _check(eps, norm, steps, restarts)
+    check_norm(norm)
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps and restarts must be >= 1; got {steps} and {restarts}")
     x = x.detach()
-    if eps == 0:  # the ball is the point x: no attack can move
+    budget = per_sample(eps, x)  # (B,) float64
+    if not bool((budget > 0).any()):  # every ball is the point x: no attack can move
         return x.clone()
-    alpha = 2.5 * eps / steps if alpha is None else alpha
+    step_size = 2.5 * budget / steps if alpha is None else per_sample(alpha, x, "alpha")
+    eps_b, alpha_b = broadcast(budget, x), broadcast(step_size, x)  # (B, 1, ..., 1)
     runs = restarts if random_start else 1
     with eval_mode(model):
-        best = _pgd_once(model, x, y, eps, norm, steps, alpha, random_start)
+        best = _pgd_once(model, x, y, eps_b, norm, steps, alpha_b, random_start, generator)
         if runs == 1:
             return best
         with torch.no_grad():
@@ -164,7 +148,7 @@ def pgd(
             best_loss = F.cross_entropy(logits, y, reduction="none")  # (B,)
             best_fooled = logits.argmax(dim=1) != y  # (B,)
         for _ in range(runs - 1):
-            candidate = _pgd_once(model, x, y, eps, norm, steps, alpha, random_start)
+            candidate = _pgd_once(model, x, y, eps_b, norm, steps, alpha_b, random_start, generator)
             with torch.no_grad():
                 logits = model(candidate)
                 loss = F.cross_entropy(logits, y, reduction="none")
@@ -177,3 +161,34 @@ def pgd(
             best_loss = torch.where(take, loss, best_loss)
             best_fooled = best_fooled | fooled
     return best
+
+
+class PGDParams(AttackParams):
+    steps: int = Field(10, ge=1, description="gradient steps per restart (Madry MNIST: 40)")
+    alpha: float | None = Field(
+        None, gt=0, description="step size in pixel units; none: 2.5 * eps / steps per sample"
+    )
+    random_start: bool = Field(True, description="start from a uniform point of the eps-ball")
+    restarts: int = Field(1, ge=1, description="random restarts; a sample keeps its best")
+
+
+@ATTACKS.register("pgd")
+class PGD(Attack):
+    """PGD, Linf or L2, with random start and restarts (Madry et al. 2018)."""
+
+    Params = PGDParams
+    params: PGDParams
+
+    def perturb(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        p = self.params
+        return pgd(
+            model, x, y, eps=eps, norm=p.norm, steps=p.steps, alpha=p.alpha,
+            random_start=p.random_start, restarts=p.restarts, generator=generator,
+        )  # fmt: skip

@@ -1,15 +1,19 @@
 """FGSM and PGD against the sanity checks every attack must pass: the budget and [0, 1]
 are respected, eps = 0 is the clean accuracy, robust accuracy falls with eps, PGD beats
-FGSM, eps = 1 Linf breaks everything, FGSM is exact on a linear model, and an attack
-leaves the model's gradients and train/eval mode alone."""
+FGSM, eps = 1 Linf breaks everything, FGSM is exact on a linear model, a per-sample eps
+(several budgets in one batched pass) gives exactly the separate runs, and an attack
+leaves the model's gradients, its train/eval mode and torch's generator alone."""
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regcore.attacks.base import distances
 from regcore.attacks.pgd import fgsm, pgd
 from regcore.data import DataSplits, load_dataset
 from regcore.data.base import Split
@@ -22,26 +26,30 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(dim=1) == y).double().mean().item()
 
 
-@pytest.fixture(scope="module")
-def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """An MLP on 8x8 digits (about 98% test accuracy, in about a second) and its test set."""
+@lru_cache(maxsize=2)
+def train_digits_mlp(seed: int = 0) -> tuple[nn.Module, DataSplits]:
+    """An MLP on 8x8 digits (about 98% test accuracy, in well under a second) and its data.
+
+    Cached: the attack test modules share it; none of them changes the model.
+    """
     spec = ExperimentSpec.model_validate(
         {
             "dataset": {"name": "digits", "size": 8, "val_fraction": 0.0},
             "model": {"name": "mlp", "hidden": [64]},
-            "training": {"epochs": 15, "batch_size": 64, "lr": 0.05, "seed": 0, "device": "cpu"},
+            "training": {"epochs": 15, "batch_size": 64, "lr": 0.05, "seed": seed, "device": "cpu"},
         }
     )
-    data: DataSplits = load_dataset(spec.dataset, spec.training.seed)
+    data = load_dataset(spec.dataset, spec.training.seed)
     model = train(spec, data).model.eval()
     assert evaluate(model, data.test)[1] > 0.95
+    return model, data
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The digits MLP and its test set (359 images)."""
+    model, data = train_digits_mlp()
     return model, data.test.x, data.test.y
-
-
-def distances(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
-    """(B,) ||x_adv_b - x_b|| in the attack's norm."""
-    delta = (x_adv - x).flatten(1)
-    return delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
 
 
 # --------------------------------------------------------------------------- the budget
@@ -85,6 +93,90 @@ def test_eps_zero_is_the_clean_input(trained: tuple[nn.Module, torch.Tensor, tor
             assert torch.equal(x_adv, x)
             assert accuracy(model, x_adv, y) == clean
     assert torch.equal(fgsm(model, x, y, 0.0), x)
+
+
+# --------------------------------------------------------------------------- per-sample eps
+
+
+def repeated(x: torch.Tensor, y: torch.Tensor, epsilons: list[float]) -> tuple[torch.Tensor, ...]:
+    """The examples once per eps, and the (E * B,) eps of each row: eps-major order."""
+    budget = torch.tensor(epsilons).repeat_interleave(len(x))  # (E * B,)
+    return x.repeat(len(epsilons), 1, 1, 1), y.repeat(len(epsilons)), budget
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize(("random_start", "restarts"), [(False, 1), (True, 1), (True, 2)])
+def test_per_sample_eps_keeps_each_example_in_its_own_ball(
+    trained: tuple[nn.Module, torch.Tensor, torch.Tensor],
+    norm: str,
+    random_start: bool,
+    restarts: int,
+) -> None:
+    model, x, y = trained
+    xs, ys, budget = repeated(x[:60], y[:60], [0.0, *EPSILONS[norm]])
+    generator = torch.Generator().manual_seed(0)
+    x_adv = pgd(
+        model, xs, ys, eps=budget, norm=norm, steps=5, random_start=random_start,
+        restarts=restarts, generator=generator,
+    )  # fmt: skip
+    moved = distances(x_adv, xs, norm)  # (E * B,)
+    assert bool((moved <= budget + 1e-6).all())
+    assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+    assert torch.equal(x_adv[:60], x[:60])  # eps = 0 rows are x itself, even with a random start
+    assert bool((moved[60:] > 0).all())
+    if norm == "linf":
+        x_fgsm = fgsm(model, xs, ys, budget)
+        assert bool((distances(x_fgsm, xs, "linf") <= budget + 1e-6).all())
+        assert x_fgsm.min().item() >= 0.0 and x_fgsm.max().item() <= 1.0
+        assert torch.equal(x_fgsm[:60], x[:60])
+
+
+@pytest.mark.parametrize(
+    ("norm", "epsilons"), [("linf", [0.05, 0.1, 0.2, 0.3]), ("l2", [0.25, 0.5, 1.0, 2.0])]
+)
+@pytest.mark.parametrize("alpha", [None, 0.02])
+def test_one_batched_pass_over_several_eps_equals_the_separate_runs(
+    trained: tuple[nn.Module, torch.Tensor, torch.Tensor],
+    norm: str,
+    epsilons: list[float],
+    alpha: float | None,
+) -> None:
+    """Without a random start, exactly: alpha's default 2.5 * eps / steps is per sample."""
+    model, x, y = trained
+    xs, ys, budget = repeated(x, y, epsilons)
+    batched = pgd(
+        model, xs, ys, eps=budget, norm=norm, steps=7, alpha=alpha, random_start=False
+    ).view(len(epsilons), *x.shape)
+    for i, eps in enumerate(epsilons):
+        alone = pgd(model, x, y, eps=eps, norm=norm, steps=7, alpha=alpha, random_start=False)
+        assert torch.equal(batched[i], alone), (norm, eps)
+    if norm == "linf":
+        batched = fgsm(model, xs, ys, budget).view(len(epsilons), *x.shape)
+        for i, eps in enumerate(epsilons):
+            assert torch.equal(batched[i], fgsm(model, x, y, eps))
+
+
+def test_a_scalar_tensor_eps_and_a_float_are_the_same(
+    trained: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
+    model, x, y = trained
+    as_float = pgd(model, x, y, eps=0.1, random_start=False)
+    assert torch.equal(pgd(model, x, y, eps=torch.tensor(0.1), random_start=False), as_float)
+    assert torch.equal(
+        pgd(model, x, y, eps=torch.full((len(x),), 0.1), random_start=False), as_float
+    )
+
+
+def test_bad_per_sample_eps_is_refused() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x, y = torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 2])
+    nan = float("nan")
+    wrong_shape, negative, not_a_number = [0.1, 0.2], [0.1, -0.1, 0.2], [0.1, nan, 0.1]
+    for eps in (*(torch.tensor(v) for v in (wrong_shape, negative, not_a_number)), nan):
+        with pytest.raises(ValueError, match="eps"):
+            pgd(model, x, y, eps=eps)
+        with pytest.raises(ValueError, match="eps"):
+            fgsm(model, x, y, eps)
 
 
 # --------------------------------------------------------------------------- strength
@@ -203,6 +295,26 @@ class ModeProbe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.seen.append(self.training)
         return x
+
+
+def test_a_generator_draws_the_random_start_and_leaves_torchs_generator_alone(
+    trained: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
+    model, x, y = trained
+    for norm, eps in (("linf", 0.1), ("l2", 0.5)):
+        state = torch.get_rng_state()
+        first = pgd(
+            model, x, y, eps=eps, norm=norm, restarts=2, generator=torch.Generator().manual_seed(5)
+        )
+        torch.manual_seed(123)  # another global state changes nothing
+        again = pgd(
+            model, x, y, eps=eps, norm=norm, restarts=2, generator=torch.Generator().manual_seed(5)
+        )
+        torch.set_rng_state(state)
+        assert torch.equal(first, again)
+        other = pgd(model, x, y, eps=eps, norm=norm, generator=torch.Generator().manual_seed(6))
+        assert not torch.equal(first, other)
+        assert torch.equal(torch.get_rng_state(), state)  # the generator, not the global one
 
 
 def test_attacks_run_in_eval_mode_restore_modes_and_leave_grads_alone() -> None:
