@@ -138,6 +138,15 @@ def test_analyses_run_after_training_and_every_plot_reaches_mlflow(tmp_path: Pat
         "analyses": [
             {"kind": "boundary", "planes": 3, "resolution": 31},
             {"kind": "calibration"},
+            {"kind": "geometry", "samples": 20, "iterations": 5},
+            {
+                "kind": "attack",
+                "method": "pgd",
+                "eps": [0, 0.1, 0.3],
+                "steps": 5,
+                "samples": 50,
+                "steps_curve": [1, 5],
+            },
             {"kind": "plots", "embedding_samples": 60},
         ],
     }
@@ -154,8 +163,11 @@ def test_analyses_run_after_training_and_every_plot_reaches_mlflow(tmp_path: Pat
         "embedding_tsne.png", "feature_maps_conv1.png", "feature_maps_conv2.png",
         "saliency.png", "occlusion.png", "boundary_planes.png",
     } <= plots  # fmt: skip
-    for folder in ("analyses/boundary", "analyses/calibration"):
+    for folder in ("analyses/boundary", "analyses/calibration", "analyses/geometry"):
         assert client.list_artifacts(run_id, folder)
+    attack = {a.path.split("/")[-1] for a in client.list_artifacts(run_id, "analyses/attack")}
+    assert {"accuracy_vs_eps.png", "accuracy_vs_steps.png", "per_class.csv"} <= attack
+    assert metrics["geometry/curvature_mean"] > 0
     logged = client.get_run(run_id).data.metrics
     assert logged["calibration/ece"] == pytest.approx(metrics["calibration/ece"])
 
