@@ -15,10 +15,44 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
+from sqlalchemy import Engine, create_engine
 
 from service.settings import Settings
 
 RUN_JOB_TASK = "regbench.run_job"
+SQLITE_TRANSPORT = "regbench-sqla"  # kombu's SQLAlchemy transport, minus one bug (below)
+
+# kombu's SQLAlchemy channel hands every transport option to create_engine, which rejects
+# the transport's own polling_interval (and Redis' visibility_timeout): keep those out.
+_NOT_ENGINE_OPTIONS = frozenset(
+    {
+        "queue_tablename", "message_tablename", "callback", "errback", "max_retries",
+        "interval_start", "interval_step", "interval_max", "retry_errors",
+        "polling_interval", "visibility_timeout",
+    }
+)  # fmt: skip
+
+
+class _SQLiteChannel(kombu_sqlalchemy.Channel):
+    def _engine_from_config(self) -> Engine:
+        conninfo = self.connection.client
+        options = {
+            key: value
+            for key, value in conninfo.transport_options.items()
+            if key not in _NOT_ENGINE_OPTIONS
+        }
+        return create_engine(conninfo.hostname, **options)
+
+
+class SQLiteTransport(kombu_sqlalchemy.Transport):
+    """``sqla+sqlite://`` that honours ``polling_interval`` (same tables, same messages)."""
+
+    Channel = _SQLiteChannel
+
+
+TRANSPORT_ALIASES[SQLITE_TRANSPORT] = f"{__name__}:SQLiteTransport"
 
 
 class BrokerUnavailableError(RuntimeError):
@@ -26,13 +60,15 @@ class BrokerUnavailableError(RuntimeError):
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("regbench", broker=settings.celery_broker_url)
+    url = settings.celery_broker_url
     transport_options: dict[str, float | int] = {
         "visibility_timeout": settings.visibility_timeout_s
     }
-    if settings.celery_broker_url.startswith("sqla+"):
+    if url.startswith("sqla+"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         transport_options["polling_interval"] = settings.broker_poll_interval_s
+        url = f"{SQLITE_TRANSPORT}+{url.removeprefix('sqla+')}"
+    app = Celery("regbench", broker=url)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -59,7 +95,10 @@ def enqueue(app: Celery, job_id: str, queue: str, timeout_s: float) -> None:
             args=[job_id],
             queue=queue,
             retry=True,
-            retry_policy={"max_retries": 1, "interval_start": 0, "timeout": timeout_s},
+            # kombu's retry policy takes no timeout: connecting is bounded by
+            # broker_connection_timeout, publishing by the publish timeout.
+            retry_policy={"max_retries": 1, "interval_start": 0},
+            timeout=timeout_s,
         )
     except Exception as exc:  # kombu raises OperationalError, socket errors, timeouts...
         raise BrokerUnavailableError(f"broker unavailable: {exc}") from exc

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from client.tables import comparison_table
 from regcore import grid as grids
 from regcore.analysis.base import as_json_value
 from regcore.spec import AnalysisSpec, ExperimentSpec, SpecError, format_validation_error
@@ -28,7 +29,6 @@ from regcore.spec import AnalysisSpec, ExperimentSpec, SpecError, format_validat
 EXIT_INVALID = 2
 EXIT_FAILED = 1
 NON_DETERMINISTIC = ("train_seconds",)  # left out of --json so repeated runs compare equal
-TABLE_METRICS = ("test_accuracy", "test_loss", "train_accuracy", "val_accuracy", "train_seconds")
 
 
 @dataclass(frozen=True)
@@ -135,21 +135,6 @@ def _progress(console: Console, quiet: bool) -> Progress:
         disable=quiet,
         transient=True,
     )
-
-
-def comparison_table(results: list[tuple[str, Mapping[str, Any]]]) -> Table:
-    from regcore.compare import compare
-
-    rows = compare(results, TABLE_METRICS)
-    table = Table(title="regbench results (mean ± std over seeds)")
-    table.add_column("configuration")
-    table.add_column("n", justify="right")
-    for metric in TABLE_METRICS:
-        table.add_column(metric.replace("_", " "), justify="right")
-    for row in rows:
-        cells = [str(row.metrics[m]) if m in row.metrics else "-" for m in TABLE_METRICS]
-        table.add_row(row.configuration, str(row.n), *cells)
-    return table
 
 
 @click.command()

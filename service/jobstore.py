@@ -136,7 +136,12 @@ def experiment_status(experiment: Experiment) -> str:
 
 def mark_enqueued(session: Session, job_ids: Sequence[str]) -> None:
     if job_ids:
-        session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids))
+            .values(enqueued_at=utcnow())
+            .execution_options(synchronize_session="fetch")  # loaded Jobs see the new value
+        )
 
 
 def runnable_queued_jobs(session: Session, enqueued_before: datetime) -> list[Job]:
@@ -269,7 +274,13 @@ def finish(
     if result.rowcount == 1 and metrics:
         job = session.get(Job, job_id, populate_existing=True)
         assert job is not None
-        job.experiment.metrics = {**(job.experiment.metrics or {}), **metrics}
+        # Lock the row: analysis jobs of one experiment may finish at the same moment on
+        # two workers, and each merges its metrics into the others'.
+        experiment = session.get(
+            Experiment, job.experiment_id, with_for_update=True, populate_existing=True
+        )
+        assert experiment is not None
+        experiment.metrics = {**(experiment.metrics or {}), **metrics}
     return result.rowcount == 1
 
 

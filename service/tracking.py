@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 # MLflow announces schema migrations of a new local store at INFO; that is not our output.
@@ -21,6 +22,21 @@ for _logger in ("mlflow", "alembic"):
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_LENGTH = 6000
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The id of MLflow experiment ``name``, created if missing (safe against a concurrent
+    creation by another process)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # created meanwhile by another process
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 class MlflowTracker:
@@ -46,11 +62,8 @@ class MlflowTracker:
         self.run_id: str = run_id
 
     def ensure_experiment(self, name: str, artifact_root: Path | None) -> str:
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
         location = (artifact_root / name).as_uri() if artifact_root is not None else None
-        return self.client.create_experiment(name, artifact_location=location)
+        return ensure_experiment(self.client, name, location)
 
     def log_params(self, params: Mapping[str, str]) -> None:
         items = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]

@@ -1,0 +1,193 @@
+"""The FastAPI app: ``create_app(settings)``; serve with
+``uvicorn --factory api.app:create_app``. Routes under ``/api/v1``, ``/healthz`` at the
+root, OpenAPI at ``/docs``.
+
+Start-up (the lifespan) opens the job store and refuses to serve a database that is not
+at the newest migration: ``SchemaOutdatedError`` propagates with the command to run
+(``regbench db upgrade``). Nothing at start-up needs the broker or MLflow, so
+``/healthz`` can report them down.
+
+Errors keep one shape, ``{"detail": ...}``: 404 for unknown ids, 422 for invalid input
+(FastAPI's own answer, whose ``detail[].loc`` is the field path, such as
+``["body", "regularizers", 0, "name"]``), 400 for a bad artifact path, 409 for analyses
+on a failed experiment, 413 for a body over ``MAX_BODY_BYTES``, 503 when the broker,
+the tracking store or the job store is unavailable, and a logged 500 with a short
+message for anything unexpected (never a traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from anyio import to_thread
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.operations import ConflictError, NotEnqueuedError
+from api.routes import api_router, health
+from api.tracking import (
+    ArtifactNotFoundError,
+    ArtifactPathError,
+    Tracking,
+    TrackingUnavailableError,
+)
+from regcore import __version__
+from service.broker import make_celery
+from service.db import Database
+from service.schema import assert_schema_current
+from service.settings import Settings, get_settings
+
+API_PREFIX = "/api/v1"
+MAX_BODY_BYTES = 1024 * 1024
+RETRY_AFTER_S = "30"
+
+logger = logging.getLogger("regbench.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else get_settings()
+    app = FastAPI(
+        title="regbench",
+        version=__version__,
+        summary="A job queue for benchmarking neural-network regularizers",
+        lifespan=_lifespan(settings),
+    )
+    app.state.settings = settings
+    app.include_router(api_router, prefix=API_PREFIX)
+    app.include_router(health.router)
+    for error, handler in _EXCEPTION_HANDLERS.items():
+        app.add_exception_handler(error, handler)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    return app
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database(settings.job_store_url)
+        try:
+            await to_thread.run_sync(assert_schema_current, database.engine)
+        except BaseException:
+            database.dispose()
+            raise
+        app.state.database = database
+        app.state.celery = make_celery(settings)  # only to send job ids
+        app.state.tracking = Tracking(settings)
+        try:
+            yield
+        finally:
+            app.state.celery.close()
+            database.dispose()
+
+    return lifespan
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _detail(status_code: int, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status_code)
+
+
+async def _not_enqueued(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NotEnqueuedError)
+    logger.warning("%s", exc)
+    response = _detail(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        str(exc),
+        experiment_id=exc.experiment_id,
+        job_ids=exc.job_ids,
+    )
+    response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("%s %s: %s", request.method, request.url.path, exc)
+    if isinstance(exc, OperationalError):
+        message = "the job store is unavailable; try again later"
+    else:
+        message = str(exc)
+    return _detail(status.HTTP_503_SERVICE_UNAVAILABLE, message)
+
+
+def _with_status(code: int) -> Callable[[Request, Exception], Any]:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return _detail(code, str(exc))
+
+    return handler
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _detail(
+        status.HTTP_500_INTERNAL_SERVER_ERROR,
+        f"internal error ({type(exc).__name__}); the server log has the details",
+    )
+
+
+_EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] = {
+    NotEnqueuedError: _not_enqueued,
+    TrackingUnavailableError: _unavailable,
+    OperationalError: _unavailable,
+    ConflictError: _with_status(status.HTTP_409_CONFLICT),
+    ArtifactPathError: _with_status(status.HTTP_400_BAD_REQUEST),
+    ArtifactNotFoundError: _with_status(status.HTTP_404_NOT_FOUND),
+    Exception: _unexpected,
+}
+
+
+# --------------------------------------------------------------------------- body size
+
+
+class BodySizeLimit:
+    """Answer 413 to a request whose body is over ``max_bytes`` (declared or streamed).
+
+    The body is read here (at most ``max_bytes``) and handed on in one message.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._too_large(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = _detail(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"request body over the limit of {self.max_bytes} bytes",
+        )
+        await response(scope, receive, send)

@@ -1,0 +1,65 @@
+"""Dependencies as typed aliases: a route reads
+``def get_experiment(experiment: ExperimentDep, settings: SettingsDep)``.
+
+Everything comes from ``app.state``, filled by ``create_app`` and its lifespan: one
+settings object, one job-store ``Database``, one Celery app (used only to send), one
+``Tracking`` (the MLflow client, made on first use).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, HTTPException, Path, Request, status
+from sqlalchemy.orm import Session, selectinload
+
+from api.tracking import Tracking
+from service.db import Database
+from service.settings import Settings
+from service.tables import Experiment
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_database(request: Request) -> Database:
+    return request.app.state.database
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery
+
+
+def get_tracking(request: Request) -> Tracking:
+    return request.app.state.tracking
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+TrackingDep = Annotated[Tracking, Depends(get_tracking)]
+
+
+def get_session(database: DatabaseDep) -> Iterator[Session]:
+    """One session per request; routes (through ``api.operations``) commit."""
+    with database.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_experiment(
+    session: SessionDep,
+    experiment_id: Annotated[str, Path(description="the experiment's id")],
+) -> Experiment:
+    experiment = session.get(Experiment, experiment_id, options=[selectinload(Experiment.jobs)])
+    if experiment is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment with id {experiment_id!r}")
+    return experiment
+
+
+ExperimentDep = Annotated[Experiment, Depends(get_experiment)]

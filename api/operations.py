@@ -1,0 +1,213 @@
+"""The API's work between HTTP and the job store: submit, add analyses, enqueue, list,
+summarize the queue. Routes call these; these call ``service``.
+
+Commit, then enqueue: the job store is the truth and the broker only transport. Jobs
+are sent after their rows are committed, and marked enqueued (another commit) once the
+broker took them. A broker that does not answer within ``broker_timeout_s`` raises
+``NotEnqueuedError`` (503): the jobs stay queued in the store and the reconciler sends
+them later. Routes are plain ``def`` functions, which FastAPI runs in its thread pool,
+so the blocking database, broker and MLflow calls here never run on the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from celery import Celery
+from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from api.schemas import QueuePublic, RunningJobPublic, WorkerPublic
+from api.tracking import Tracking, TrackingUnavailableError
+from regcore.spec import AnalysisSpec, ExperimentSpec
+from service import jobstore
+from service.broker import BrokerUnavailableError, enqueue
+from service.settings import Settings
+from service.tables import Experiment, Job, JobState, utcnow
+
+LIVE_WORKER_HEARTBEATS = 3  # a worker is live if seen within this many heartbeat intervals
+
+
+class NotEnqueuedError(RuntimeError):
+    """The jobs are recorded and queued in the job store, but the broker did not take them."""
+
+    def __init__(self, experiment_id: str, job_ids: Sequence[str], reason: str) -> None:
+        self.experiment_id = experiment_id
+        self.job_ids = list(job_ids)
+        super().__init__(
+            f"experiment {experiment_id} is recorded, but the broker is unavailable ({reason}); "
+            f"its jobs {', '.join(self.job_ids)} stay queued and the reconciler will enqueue "
+            "them when the broker is back: do not submit again"
+        )
+
+
+class ConflictError(RuntimeError):
+    """The request does not fit the experiment's state (409)."""
+
+
+# --------------------------------------------------------------------------- enqueue
+
+
+def runnable(experiment: Experiment, jobs: Sequence[Job]) -> list[Job]:
+    """Those of ``jobs`` a worker could start now: queued, not cancelled, dependency done."""
+    states = {job.id: job.state for job in experiment.jobs}
+    return [
+        job
+        for job in jobs
+        if job.state == JobState.QUEUED
+        and not job.cancel_requested
+        and (job.depends_on is None or states.get(job.depends_on) == JobState.SUCCEEDED)
+    ]
+
+
+def send(
+    session: Session, celery: Celery, settings: Settings, experiment: Experiment, jobs: list[Job]
+) -> None:
+    """Enqueue committed jobs, mark those the broker took, commit; NotEnqueuedError if not all."""
+    sent: list[str] = []
+    try:
+        for job in jobs:
+            enqueue(celery, job.id, job.queue, settings.broker_timeout_s)
+            sent.append(job.id)
+    except BrokerUnavailableError as exc:
+        missing = [job.id for job in jobs if job.id not in sent]
+        raise NotEnqueuedError(experiment.id, missing, str(exc)) from exc
+    finally:
+        jobstore.mark_enqueued(session, sent)  # a bulk UPDATE: reload what it changed
+        for job in jobs:
+            session.expire(job, ["enqueued_at"])
+        session.commit()
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+def submit(
+    session: Session,
+    celery: Celery,
+    tracking: Tracking,
+    settings: Settings,
+    spec: ExperimentSpec,
+    *,
+    force: bool = False,
+) -> jobstore.Submission:
+    """Record a spec (or find its identical twin) in its MLflow experiment, commit, then
+    enqueue its train job. A tracking store that is down records nothing (503).
+
+    The MLflow experiment is resolved first (once per app, then cached), so no database
+    write waits on MLflow."""
+    try:
+        mlflow_experiment_id = tracking.experiment_id(settings.mlflow_experiment)
+    except TrackingUnavailableError as exc:
+        raise TrackingUnavailableError(f"{exc}; nothing was recorded, submit again later") from exc
+    submission = jobstore.submit_experiment(
+        session, spec, default_queue=settings.default_queue, force=force
+    )
+    if not submission.created:
+        return submission
+    experiment = submission.experiment
+    experiment.mlflow_experiment_id = mlflow_experiment_id
+    session.commit()
+    send(session, celery, settings, experiment, runnable(experiment, experiment.jobs))
+    return submission
+
+
+def add_analyses(
+    session: Session,
+    celery: Celery,
+    settings: Settings,
+    experiment: Experiment,
+    analyses: Sequence[AnalysisSpec],
+) -> list[Job]:
+    """Analysis jobs on the experiment's checkpoint. Its train job must have succeeded or
+    still be on its way (queued, running); a failed or cancelled one never gives a
+    checkpoint (409). The new jobs are enqueued now if training is done, else by the
+    worker when it is."""
+    train = jobstore.train_job(experiment)
+    if train.state in (JobState.FAILED, JobState.CANCELLED) or train.cancel_requested:
+        state = "being cancelled" if train.state == JobState.RUNNING else train.state
+        raise ConflictError(
+            f"the train job of experiment {experiment.id} is {state}: analyses need its "
+            "checkpoint; submit the spec again with force=true"
+        )
+    entries = [analysis.model_dump(mode="json") for analysis in analyses]
+    jobs = jobstore.add_analysis_jobs(session, experiment, entries)
+    session.commit()
+    send(session, celery, settings, experiment, runnable(experiment, jobs))
+    return jobs
+
+
+def cancel(session: Session, experiment: Experiment) -> list[Job]:
+    """Queued jobs are cancelled at once, running ones asked to stop. A finished
+    experiment changes nothing (not an error: cancelling is idempotent)."""
+    changed = jobstore.request_cancel(session, experiment)
+    session.commit()
+    return changed
+
+
+def status_condition(status: str) -> ColumnElement[bool]:
+    """SQL for ``jobstore.experiment_status(experiment) == status`` (for filtering pages)."""
+
+    def has(*states: JobState) -> ColumnElement[bool]:
+        return exists().where(Job.experiment_id == Experiment.id, Job.state.in_(states))
+
+    failed, cancelled = has(JobState.FAILED), has(JobState.CANCELLED)
+    running, queued = has(JobState.RUNNING), has(JobState.QUEUED)
+    succeeded = has(JobState.SUCCEEDED)
+    settled = and_(not_(failed), not_(cancelled))
+    conditions: dict[str, ColumnElement[bool]] = {
+        JobState.FAILED: failed,
+        JobState.CANCELLED: and_(not_(failed), cancelled),
+        JobState.RUNNING: and_(settled, or_(running, and_(succeeded, queued))),
+        JobState.SUCCEEDED: and_(settled, not_(running), not_(queued), succeeded),
+        JobState.QUEUED: and_(settled, not_(running), not_(succeeded)),
+    }
+    return conditions[status]
+
+
+def list_experiments(
+    session: Session, *, sweep: str | None, status: str | None, limit: int, offset: int
+) -> tuple[list[Experiment], int]:
+    """A page of experiments, newest first, and how many match in all."""
+    filters: list[ColumnElement[bool]] = []
+    if sweep is not None:
+        filters.append(Experiment.sweep_id == sweep)
+    if status is not None:
+        filters.append(status_condition(status))
+    count = session.scalar(select(func.count()).select_from(Experiment).where(*filters)) or 0
+    page = session.scalars(
+        select(Experiment)
+        .where(*filters)
+        .options(selectinload(Experiment.jobs))
+        .order_by(Experiment.created_at.desc(), Experiment.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(page), count
+
+
+# --------------------------------------------------------------------------- queue
+
+
+def queue_summary(session: Session, settings: Settings) -> QueuePublic:
+    now = utcnow()
+    by_state: dict[str, int] = {}
+    by_queue: dict[str, dict[str, int]] = {}
+    counted = session.execute(
+        select(Job.queue, Job.state, func.count()).group_by(Job.queue, Job.state)
+    )
+    for queue, state, count in counted:
+        by_state[state] = by_state.get(state, 0) + count
+        by_queue.setdefault(queue, {})[state] = count
+    running = session.scalars(
+        select(Job).where(Job.state == JobState.RUNNING).order_by(Job.started_at)
+    )
+    seen_within = timedelta(seconds=LIVE_WORKER_HEARTBEATS * settings.heartbeat_interval_s)
+    workers = jobstore.live_workers(session, seen_within)
+    return QueuePublic(
+        by_state=by_state,
+        by_queue=by_queue,
+        running=[RunningJobPublic.of(job, now) for job in running],
+        workers=[WorkerPublic.of(w, now) for w in sorted(workers, key=lambda w: w.name)],
+    )

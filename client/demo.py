@@ -1,0 +1,80 @@
+"""`make demo`: start the embedded stack, submit the demo grid over HTTP, watch it, print
+the comparison table, stop the stack.
+
+    python -m client.demo examples/demo-grid.yaml [--data-dir regbench-data/demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+from rich.console import Console
+
+from client.cli import watch
+from client.remote import RegbenchClient, ServerError
+from client.tables import comparison_table
+
+PORT, MLFLOW_PORT = 8765, 5765
+
+
+def wait_until_up(url: str, serve: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if serve.poll() is not None:
+            raise ServerError("regbench serve exited during start-up (see the data dir's logs/)")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ServerError(f"regbench serve not ready after {timeout_s:.0f} s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid", type=Path)
+    parser.add_argument("--data-dir", type=Path, default=Path("regbench-data/demo"))
+    args = parser.parse_args()
+    console = Console(stderr=True)
+    server = f"http://127.0.0.1:{PORT}"
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "serve", "--data-dir", str(args.data_dir),
+         "--port", str(PORT), "--mlflow-port", str(MLFLOW_PORT)],
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        console.print("starting the embedded stack (API, worker, reconciler, MLflow UI)...")
+        wait_until_up(f"{server}/healthz", serve)
+        client = RegbenchClient(server)
+        submitted = client.submit(yaml.safe_load(args.grid.read_text()))
+        console.print(f"submitted {len(submitted)} experiments over HTTP to {server}")
+        states = watch(client, [item.id for item in submitted], console)
+    except ServerError as exc:
+        console.print(f"[red]{exc}[/red]", highlight=False)
+        return 1
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=60)
+    rows = [
+        (item.configuration, states[item.id].get("metrics") or {})
+        for item in submitted
+        if states[item.id]["status"] == "succeeded"
+    ]
+    Console(width=None if sys.stdout.isatty() else 250).print(comparison_table(rows))
+    failed = len(submitted) - len(rows)
+    if failed:
+        console.print(f"[red]{failed} experiments did not succeed[/red]")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""``regbench serve``: the whole embedded stack on one machine, one command.
+
+Upgrades the job store, then starts the API (uvicorn), one worker with the reconciler
+(``regbench worker``) and the MLflow UI as child processes, waits until the API is
+healthy, prints the addresses and runs until interrupted; then it stops them all.
+Everything lives under the data directory: SQLite job store, SQLite broker, local
+MLflow store. Point REGBENCH_* at PostgreSQL/Redis/a tracking server for the same
+stack on cluster services.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import httpx
+
+from service.settings import Settings
+
+
+@dataclass
+class Stack:
+    """Child processes of ``regbench serve``, each in its own process group."""
+
+    env: dict[str, str]
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, command: list[str]) -> None:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def exited(self) -> list[str]:
+        return [name for name, p in self.processes.items() if p.poll() is not None]
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def stack_commands(
+    settings: Settings, host: str, port: int, mlflow_port: int | None
+) -> dict[str, list[str]]:
+    python = sys.executable
+    commands = {
+        "api": [python, "-m", "uvicorn", "api.app:create_app", "--factory",
+                "--host", host, "--port", str(port)],
+        "worker": [python, "-m", "client.cli", "worker", "--reconcile"],
+    }  # fmt: skip
+    if mlflow_port is not None:
+        commands["mlflow"] = [
+            python, "-m", "mlflow", "server", "--workers", "1",
+            "--backend-store-uri", settings.tracking_uri,
+            "--default-artifact-root", settings.artifact_root.as_uri(),
+            "--host", host, "--port", str(mlflow_port),
+        ]  # fmt: skip
+    return commands
+
+
+def wait_healthy(url: str, stack: Stack, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if dead := stack.exited():
+            raise click.ClickException(
+                f"{', '.join(dead)} exited during start-up; see {stack.log_dir}/<name>.log"
+            )
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise click.ClickException(f"{url} not healthy after {timeout_s:.0f} s; see {stack.log_dir}")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, help="API port.")
+@click.option("--mlflow-port", default=5000, show_default=True, help="MLflow UI port.")
+@click.option("--no-mlflow-ui", is_flag=True, help="Do not start the MLflow UI.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Override REGBENCH_DATA_DIR.")
+def serve(
+    host: str, port: int, mlflow_port: int, no_mlflow_ui: bool, data_dir: Path | None
+) -> None:
+    """Run the API, a worker, the reconciler and the MLflow UI until interrupted."""
+    from service.schema import upgrade_database
+
+    settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+    data = settings.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    ui = None if no_mlflow_ui else f"http://{host}:{mlflow_port}"
+    env = {**os.environ, "REGBENCH_DATA_DIR": str(data)}
+    if ui is not None and not settings.mlflow_ui_url:
+        env["REGBENCH_MLFLOW_UI_URL"] = ui
+    settings = Settings(data_dir=data)
+    upgrade_database(settings.job_store_url)
+
+    log_dir = data / "logs"
+    log_dir.mkdir(exist_ok=True)
+    stack = Stack(env, log_dir)
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    api = f"http://{host}:{port}"
+    try:
+        for name, command in stack_commands(
+            settings, host, port, None if no_mlflow_ui else mlflow_port
+        ).items():
+            stack.start(name, command)
+        wait_healthy(f"{api}/healthz", stack, timeout_s=120)
+        click.echo(f"regbench API   {api}  (docs: {api}/docs)", err=True)
+        if ui is not None:
+            click.echo(f"MLflow UI      {ui}", err=True)
+        click.echo(f"data and logs  {data}", err=True)
+        click.echo("ready; Ctrl-C stops everything", err=True)
+        while not stopping:
+            if dead := stack.exited():
+                raise click.ClickException(f"{', '.join(dead)} stopped; see {log_dir}")
+            time.sleep(0.5)
+    finally:
+        stack.stop()

@@ -1,0 +1,349 @@
+"""Runs one job in a supervised child process: claim, start, heartbeat, stop, record.
+
+The Celery task calls ``supervise_job``. It claims the job atomically (a duplicate
+delivery claims nothing and returns at once), then starts ``python -m worker.child`` in
+a fresh interpreter and its own process group: no fork after CUDA, all memory returned
+when the job ends, and a cancel can stop the child and everything it started without
+touching the worker. The child dies with its supervisor (``PR_SET_PDEATHSIG``), so a
+killed worker never leaves training running next to the attempt that replaces it.
+
+While the child runs, the supervisor writes the job's heartbeat every
+``heartbeat_interval_s``. When ``jobstore.heartbeat`` says stop (a cancel was requested,
+or the job is no longer this worker's), or the job's time limit passes, it sends
+SIGTERM to the child's process group (the training loop stops between steps; the last
+epoch's checkpoint is already on disk), waits ``STOP_GRACE_S``, then SIGKILLs the group.
+
+The child reports through a JSON file: ``{"status": "succeeded", "metrics": {...}}`` or
+``{"status": "failed", "error": "..."}``. The supervisor alone moves the job to its
+final state, then enqueues the analysis jobs that waited on a successful train job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from service import jobstore
+from service.broker import BrokerUnavailableError
+from service.db import Database
+from service.settings import Settings
+from service.tables import Job, JobKind, JobState, utcnow
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 4.0  # SIGTERM -> SIGKILL; with a 5 s heartbeat a cancel takes < 10 s
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3  # the child's exit codes
+LOG_TAIL_CHARS = 2000
+
+Enqueue = Callable[[str, str], None]  # (job id, queue); raises BrokerUnavailableError
+
+
+class StopReason(StrEnum):
+    CANCEL = "cancel"  # the user asked: the job ends cancelled
+    LOST = "lost"  # the job is no longer ours (reaped, taken over): leave it alone
+    TIME_LIMIT = "time limit"  # the job ends failed
+
+
+@dataclass
+class ChildReport:
+    """What the child wrote before it exited (empty when it died without a word)."""
+
+    status: str | None = None  # succeeded | failed | cancelled
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    mlflow_closed: bool = False  # the child already marked the MLflow run FINISHED/FAILED
+
+    @classmethod
+    def read(cls, path: Path) -> ChildReport:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cls()
+        return cls(
+            status=data.get("status"),
+            error=data.get("error"),
+            metrics=dict(data.get("metrics") or {}),
+            mlflow_run_id=data.get("mlflow_run_id"),
+            mlflow_closed=bool(data.get("mlflow_closed")),
+        )
+
+
+_databases: dict[tuple[int, str], Database] = {}
+
+
+def database(settings: Settings) -> Database:
+    """One engine per process and URL (pool processes fork: never share a parent's)."""
+    key = (os.getpid(), settings.job_store_url)
+    if key not in _databases:
+        _databases[key] = Database(settings.job_store_url)
+    return _databases[key]
+
+
+def supervise_job(
+    job_id: str,
+    *,
+    settings: Settings,
+    worker: str,
+    device: str | None,
+    enqueue: Enqueue | None = None,
+    db: Database | None = None,
+) -> str:
+    """Claim and run one job; returns its final state, ``skipped`` (nothing claimed) or
+    ``lost`` / ``interrupted`` (left running in the job store for the reaper)."""
+    db = db or database(settings)
+    stale_before = utcnow() - timedelta(seconds=settings.heartbeat_stale_s)
+    with db.session() as session:
+        job = jobstore.claim(
+            session,
+            job_id,
+            worker=worker,
+            device=device,
+            stale_before=stale_before,
+            max_attempts=settings.max_attempts,
+        )
+        session.commit()
+        if job is None:
+            log.info("job %s: nothing to claim (duplicate delivery, finished or cancelled)", job_id)
+            return "skipped"
+        resources = (job.experiment.spec or {}).get("resources") or {}
+        run = JobRun(
+            settings=settings,
+            db=db,
+            job_id=job.id,
+            kind=job.kind,
+            experiment_id=job.experiment_id,
+            attempt=job.attempt,
+            worker=worker,
+            mlflow_run_id=job.mlflow_run_id or job.experiment.mlflow_run_id,
+            time_limit_s=_time_limit(settings, resources.get("time_limit_minutes")),
+            enqueue=enqueue,
+        )
+    log.info("job %s (%s) attempt %d claimed by %s", job_id, run.kind, run.attempt, worker)
+    return run.execute()
+
+
+def _time_limit(settings: Settings, minutes: int | None) -> float:
+    limit = float(settings.job_time_limit_s)
+    return min(limit, minutes * 60.0) if minutes else limit
+
+
+@dataclass
+class JobRun:
+    settings: Settings
+    db: Database
+    job_id: str
+    kind: str
+    experiment_id: str
+    attempt: int
+    worker: str
+    mlflow_run_id: str | None
+    time_limit_s: float
+    enqueue: Enqueue | None = None
+
+    @property
+    def workdir(self) -> Path:
+        """The experiment's working directory (checkpoints for resume), shared by its jobs."""
+        return self.settings.runs_dir / self.experiment_id
+
+    def execute(self) -> str:
+        logs = self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        stem = f"{self.kind}-{self.job_id}-{self.attempt}"
+        log_path, result_path = logs / f"{stem}.log", logs / f"{stem}.json"
+        result_path.unlink(missing_ok=True)
+        command = [
+            sys.executable, "-m", "worker.child", self.job_id,
+            "--worker", self.worker,
+            "--result", str(result_path),
+            "--parent-pid", str(os.getpid()),
+        ]  # fmt: skip
+        with log_path.open("ab") as log_file:
+            child = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop it, not the worker
+            )
+        log.info("job %s: child %d started (log %s)", self.job_id, child.pid, log_path)
+        try:
+            reason = self.watch(child)
+        finally:
+            if child.poll() is None:
+                stop_process_group(child, STOP_GRACE_S)
+        report = ChildReport.read(result_path)
+        result_path.unlink(missing_ok=True)
+        return self.record(reason, child.returncode, report, log_path)
+
+    # ----------------------------------------------------------------- while it runs
+
+    def watch(self, child: subprocess.Popen[bytes]) -> StopReason | None:
+        """Heartbeat until the child exits (None) or must be stopped (the reason)."""
+        interval = self.settings.heartbeat_interval_s
+        started = time.monotonic()
+        deadline = started + self.time_limit_s
+        next_beat = started + interval
+        last_beat = started
+        while True:
+            try:
+                child.wait(timeout=max(0.0, min(next_beat, deadline) - time.monotonic()))
+                return None
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if now >= deadline:
+                log.warning("job %s: time limit of %.0f s reached", self.job_id, self.time_limit_s)
+                return StopReason.TIME_LIMIT
+            if now < next_beat:
+                continue
+            next_beat = now + interval
+            try:
+                with self.db.session() as session:
+                    stop = jobstore.heartbeat(session, self.job_id, self.worker)
+                    session.commit()
+                    reason = self._stop_reason(session) if stop else None
+            except SQLAlchemyError as exc:
+                # The job store is unreachable. Keep training while the job could not yet
+                # count as stale; past that another worker may own it: stop.
+                log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
+                if now - last_beat > self.settings.heartbeat_stale_s:
+                    return StopReason.LOST
+                continue
+            last_beat = now
+            if reason is not None:
+                log.info("job %s: stopping the child (%s)", self.job_id, reason)
+                return reason
+
+    def _stop_reason(self, session: Any) -> StopReason:
+        job = session.get(Job, self.job_id, populate_existing=True)
+        mine = job is not None and job.state == JobState.RUNNING and job.worker == self.worker
+        return StopReason.CANCEL if mine and job.cancel_requested else StopReason.LOST
+
+    # ----------------------------------------------------------------- afterwards
+
+    def record(
+        self, reason: StopReason | None, returncode: int, report: ChildReport, log_path: Path
+    ) -> str:
+        if reason == StopReason.LOST:
+            log.warning("job %s: lost to another worker or the reaper; not recorded", self.job_id)
+            return "lost"
+        metrics: dict[str, Any] | None = None
+        error: str | None = None
+        if reason == StopReason.CANCEL:
+            state = JobState.CANCELLED
+        elif reason == StopReason.TIME_LIMIT:
+            state = JobState.FAILED
+            error = f"time limit of {self.time_limit_s:.0f} s exceeded; stopped"
+        elif returncode == EXIT_SUCCEEDED and report.status == "succeeded":
+            state, metrics = JobState.SUCCEEDED, report.metrics
+        elif returncode == EXIT_CANCELLED or report.status == "cancelled":
+            # Stopped by a signal nobody here sent (node shutdown, preemption): the job is
+            # not finished. Leave it running; the reaper requeues it and it resumes.
+            log.warning("job %s: child stopped from outside; left for the reaper", self.job_id)
+            return "interrupted"
+        else:
+            state, error = JobState.FAILED, report.error or _describe_exit(returncode, log_path)
+        with self.db.session() as session:
+            finished = jobstore.finish(
+                session, self.job_id, self.worker, state, error=error, metrics=metrics
+            )
+            session.commit()
+        if not finished:
+            log.warning("job %s: no longer ours when it ended; not recorded", self.job_id)
+            return "lost"
+        log.info("job %s: %s%s", self.job_id, state.value, f" ({error})" if error else "")
+        if self.kind == JobKind.TRAIN:
+            if state == JobState.SUCCEEDED:
+                self._remove_resume_checkpoints()
+                self._enqueue_dependents()
+            elif not report.mlflow_closed:
+                status = "KILLED" if state == JobState.CANCELLED else "FAILED"
+                self._close_mlflow_run(report.mlflow_run_id or self._current_run_id(), status)
+        return state.value
+
+    def _remove_resume_checkpoints(self) -> None:
+        """last.pt (also in MLflow) and best.pt are only needed to resume; model.pt stays
+        for analyses that run on this machine."""
+        for name in ("last.pt", "best.pt"):
+            (self.workdir / name).unlink(missing_ok=True)
+
+    def _enqueue_dependents(self) -> None:
+        if self.enqueue is None:
+            return
+        with self.db.session() as session:
+            ready = [(job.id, job.queue) for job in jobstore.dependents_ready(session, self.job_id)]
+        sent = []
+        for job_id, queue in ready:
+            try:
+                self.enqueue(job_id, queue)
+            except BrokerUnavailableError as exc:  # the reconciler sends it later
+                log.warning("job %s: dependent %s not enqueued: %s", self.job_id, job_id, exc)
+                continue
+            sent.append(job_id)
+        if sent:
+            with self.db.session() as session:
+                jobstore.mark_enqueued(session, sent)
+                session.commit()
+
+    def _current_run_id(self) -> str | None:
+        with self.db.session() as session:
+            job = session.get(Job, self.job_id)
+            return job.mlflow_run_id if job is not None else self.mlflow_run_id
+
+    def _close_mlflow_run(self, run_id: str | None, status: str) -> None:
+        """Mark the train job's MLflow run when the child could not (killed, timed out)."""
+        if run_id is None:
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(self.settings.tracking_uri).set_terminated(run_id, status)
+        except Exception as exc:  # best effort: the job's state is what counts
+            log.warning(
+                "job %s: could not mark MLflow run %s %s: %s", self.job_id, run_id, status, exc
+            )
+
+
+def stop_process_group(child: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM to the child's process group, then SIGKILL after ``grace_s``."""
+    _signal_group(child.pid, signal.SIGTERM)
+    try:
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        log.warning("child %d ignored SIGTERM for %.0f s: SIGKILL", child.pid, grace_s)
+        _signal_group(child.pid, signal.SIGKILL)
+        child.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _describe_exit(returncode: int, log_path: Path) -> str:
+    if returncode < 0:
+        what = f"job process killed by {signal.Signals(-returncode).name}"
+        if -returncode == signal.SIGKILL:
+            what += " (out of memory?)"
+    else:
+        what = f"job process exited with status {returncode}"
+    try:
+        tail = log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:].strip()
+    except OSError:
+        tail = ""
+    return f"{what}; last output:\n{tail}" if tail else what
