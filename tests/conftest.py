@@ -1,7 +1,108 @@
-"""Shared fixtures. Tests run on the CPU with a fixed thread count so results repeat."""
+"""Shared fixtures. Tests run on the CPU with a fixed thread count so results repeat.
+
+Service tests talk to the real PostgreSQL and Redis on 127.0.0.1 and to the embedded
+SQLite default. A service that is down is started if this machine can; otherwise the
+test fails with a message saying what to start (never a silent skip)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 import torch
+from sqlalchemy import create_engine, text
+
+from service.db import Database
+from service.tables import Base
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "REGBENCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _ensure_service(name: str, port: int, start: list[str]) -> None:
+    if _port_open("127.0.0.1", port):
+        return
+    if shutil.which(start[0]):
+        subprocess.run(start, check=False, capture_output=True, timeout=60)
+        for _ in range(50):
+            if _port_open("127.0.0.1", port):
+                return
+            time.sleep(0.2)
+    pytest.fail(
+        f"{name} is not reachable on 127.0.0.1:{port} and could not be started with "
+        f"`{' '.join(start)}`; start it before running the service tests"
+    )
+
+
+def ensure_postgres() -> None:
+    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+    version = versions[-1] if versions else "15"
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"]
+    _ensure_service("PostgreSQL", 5432, command)
+
+
+def ensure_redis() -> None:
+    command = [
+        "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
+        "--save", "", "--appendonly", "no",
+    ]  # fmt: skip
+    _ensure_service("Redis", REDIS_PORT, command)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    ensure_postgres()
+    name = f"regbench_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each job-store test runs on the embedded default and on PostgreSQL."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return request.getfixturevalue(fixture)
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
+    Base.metadata.create_all(db.engine)
+    try:
+        yield db
+    finally:
+        db.dispose()
+
 
 torch.set_num_threads(1)

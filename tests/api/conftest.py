@@ -33,7 +33,7 @@ from service.db import Database
 from service.schema import upgrade_database
 from service.settings import Settings
 from service.tables import Experiment
-from tests.service.conftest import ensure_redis, postgres_url  # noqa: F401 (a fixture)
+from tests.conftest import ensure_redis
 
 REDIS_DB = 11
 SPEC: dict[str, Any] = {
@@ -87,7 +87,7 @@ def embedded_settings(tmp_path: Path, mlflow_template: Path) -> Settings:
 def cluster_settings(
     tmp_path: Path,
     mlflow_template: Path,
-    postgres_url: str,  # noqa: F811 (the fixture imported above)
+    postgres_url: str,
 ) -> Iterator[Settings]:
     ensure_redis()
     settings = Settings(

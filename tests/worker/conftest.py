@@ -34,7 +34,7 @@ from service.db import Database
 from service.schema import upgrade_database
 from service.settings import Settings
 from service.tables import Experiment, Job
-from tests.service.conftest import REDIS_HOST, REDIS_PORT, ensure_redis, postgres_url  # noqa: F401
+from tests.conftest import REDIS_HOST, REDIS_PORT, ensure_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 HEARTBEAT_INTERVAL_S = 0.5
@@ -404,7 +404,7 @@ def embedded(tmp_path: Path, mlflow_uri: str) -> Iterator[Backend]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, mlflow_uri: str, postgres_url: str, redis_db: int) -> Iterator[Backend]:  # noqa: F811
+def cluster(tmp_path: Path, mlflow_uri: str, postgres_url: str, redis_db: int) -> Iterator[Backend]:
     """The cluster configuration: PostgreSQL job store, Redis broker."""
     broker = f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}"
     yield from _make_backend("cluster", tmp_path, mlflow_uri, postgres_url, broker)
