@@ -271,6 +271,8 @@ def finish(
     if state == JobState.SUCCEEDED:
         values["progress"] = 1.0
     result = session.execute(update(Job).where(owned).values(**values))
+    if result.rowcount == 1 and state != JobState.SUCCEEDED:
+        close_dependents(session, [job_id], state)
     if result.rowcount == 1 and metrics:
         job = session.get(Job, job_id, populate_existing=True)
         assert job is not None
@@ -282,6 +284,21 @@ def finish(
         assert experiment is not None
         experiment.metrics = {**(experiment.metrics or {}), **metrics}
     return result.rowcount == 1
+
+
+def close_dependents(session: Session, parent_ids: Sequence[str], parent_state: JobState) -> None:
+    """Jobs waiting on a job that will never succeed can never run: close them too (a
+    cancelled parent cancels them, a failed one fails them), with the reason."""
+    state = JobState.CANCELLED if parent_state == JobState.CANCELLED else JobState.FAILED
+    waiting = and_(Job.depends_on.in_(parent_ids), Job.state == JobState.QUEUED)
+    session.execute(
+        update(Job)
+        .where(waiting)
+        .values(
+            state=state, finished_at=utcnow(), error=f"not run: the job it needs {parent_state}"
+        )
+        .execution_options(synchronize_session="fetch")
+    )
 
 
 def request_cancel(session: Session, experiment: Experiment) -> list[Job]:
@@ -304,6 +321,7 @@ def requeue_stale(session: Session, stale_before: datetime, max_attempts: int) -
     """The reaper: running jobs whose heartbeat stopped go back to queued (or fail once
     their attempts are used up). Returns the ids put back in the queue."""
     stale = and_(Job.state == JobState.RUNNING, Job.heartbeat_at < stale_before)
+    exhausted = list(session.scalars(select(Job.id).where(stale, Job.attempt >= max_attempts)))
     session.execute(
         update(Job)
         .where(stale, Job.attempt >= max_attempts)
@@ -313,6 +331,8 @@ def requeue_stale(session: Session, stale_before: datetime, max_attempts: int) -
             error=f"worker lost; gave up after {max_attempts} attempts",
         )
     )
+    if exhausted:
+        close_dependents(session, exhausted, JobState.FAILED)
     session.execute(  # a lost job that was being cancelled is simply cancelled
         update(Job)
         .where(stale, Job.cancel_requested.is_(True))

@@ -129,3 +129,20 @@ def test_reconciler_finds_unclaimed_queued_jobs(database: Database) -> None:
         session.commit()
         assert jobstore.runnable_queued_jobs(session, utcnow() - timedelta(seconds=30)) == []
         assert [j.id for j in jobstore.runnable_queued_jobs(session, utcnow())] == [train]
+
+
+def test_dependents_of_a_failed_or_cancelled_job_are_closed(database: Database) -> None:
+    for outcome, closed in (
+        (JobState.FAILED, JobState.FAILED),
+        (JobState.CANCELLED, JobState.CANCELLED),
+    ):
+        with database.session() as session:
+            experiment = jobstore.submit_experiment(session, spec(), force=True).experiment
+            session.commit()
+            train = jobstore.train_job(experiment).id
+        assert claim(database, train) is not None
+        with database.session() as session:
+            assert jobstore.finish(session, train, "w1", outcome, error="diverged")
+            session.commit()
+            analysis = next(j for j in session.get(Job, train).experiment.jobs if j.kind != "train")
+            assert analysis.state == closed and "the job it needs" in analysis.error
