@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo demo-local test lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,8 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[service,dev]'
 	@touch $(STAMP)
 
+# The embedded stack (API, worker, reconciler, MLflow UI): submit over HTTP, watch, table.
 demo: $(STAMP)
-	$(BIN)/regbench run examples/demo-grid.yaml --data-dir regbench-data/demo
+	$(BIN)/python -m client.demo examples/demo-grid.yaml --data-dir regbench-data/demo
+
+# The same benchmark in this process, without the service (faster).
+demo-local: $(STAMP)
+	$(BIN)/regbench run examples/demo-grid.yaml --data-dir regbench-data/demo-local
 
 test: $(STAMP)
 	$(BIN)/ruff check .
