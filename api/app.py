@@ -29,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.operations import ConflictError, NotEnqueuedError
-from api.routes import api_router, health
+from api.routes import api_router, health, metrics
 from api.tracking import (
     ArtifactNotFoundError,
     ArtifactPathError,
@@ -41,6 +41,7 @@ from service.broker import make_celery
 from service.db import Database
 from service.schema import assert_schema_current
 from service.settings import Settings, get_settings
+from service.sweeps import SweepInvalidError, SweepTooLargeError
 
 API_PREFIX = "/api/v1"
 MAX_BODY_BYTES = 1024 * 1024
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     for error, handler in _EXCEPTION_HANDLERS.items():
         app.add_exception_handler(error, handler)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
@@ -100,11 +102,21 @@ async def _not_enqueued(request: Request, exc: Exception) -> JSONResponse:
     response = _detail(
         status.HTTP_503_SERVICE_UNAVAILABLE,
         str(exc),
-        experiment_id=exc.experiment_id,
+        **({"sweep_id": exc.sweep_id} if exc.sweep_id else {"experiment_id": exc.experiment_id}),
         job_ids=exc.job_ids,
     )
     response.headers["Retry-After"] = RETRY_AFTER_S
     return response
+
+
+async def _invalid_sweep(request: Request, exc: Exception) -> JSONResponse:
+    """422 in FastAPI's own shape, so clients read a grid's errors like any other."""
+    if isinstance(exc, SweepTooLargeError):
+        errors = [{"loc": ["body", "grid"], "msg": str(exc), "type": "sweep_too_large"}]
+    else:
+        assert isinstance(exc, SweepInvalidError)
+        errors = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors]
+    return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -133,6 +145,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 _EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] = {
     NotEnqueuedError: _not_enqueued,
+    SweepTooLargeError: _invalid_sweep,
+    SweepInvalidError: _invalid_sweep,
     TrackingUnavailableError: _unavailable,
     OperationalError: _unavailable,
     ConflictError: _with_status(status.HTTP_409_CONFLICT),

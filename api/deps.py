@@ -16,9 +16,10 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from sqlalchemy.orm import Session, selectinload
 
 from api.tracking import Tracking
+from service import sweeps
 from service.db import Database
 from service.settings import Settings
-from service.tables import Experiment
+from service.tables import Experiment, Sweep
 
 
 def get_settings(request: Request) -> Settings:
@@ -63,3 +64,15 @@ def get_experiment(
 
 
 ExperimentDep = Annotated[Experiment, Depends(get_experiment)]
+
+
+def get_sweep(
+    session: SessionDep, sweep_id: Annotated[str, Path(description="the sweep's id")]
+) -> Sweep:
+    sweep = sweeps.load(session, sweep_id)
+    if sweep is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sweep with id {sweep_id!r}")
+    return sweep
+
+
+SweepDep = Annotated[Sweep, Depends(get_sweep)]

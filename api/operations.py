@@ -18,13 +18,32 @@ from celery import Celery
 from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from api.schemas import QueuePublic, RunningJobPublic, WorkerPublic
-from api.tracking import Tracking, TrackingUnavailableError
-from regcore.spec import AnalysisSpec, ExperimentSpec
-from service import jobstore
+from api.schemas import (
+    QueuePublic,
+    ReportPublic,
+    RunningJobPublic,
+    SweepPublic,
+    SweepResultsPublic,
+    SweepRunningJobPublic,
+    WorkerPublic,
+    age_seconds,
+)
+from api.tracking import ArtifactNotFoundError, Tracking, TrackingUnavailableError
+from regcore.spec import AnalysisSpec, ExperimentSpec, SweepSpec
+from service import jobstore, reports, sweeps
 from service.broker import BrokerUnavailableError, enqueue
+from service.db import Database
+from service.reports import REPORT_FILES
 from service.settings import Settings
-from service.tables import Experiment, Job, JobState, utcnow
+from service.tables import (
+    Experiment,
+    Job,
+    JobState,
+    ReportStatus,
+    Sweep,
+    SweepMember,
+    utcnow,
+)
 
 LIVE_WORKER_HEARTBEATS = 3  # a worker is live if seen within this many heartbeat intervals
 
@@ -32,13 +51,27 @@ LIVE_WORKER_HEARTBEATS = 3  # a worker is live if seen within this many heartbea
 class NotEnqueuedError(RuntimeError):
     """The jobs are recorded and queued in the job store, but the broker did not take them."""
 
-    def __init__(self, experiment_id: str, job_ids: Sequence[str], reason: str) -> None:
+    def __init__(
+        self,
+        experiment_id: str | None,
+        job_ids: Sequence[str],
+        reason: str,
+        *,
+        sweep_id: str | None = None,
+    ) -> None:
         self.experiment_id = experiment_id
+        self.sweep_id = sweep_id
         self.job_ids = list(job_ids)
+        what = f"sweep {sweep_id}" if sweep_id else f"experiment {experiment_id}"
+        jobs = (
+            f"{len(self.job_ids)} of its jobs"
+            if len(self.job_ids) > 5
+            else f"its jobs {', '.join(self.job_ids)}"
+        )
         super().__init__(
-            f"experiment {experiment_id} is recorded, but the broker is unavailable ({reason}); "
-            f"its jobs {', '.join(self.job_ids)} stay queued and the reconciler will enqueue "
-            "them when the broker is back: do not submit again"
+            f"{what} is recorded, but the broker is unavailable ({reason}); {jobs} stay "
+            "queued and the reconciler will enqueue them when the broker is back: do not "
+            "submit again"
         )
 
 
@@ -171,8 +204,9 @@ def list_experiments(
 ) -> tuple[list[Experiment], int]:
     """A page of experiments, newest first, and how many match in all."""
     filters: list[ColumnElement[bool]] = []
-    if sweep is not None:
-        filters.append(Experiment.sweep_id == sweep)
+    if sweep is not None:  # members, including experiments first submitted by another sweep
+        members = select(SweepMember.experiment_id).where(SweepMember.sweep_id == sweep)
+        filters.append(Experiment.id.in_(members))
     if status is not None:
         filters.append(status_condition(status))
     count = session.scalar(select(func.count()).select_from(Experiment).where(*filters)) or 0
@@ -211,3 +245,137 @@ def queue_summary(session: Session, settings: Settings) -> QueuePublic:
         running=[RunningJobPublic.of(job, now) for job in running],
         workers=[WorkerPublic.of(w, now) for w in sorted(workers, key=lambda w: w.name)],
     )
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def submit_sweep(
+    session: Session,
+    celery: Celery,
+    tracking: Tracking,
+    settings: Settings,
+    document: SweepSpec,
+    *,
+    force: bool = False,
+) -> sweeps.SweepSubmission:
+    """Expand and validate the grid (nothing is recorded if any point is invalid or the
+    grid is over the limit), resolve the sweep's MLflow experiment, record the sweep and
+    its new experiments, commit, then enqueue their train jobs."""
+    planned = sweeps.plan(document, settings.max_sweep_size)
+    try:
+        mlflow_experiment_id = tracking.experiment_id(sweeps.mlflow_experiment_name(planned))
+    except TrackingUnavailableError as exc:
+        raise TrackingUnavailableError(f"{exc}; nothing was recorded, submit again later") from exc
+    submission = sweeps.submit_sweep(
+        session,
+        planned,
+        document,
+        mlflow_experiment_id=mlflow_experiment_id,
+        default_queue=settings.default_queue,
+        force=force,
+    )
+    session.commit()
+    pending = [(e, runnable(e, e.jobs)) for e in submission.new_experiments]
+    for number, (experiment, jobs) in enumerate(pending):
+        try:
+            send(session, celery, settings, experiment, jobs)
+        except NotEnqueuedError as exc:  # the rest would wait for the same broker: stop here
+            missing = exc.job_ids + [job.id for _, later in pending[number + 1 :] for job in later]
+            reason = str(exc.__cause__ or exc)
+            raise NotEnqueuedError(None, missing, reason, sweep_id=submission.sweep.id) from exc
+    return submission
+
+
+def describe_sweep(session: Session, settings: Settings, sweep: Sweep) -> SweepPublic:
+    """Counts, progress, ETA and running jobs of a loaded sweep (``sweeps.load``)."""
+    now = utcnow()
+    seen_within = timedelta(seconds=LIVE_WORKER_HEARTBEATS * settings.heartbeat_interval_s)
+    queues = {job.queue for m in sweep.members for job in m.experiment.jobs}
+    workers = [
+        worker
+        for worker in jobstore.live_workers(session, seen_within)
+        if queues & set(worker.queues.split(","))
+    ]
+    state = sweeps.progress(
+        sweep,
+        expected_s=sweeps.expected_durations(session, sweep),
+        workers=len(workers),
+        now=now,
+    )
+    done = sweep.report_status == ReportStatus.DONE
+    return SweepPublic(
+        id=sweep.id,
+        name=sweep.name,
+        owner=sweep.owner,
+        created_at=sweep.created_at,
+        size=sweep.size,
+        status=state.status,
+        experiments=state.experiments,
+        jobs=state.jobs,
+        progress=state.progress,
+        eta_s=state.eta_s,
+        started_at=state.started_at,
+        finished_at=state.finished_at,
+        running=[
+            SweepRunningJobPublic(
+                job_id=r.job.id,
+                experiment_id=r.job.experiment_id,
+                configuration=r.member.configuration,
+                seed=r.member.seed,
+                kind=r.job.kind,
+                progress=r.job.progress,
+                message=r.job.message,
+                device=r.job.device,
+                worker=r.job.worker,
+                cancel_requested=r.job.cancel_requested,
+                heartbeat_age_s=age_seconds(r.job.heartbeat_at, now),
+            )
+            for r in state.running
+        ],
+        report=ReportPublic(
+            status=sweep.report_status,
+            mlflow_run_id=sweep.report_run_id,
+            error=sweep.report_error,
+            files=list(REPORT_FILES) if done else [],
+        ),
+        mlflow_experiment_id=sweep.mlflow_experiment_id,
+    )
+
+
+def sweep_results(sweep: Sweep) -> SweepResultsPublic:
+    results = sweeps.results(sweep)
+    return SweepResultsPublic.model_validate(
+        {"sweep_id": sweep.id, "metrics": results.metrics, "rows": sweeps.results_records(results)}
+    )
+
+
+def cancel_sweep(session: Session, sweep: Sweep) -> list[Job]:
+    changed = sweeps.cancel(session, sweep)
+    session.commit()
+    return changed
+
+
+def report_run(sweep: Sweep) -> str:
+    """The sweep's report run; ArtifactNotFoundError (404) with the reason when none."""
+    if sweep.report_status == ReportStatus.DONE and sweep.report_run_id:
+        return sweep.report_run_id
+    reasons = {
+        ReportStatus.NONE: "it is built when the sweep finishes",
+        ReportStatus.BUILDING: "it is being built; try again in a few seconds",
+        ReportStatus.FAILED: f"building it failed: {sweep.report_error}; POST .../report "
+        "builds it again",
+    }
+    reason = reasons.get(ReportStatus(sweep.report_status), sweep.report_status)
+    raise ArtifactNotFoundError(f"sweep {sweep.id} has no report yet: {reason}")
+
+
+def rebuild_report(session: Session, settings: Settings, database: Database, sweep: Sweep) -> None:
+    """Build (or rebuild) the report now; 409 while jobs are unfinished or another build runs."""
+    try:
+        built = reports.build(settings, database, sweep.id, rebuild=True)
+    except reports.SweepNotFinishedError as exc:
+        raise ConflictError(str(exc)) from exc
+    if built is None:
+        raise ConflictError(f"the report of sweep {sweep.id} is being built right now")
+    session.expire_all()

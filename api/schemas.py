@@ -34,7 +34,8 @@ class ErrorPublic(BaseModel):
 class NotEnqueuedPublic(ErrorPublic):
     """503: the work is recorded (queued in the job store) but the broker did not take it."""
 
-    experiment_id: str
+    experiment_id: str | None = None
+    sweep_id: str | None = None
     job_ids: list[str]
 
 
@@ -229,6 +230,92 @@ class QueuePublic(BaseModel):
     by_queue: dict[str, dict[str, int]]  # queue -> state -> jobs
     running: list[RunningJobPublic]
     workers: list[WorkerPublic]  # those whose heartbeat is recent
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+class SweepPointPublic(BaseModel):
+    id: str  # the experiment
+    configuration: str
+    seed: int
+    created: bool  # False: an identical spec was already in the job store
+
+
+class SweepSubmissionPublic(BaseModel):
+    id: str
+    name: str
+    created: bool  # False: the same sweep was submitted before; this is that one
+    size: int  # distinct experiments in the sweep
+    new_experiments: int  # experiments recorded (and enqueued) by this request
+    experiments: list[SweepPointPublic]
+
+
+class SweepRunningJobPublic(BaseModel):
+    job_id: str
+    experiment_id: str
+    configuration: str
+    seed: int
+    kind: str
+    progress: float
+    message: str | None
+    device: str | None
+    worker: str | None
+    cancel_requested: bool
+    heartbeat_age_s: float | None
+
+
+class ReportPublic(BaseModel):
+    status: Literal["none", "building", "done", "failed"]
+    mlflow_run_id: str | None
+    error: str | None
+    files: list[str]  # GET .../report/{file} downloads one
+
+
+class SweepPublic(BaseModel):
+    id: str
+    name: str
+    owner: str
+    created_at: UtcDatetime
+    size: int
+    status: str  # queued, running, succeeded, failed (any failed) or cancelled
+    experiments: dict[str, int]  # experiment state -> count
+    jobs: dict[str, int]  # job state -> count
+    progress: float  # 0..1, each job weighted by the expected duration of its kind
+    eta_s: float | None  # remaining expected work over the live workers; null: unknown yet
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    running: list[SweepRunningJobPublic]
+    report: ReportPublic
+    mlflow_experiment_id: str | None
+
+
+class SweepCancelPublic(SweepPublic):
+    cancelled_jobs: list[str]
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepPublic]
+    count: int
+
+
+class SummaryPublic(BaseModel):
+    mean: float | None
+    std: float | None  # sample standard deviation over seeds; 0 for one run
+    n: int  # experiments that have the metric
+
+
+class ResultRowPublic(BaseModel):
+    configuration: str
+    experiments: int
+    succeeded: int
+    metrics: dict[str, SummaryPublic]
+
+
+class SweepResultsPublic(BaseModel):
+    sweep_id: str
+    metrics: list[str]  # the columns, in reading order
+    rows: list[ResultRowPublic]
 
 
 # --------------------------------------------------------------------------- catalog, health

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,3 +51,67 @@ def compare(
                 row.metrics[name] = summarize(values)
         rows.append(row)
     return rows
+
+
+# --------------------------------------------------------------------------- sweep results
+
+TEST_ACCURACY = "test_accuracy"
+TRAIN_SECONDS = "train_seconds"
+ROBUST_ACCURACY = re.compile(r"^attack/(?P<attack>[^/]+)/acc_eps(?P<eps>[0-9.e+-]+)$")
+BOUNDARY = re.compile(r"^boundary/w(?P<width>[0-9.e+-]+)/(?P<metric>tv_iso|distance)_mean$")
+GEOMETRY = ("geometry/curvature_mean", "geometry/grad_norm_mean", "geometry/hessian_norm_mean")
+
+
+def result_metrics(keys: Iterable[str]) -> list[str]:
+    """The comparison's columns among a sweep's metric names, in reading order: test
+    accuracy; robust accuracy per attack at every eps (ascending); boundary total
+    variation and distance per plane width; curvature; training time."""
+    keys = set(keys)
+    robust = sorted(
+        (m["attack"], float(m["eps"]), key) for key in keys if (m := ROBUST_ACCURACY.match(key))
+    )
+    boundary = sorted(
+        (m["metric"] != "tv_iso", float(m["width"]), key)
+        for key in keys
+        if (m := BOUNDARY.match(key))
+    )
+    ordered = [TEST_ACCURACY] if TEST_ACCURACY in keys else []
+    ordered += [key for *_, key in robust] + [key for *_, key in boundary]
+    ordered += [key for key in GEOMETRY if key in keys]
+    ordered += [TRAIN_SECONDS] if TRAIN_SECONDS in keys else []
+    return ordered
+
+
+@dataclass(frozen=True)
+class RobustCurve:
+    """Robust accuracy against eps for one configuration and attack: mean and std over seeds."""
+
+    configuration: str
+    attack: str
+    eps: list[float]
+    mean: list[float]
+    std: list[float]
+    n: list[int]
+
+
+def robust_curves(rows: Sequence[ComparisonRow]) -> list[RobustCurve]:
+    """Per (configuration, attack), the robust-accuracy columns as a curve over eps."""
+    curves = []
+    for row in rows:
+        points: dict[str, list[tuple[float, Summary]]] = {}
+        for key, summary in row.metrics.items():
+            if (match := ROBUST_ACCURACY.match(key)) and summary.n > 0:
+                points.setdefault(match["attack"], []).append((float(match["eps"]), summary))
+        for attack, values in sorted(points.items()):
+            values.sort(key=lambda item: item[0])
+            curves.append(
+                RobustCurve(
+                    row.configuration,
+                    attack,
+                    eps=[eps for eps, _ in values],
+                    mean=[s.mean for _, s in values],
+                    std=[s.std for _, s in values],
+                    n=[s.n for _, s in values],
+                )
+            )
+    return curves

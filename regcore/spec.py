@@ -298,6 +298,31 @@ class ExperimentSpec(_Strict):
         return flat
 
 
+class SweepSpec(_Strict):
+    """A grid submitted as one sweep: a base spec and lists of values at dotted paths
+    (``regcore.grid``). The grid's points are validated as ExperimentSpecs when the sweep
+    is expanded (``service.sweeps.plan``), where an error can name the grid entry."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    base: dict[str, Any]
+    grid: dict[str, list[Any]] = Field(
+        description="dotted path -> non-empty list of values (a cartesian product)"
+    )
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_lists(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [path for path, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"grid entries need at least one value: {', '.join(empty)}")
+        return grid
+
+    def label(self) -> str:
+        """The sweep's name: its own, else its base spec's."""
+        base_name = self.base.get("name")
+        return self.name or (base_name if isinstance(base_name, str) and base_name else "sweep")
+
+
 def _identity(value: Any) -> Any:
     if isinstance(value, Component):
         return {value.key: value.name, **_identity(value.params)}

@@ -2,6 +2,8 @@
 
 The database is the source of truth for every job; the broker only carries job ids.
 An experiment is one spec: a ``train`` job plus analysis jobs that depend on it.
+A sweep is a grid of experiments; ``sweep_experiments`` links them, so an experiment
+shared by two sweeps (the same spec, deduplicated) counts in both.
 Deduplication: ``experiments.dedup_key`` is unique; it equals the spec hash unless the
 submitter forced a new experiment (then the hash plus a fresh suffix).
 """
@@ -46,6 +48,13 @@ class JobKind(StrEnum):
     PLOTS = "plots"
 
 
+class ReportStatus(StrEnum):
+    NONE = "none"
+    BUILDING = "building"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         dict[str, Any]: JSON,
@@ -62,10 +71,35 @@ class Sweep(Base):
     sweep_hash: Mapped[str] = mapped_column(String(64), unique=True)
     base: Mapped[dict[str, Any]]
     grid: Mapped[dict[str, Any]]
+    size: Mapped[int] = mapped_column(Integer, default=0)  # experiments in the sweep
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
+    report_status: Mapped[str] = mapped_column(String(20), default=ReportStatus.NONE)
+    report_run_id: Mapped[str | None] = mapped_column(String(64))  # the sweep-level MLflow run
+    report_error: Mapped[str | None] = mapped_column(Text)
+    report_started_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     experiments: Mapped[list[Experiment]] = relationship(back_populates="sweep")
+    members: Mapped[list[SweepMember]] = relationship(
+        back_populates="sweep", order_by="SweepMember.position"
+    )
+
+
+class SweepMember(Base):
+    """One grid point of a sweep: its experiment, configuration label and seed."""
+
+    __tablename__ = "sweep_experiments"
+
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id"), primary_key=True)
+    experiment_id: Mapped[str] = mapped_column(
+        ForeignKey("experiments.id"), primary_key=True, index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)  # order of the grid's expansion
+    configuration: Mapped[str] = mapped_column(Text)  # the point's label, seed left out
+    seed: Mapped[int] = mapped_column(Integer)
+
+    sweep: Mapped[Sweep] = relationship(back_populates="members")
+    experiment: Mapped[Experiment] = relationship()
 
 
 class Experiment(Base):

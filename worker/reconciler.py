@@ -7,7 +7,9 @@ The job store is the truth and the broker only transport. Each round:
    (``jobstore.requeue_stale``);
 2. queued jobs the broker may have lost (never enqueued, or enqueued more than
    ``grace_s`` ago and still unclaimed: Redis restarted or flushed, a worker died with
-   the message, a dependent whose enqueue failed) are sent again and marked enqueued.
+   the message, a dependent whose enqueue failed) are sent again and marked enqueued;
+3. finished sweeps without a report (cancelled ones, whose last jobs no worker ran, or
+   whose last worker died before building it) get theirs (``service.reports``).
 
 Sending a job twice is harmless: claims are atomic, and a duplicate delivery claims
 nothing. One reconciler per cluster is enough; more only send more duplicates.
@@ -20,7 +22,7 @@ import logging
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
 
@@ -44,6 +46,7 @@ class Round:
     requeued: list[str]  # running jobs whose heartbeat stopped, back in the queue
     enqueued: list[str]  # queued jobs sent to the broker (again)
     failed: int = 0  # jobs the broker did not take this round
+    reports: list[str] = field(default_factory=list)  # sweeps whose report was built
 
 
 class Reconciler:
@@ -89,7 +92,21 @@ class Reconciler:
                 session.commit()
         if requeued or sent:
             log.info("reaped %d stale jobs, enqueued %d queued jobs", len(requeued), len(sent))
-        return Round(requeued, sent, len(pending) - len(sent))
+        return Round(requeued, sent, len(pending) - len(sent), self.build_reports())
+
+    def build_reports(self) -> list[str]:
+        from service import reports, sweeps  # matplotlib: only when a report is due
+
+        with self.db.session() as session:
+            due = sweeps.sweeps_needing_report(session, sweeps.stale_report_cutoff(utcnow()))
+        built = []
+        for sweep_id in due:
+            try:
+                if reports.build(self.settings, self.db, sweep_id) is not None:
+                    built.append(sweep_id)
+            except reports.SweepNotFinishedError:  # analyses were added meanwhile
+                continue
+        return built
 
     def run_forever(self, interval_s: float, stop: threading.Event) -> None:
         log.info("reconciling every %.1f s (grace %.0f s)", interval_s, self.grace_s)

@@ -274,7 +274,21 @@ class JobRun:
             elif not report.mlflow_closed:
                 status = "KILLED" if state == JobState.CANCELLED else "FAILED"
                 self._close_mlflow_run(report.mlflow_run_id or self._current_run_id(), status)
+        self._report_finished_sweeps()
         return state.value
+
+    def _report_finished_sweeps(self) -> None:
+        """The worker that finishes a sweep's last job logs the sweep's report. Best
+        effort: the reconciler builds any report missed here."""
+        from service import reports, sweeps  # matplotlib: only once a job has finished
+
+        try:
+            with self.db.session() as session:
+                sweep_ids = sweeps.sweeps_of_experiment(session, self.experiment_id)
+            if sweep_ids:
+                reports.build_finished(self.settings, self.db, sweep_ids)
+        except Exception as exc:
+            log.warning("job %s: sweep report not built here: %s", self.job_id, exc)
 
     def _remove_resume_checkpoints(self) -> None:
         """last.pt (also in MLflow) and best.pt are only needed to resume; model.pt stays

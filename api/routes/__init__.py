@@ -2,9 +2,10 @@
 
 from fastapi import APIRouter
 
-from api.routes import catalog, experiments, queue
+from api.routes import catalog, experiments, queue, sweeps
 
 api_router = APIRouter()
 api_router.include_router(experiments.router)
+api_router.include_router(sweeps.router)
 api_router.include_router(queue.router)
 api_router.include_router(catalog.router)

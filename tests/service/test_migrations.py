@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from service.db import make_engine
 from service.schema import (
@@ -23,7 +23,7 @@ from service.schema import (
 )
 from service.tables import Base
 
-TABLES = {"sweeps", "experiments", "jobs", "workers"}
+TABLES = {"sweeps", "sweep_experiments", "experiments", "jobs", "workers"}
 
 
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
@@ -40,6 +40,23 @@ def test_upgrade_downgrade_upgrade(database_url: str) -> None:
     upgrade_database(database_url)
     assert_schema_current(engine)
     engine.dispose()
+
+
+def test_sweeps_recorded_before_0002_get_a_size_and_no_report(database_url: str) -> None:
+    upgrade_database(database_url, "0001")
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO sweeps (id, name, owner, sweep_hash, base, grid, created_at) "
+                "VALUES ('s1', 'old', 'anonymous', 'h', '{}', '{}', CURRENT_TIMESTAMP)"
+            )
+        )
+    upgrade_database(database_url)
+    with engine.connect() as connection:
+        row = connection.execute(text("SELECT size, report_status FROM sweeps")).one()
+    engine.dispose()
+    assert tuple(row) == (0, "none")
 
 
 def test_migrations_match_the_tables(database_url: str) -> None:

@@ -1,0 +1,184 @@
+"""Sweeps: submit a grid, follow it, read its comparison, cancel it, fetch its report."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import FileResponse, PlainTextResponse
+from starlette.background import BackgroundTask
+
+from api import operations
+from api.deps import CeleryDep, DatabaseDep, SessionDep, SettingsDep, SweepDep, TrackingDep
+from api.schemas import (
+    ArtifactPublic,
+    ArtifactsPublic,
+    ErrorPublic,
+    NotEnqueuedPublic,
+    SweepCancelPublic,
+    SweepPointPublic,
+    SweepPublic,
+    SweepResultsPublic,
+    SweepsPublic,
+    SweepSubmissionPublic,
+)
+from api.tracking import ArtifactPathError, check_artifact_path, remove_download
+from regcore.spec import SweepSpec
+from service import sweeps
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+
+NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "no such sweep"}}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        status.HTTP_200_OK: {"model": SweepSubmissionPublic, "description": "the same sweep"},
+        status.HTTP_503_SERVICE_UNAVAILABLE: {
+            "model": NotEnqueuedPublic,
+            "description": "recorded, but the broker (or, before anything is recorded, the "
+            "tracking store) is unavailable",
+        },
+    },
+)
+def submit_sweep(
+    document: SweepSpec,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    tracking: TrackingDep,
+    force: Annotated[bool, Query(description="new experiments even for known specs")] = False,
+) -> SweepSubmissionPublic:
+    """Expand ``grid`` over ``base`` (a cartesian product over dotted paths) and record one
+    experiment per point: 201. Specs already in the job store are reused, not run again;
+    the same sweep submitted again answers 200 and adds nothing. A grid past
+    ``REGBENCH_MAX_SWEEP_SIZE`` points, or with an invalid point, gives 422 and records
+    nothing; each error's ``loc`` points into the body (``grid``/``base``)."""
+    submission = operations.submit_sweep(session, celery, tracking, settings, document, force=force)
+    if not submission.created:
+        response.status_code = status.HTTP_200_OK
+    sweep = submission.sweep
+    new = {experiment.id for experiment in submission.new_experiments}
+    return SweepSubmissionPublic(
+        id=sweep.id,
+        name=sweep.name,
+        created=submission.created,
+        size=sweep.size,
+        new_experiments=len(new),
+        experiments=[
+            SweepPointPublic(
+                id=m.experiment_id,
+                configuration=m.configuration,
+                seed=m.seed,
+                created=m.experiment_id in new,
+            )
+            for m in sweep.members
+        ],
+    )
+
+
+@router.get("")
+def list_sweeps(
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SweepsPublic:
+    """A page of sweeps, newest first, each with its progress."""
+    page, count = sweeps.list_sweeps(session, limit=limit, offset=offset)
+    data = [operations.describe_sweep(session, settings, sweep) for sweep in page]
+    return SweepsPublic(data=data, count=count)
+
+
+@router.get("/{sweep_id}", responses=NOT_FOUND)
+def read_sweep(sweep: SweepDep, session: SessionDep, settings: SettingsDep) -> SweepPublic:
+    """Experiments and jobs counted by state, weighted progress, an ETA (null until a job
+    of each remaining kind has finished once), the running jobs, the report's state."""
+    return operations.describe_sweep(session, settings, sweep)
+
+
+@router.post("/{sweep_id}/cancel", responses=NOT_FOUND)
+def cancel_sweep(sweep: SweepDep, session: SessionDep, settings: SettingsDep) -> SweepCancelPublic:
+    """Cancel every experiment of the sweep: queued jobs now, running ones at their next
+    heartbeat. Idempotent."""
+    changed = operations.cancel_sweep(session, sweep)
+    described = operations.describe_sweep(session, settings, sweep)
+    return SweepCancelPublic(**described.model_dump(), cancelled_jobs=[job.id for job in changed])
+
+
+@router.get(
+    "/{sweep_id}/results",
+    response_model=SweepResultsPublic,
+    responses={
+        **NOT_FOUND,
+        status.HTTP_200_OK: {"content": {"application/json": {}, "text/csv": {}}},
+    },
+)
+def read_results(
+    sweep: SweepDep,
+    output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+) -> Response:
+    """One row per configuration, in grid order: mean, std and n over its experiments
+    (seeds) of test accuracy, robust accuracy at every attacked eps, boundary total
+    variation and distance, curvature, training time. ``format=csv`` for a CSV file."""
+    if output == "csv":
+        text = sweeps.results_csv(sweeps.results(sweep))
+        return PlainTextResponse(
+            text,
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="sweep-{sweep.id}.csv"'},
+        )
+    results = operations.sweep_results(sweep)
+    return Response(results.model_dump_json(), media_type="application/json")
+
+
+@router.get("/{sweep_id}/report", responses=NOT_FOUND)
+def list_report(sweep: SweepDep, tracking: TrackingDep) -> ArtifactsPublic:
+    """The report's files (report.png, report.html, results.csv, results.json); 404 with
+    the reason until the sweep has finished and its report is logged."""
+    infos = tracking.list_artifacts(operations.report_run(sweep))
+    data = [ArtifactPublic(path=i.path, size=i.file_size, is_dir=i.is_dir) for i in infos]
+    return ArtifactsPublic(data=data, count=len(data))
+
+
+@router.post(
+    "/{sweep_id}/report",
+    responses={
+        **NOT_FOUND,
+        status.HTTP_409_CONFLICT: {"model": ErrorPublic, "description": "unfinished jobs"},
+    },
+)
+def build_report(
+    sweep: SweepDep, session: SessionDep, settings: SettingsDep, database: DatabaseDep
+) -> SweepPublic:
+    """Build the report now (again, if one exists): a new MLflow run. 409 while the sweep
+    has unfinished jobs; it is built on its own when they finish."""
+    operations.rebuild_report(session, settings, database, sweep)
+    reloaded = sweeps.load(session, sweep.id)
+    assert reloaded is not None
+    return operations.describe_sweep(session, settings, reloaded)
+
+
+@router.get(
+    "/{sweep_id}/report/{path:path}",
+    response_class=FileResponse,
+    responses={
+        status.HTTP_200_OK: {"content": {"text/html": {}, "image/png": {}}},
+        status.HTTP_400_BAD_REQUEST: {"model": ErrorPublic, "description": "a bad path"},
+        status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "no such file"},
+    },
+)
+def download_report(sweep: SweepDep, path: str, tracking: TrackingDep) -> FileResponse:
+    """One file of the report: ``report.html`` opens in a browser as it is."""
+    relative = check_artifact_path(path)
+    run_id = operations.report_run(sweep)
+    if tracking.find_artifact(run_id, relative).is_dir:
+        raise ArtifactPathError(f"{relative!r} is a directory")
+    fetched = tracking.download(run_id, relative)
+    return FileResponse(
+        fetched.file,
+        filename=fetched.file.name,
+        content_disposition_type="inline",  # report.html and report.png open in the browser
+        background=BackgroundTask(remove_download, fetched.directory),
+    )

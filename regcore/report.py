@@ -1,0 +1,216 @@
+"""The sweep report: one PNG and one self-contained HTML page from a comparison.
+
+The figure holds, for every configuration side by side: robust accuracy against eps
+for each attack (mean over seeds, a band of ± one standard deviation), the decision
+boundaries' total variation and the curvature as bar charts with std error bars, and a
+table of test accuracy. The HTML page embeds that PNG (base64) and the full table of
+every metric, so it opens anywhere with no other file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from regcore.analysis.plots import STYLE
+from regcore.compare import (
+    BOUNDARY,
+    TEST_ACCURACY,
+    ComparisonRow,
+    RobustCurve,
+    Summary,
+    robust_curves,
+)
+
+CURVATURE = "geometry/curvature_mean"
+PANEL_SIZE = (5.5, 3.6)  # inches per panel
+MAX_LABEL = 48  # characters of a configuration label on an axis
+
+
+@dataclass(frozen=True)
+class Report:
+    png: bytes
+    html: str
+    panels: list[str]  # the titles of the figure's panels, in order
+
+
+def build_report(
+    title: str,
+    rows: Sequence[ComparisonRow],
+    metrics: Sequence[str],
+    *,
+    counts: Mapping[str, tuple[int, int]] | None = None,
+    subtitle: str = "",
+) -> Report:
+    """``counts``: configuration -> (succeeded, experiments), shown in the table."""
+    import matplotlib.pyplot as plt  # pyplot's rc_context only: the Figure itself is unmanaged
+
+    curves = robust_curves(rows)
+    attacks = sorted({curve.attack for curve in curves})
+    tv_keys = sorted(  # (plane half-width, metric key)
+        (float(m["width"]), key)
+        for key in metrics
+        if (m := BOUNDARY.match(key)) and m["metric"] == "tv_iso"
+    )
+    panels: list[tuple[str, object]] = [
+        (f"robust accuracy vs eps: {attack}", attack) for attack in attacks
+    ]
+    if tv_keys:
+        panels.append(("decision-boundary total variation", tv_keys))
+    if any(CURVATURE in row.metrics for row in rows):
+        panels.append(("curvature", CURVATURE))
+    columns = 2 if len(panels) > 1 else 1
+    lines = math.ceil(len(panels) / columns)
+    table_height = 0.5 + 0.22 * (len(rows) + 1)  # inches: the accuracy table spans the width
+    heights = [PANEL_SIZE[1]] * lines + [table_height]
+    with plt.rc_context(STYLE):
+        figure = Figure(figsize=(PANEL_SIZE[0] * 2, sum(heights) + 0.6))
+        figure.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
+        layout = figure.add_gridspec(lines + 1, columns, height_ratios=heights)
+        for number, (panel_title, what) in enumerate(panels):
+            ax = figure.add_subplot(layout[number // columns, number % columns])
+            ax.set_title(panel_title, fontsize=9)
+            if isinstance(what, str) and what != CURVATURE:
+                _robust_panel(ax, [c for c in curves if c.attack == what])
+            elif isinstance(what, list):
+                keys, names = [key for _, key in what], [f"half-width {w:g}" for w, _ in what]
+                _grouped_bars(ax, rows, keys, names)
+                ax.set_xlabel("total variation (mean ± std over seeds)")
+            else:
+                _grouped_bars(ax, rows, [CURVATURE], ["curvature"])
+                ax.set_xlabel("curvature (mean ± std over seeds)")
+        ax = figure.add_subplot(layout[lines, :])
+        ax.set_title("test accuracy", fontsize=9)
+        _accuracy_table(ax, rows, counts or {})
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    png = buffer.getvalue()
+    page = _html(title, subtitle, png, rows, metrics, counts or {})
+    return Report(png, page, [panel for panel, _ in panels] + ["test accuracy"])
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= MAX_LABEL else label[: MAX_LABEL - 1] + "…"
+
+
+def _robust_panel(ax: Axes, curves: Sequence[RobustCurve]) -> None:
+    for curve in curves:
+        eps, mean, std = (np.asarray(v, dtype=float) for v in (curve.eps, curve.mean, curve.std))
+        (line,) = ax.plot(eps, mean, marker="o", markersize=3, label=_short(curve.configuration))
+        ax.fill_between(eps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="eps", ylabel="robust accuracy", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=7, loc="best")
+
+
+def _grouped_bars(
+    ax: Axes, rows: Sequence[ComparisonRow], keys: Sequence[str], names: Sequence[str]
+) -> None:
+    """Horizontal bars: one group per configuration, one bar per key, std as error bars."""
+    positions = np.arange(len(rows))
+    height = 0.8 / max(1, len(keys))
+    for number, (key, name) in enumerate(zip(keys, names, strict=True)):
+        summaries = [row.metrics.get(key) for row in rows]
+        means = [s.mean if _present(s) else 0.0 for s in summaries]
+        stds = [s.std if _present(s) and math.isfinite(s.std) else 0.0 for s in summaries]
+        offset = (number - (len(keys) - 1) / 2) * height
+        ax.barh(positions + offset, means, height=height, xerr=stds, capsize=2, label=name)
+    ax.set_yticks(positions, [_short(row.configuration) for row in rows], fontsize=7)
+    ax.invert_yaxis()  # first configuration on top, as in the table
+    if len(keys) > 1:
+        ax.legend(fontsize=7)
+
+
+def _accuracy_table(
+    ax: Axes, rows: Sequence[ComparisonRow], counts: Mapping[str, tuple[int, int]]
+) -> None:
+    ax.axis("off")
+    cells = [
+        [
+            _short(row.configuration),
+            _runs(row, counts),
+            _format(row.metrics.get(TEST_ACCURACY), with_n=False),
+        ]
+        for row in rows
+    ]
+    table = ax.table(
+        cellText=cells or [["–", "–", "–"]],
+        colLabels=["configuration", "runs", "mean ± std"],
+        colWidths=[0.6, 0.15, 0.25],
+        bbox=[0.0, 0.0, 1.0, 1.0],
+        cellLoc="left",
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(7)
+
+
+def _present(summary: Summary | None) -> bool:
+    return summary is not None and summary.n > 0 and math.isfinite(summary.mean)
+
+
+def _format(summary: Summary | None, *, with_n: bool = True) -> str:
+    if not _present(summary):
+        return "–"
+    assert summary is not None
+    places = 1 if abs(summary.mean) >= 100 else 2 if abs(summary.mean) >= 10 else 4
+    text = f"{summary.mean:.{places}f}"
+    if summary.n > 1 and math.isfinite(summary.std):
+        text += f" ± {summary.std:.{places}f}"
+    return f"{text} (n={summary.n})" if with_n else text
+
+
+def _runs(row: ComparisonRow, counts: Mapping[str, tuple[int, int]]) -> str:
+    succeeded, total = counts.get(row.configuration, (row.n, row.n))
+    return str(total) if succeeded == total else f"{succeeded}/{total} ok"
+
+
+def _html(
+    title: str,
+    subtitle: str,
+    png: bytes,
+    rows: Sequence[ComparisonRow],
+    metrics: Sequence[str],
+    counts: Mapping[str, tuple[int, int]],
+) -> str:
+    escape = html.escape
+    header = "".join(f"<th>{escape(_column(m))}</th>" for m in metrics)
+    body = "".join(
+        "<tr><td>{}</td><td>{}</td>{}</tr>".format(
+            escape(row.configuration),
+            escape(_runs(row, counts)),
+            "".join(f"<td>{escape(_format(row.metrics.get(m)))}</td>" for m in metrics),
+        )
+        for row in rows
+    )
+    image = base64.b64encode(png).decode("ascii")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.85em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
+th {{ background: #f4f4f4; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>{escape(title)}</h1>
+<p>{escape(subtitle)}</p>
+<img alt="robust accuracy, total variation, curvature, test accuracy"
+ src="data:image/png;base64,{image}">
+<h2>Every metric: mean ± std over seeds (n runs)</h2>
+<table><thead><tr><th>configuration</th><th>runs</th>{header}</tr></thead>
+<tbody>{body}</tbody></table>
+</body></html>
+"""
+
+
+def _column(metric: str) -> str:
+    return re.sub(r"_mean$", "", metric)

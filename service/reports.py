@@ -1,0 +1,148 @@
+"""Sweep reports: built once a sweep has finished, logged as a sweep-level MLflow run.
+
+Three places may build one, and the claim in ``sweeps.claim_report`` lets exactly one
+of them do it: the worker that finished a sweep's last job, the reconciler (for a
+sweep whose last worker died before building it), and ``POST /sweeps/{id}/report``
+(a rebuild on demand). The run holds ``report.png``, ``report.html`` (self-contained),
+``results.csv`` and ``results.json``, tagged with the sweep's id, in the sweep's
+MLflow experiment beside its experiments' runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import RunTag
+from mlflow.tracking import MlflowClient
+from sqlalchemy.orm import Session
+
+from regcore.report import build_report
+from service import sweeps
+from service.db import Database
+from service.settings import Settings
+from service.tables import ReportStatus, Sweep, utcnow
+from service.tracking import ensure_experiment
+
+log = logging.getLogger(__name__)
+
+REPORT_FILES = ("report.png", "report.html", "results.csv", "results.json")
+RUN_KIND_TAG = "regbench.kind"
+SWEEP_TAG = "regbench.sweep_id"
+
+
+class SweepNotFinishedError(RuntimeError):
+    """A report needs every job of the sweep to be final."""
+
+
+@dataclass(frozen=True)
+class BuiltReport:
+    sweep_id: str
+    run_id: str | None
+    error: str | None
+
+
+def build_finished(settings: Settings, db: Database, sweep_ids: list[str]) -> list[BuiltReport]:
+    """Build the report of each of these sweeps that has finished and has none yet."""
+    with db.session() as session:
+        ready = sweeps.sweeps_needing_report(
+            session, sweeps.stale_report_cutoff(utcnow()), among=sweep_ids
+        )
+    built: list[BuiltReport] = []
+    for sweep_id in ready:
+        try:
+            report = build(settings, db, sweep_id)
+        except SweepNotFinishedError:  # analyses were added meanwhile
+            continue
+        if report is not None:
+            built.append(report)
+    return built
+
+
+def build(
+    settings: Settings, db: Database, sweep_id: str, *, rebuild: bool = False
+) -> BuiltReport | None:
+    """Claim, render, log to MLflow, record; None if another builder holds the claim (or
+    the report exists and ``rebuild`` is off). Failures are recorded on the sweep."""
+    with db.session() as session:
+        sweep = sweeps.load(session, sweep_id)
+        if sweep is None:
+            raise LookupError(f"no sweep with id {sweep_id!r}")
+        if not sweeps.is_finished(sweep):
+            raise SweepNotFinishedError(
+                f"sweep {sweep_id} has unfinished jobs; its report is built when they finish"
+            )
+        claimed = sweeps.claim_report(
+            session, sweep_id, stale_before=sweeps.stale_report_cutoff(utcnow()), rebuild=rebuild
+        )
+        session.commit()
+        if not claimed:
+            return None
+        try:
+            run_id = _render_and_log(settings, session, sweep)
+            error = None
+        except Exception as exc:  # recorded on the sweep; the API shows it
+            log.exception("sweep %s: report failed", sweep_id)
+            run_id, error = None, f"{type(exc).__name__}: {exc}"
+        sweeps.finish_report(session, sweep_id, run_id=run_id, error=error)
+        session.commit()
+    log.info("sweep %s: report %s", sweep_id, "failed" if error else f"logged (run {run_id})")
+    return BuiltReport(sweep_id, run_id, error)
+
+
+def _render_and_log(settings: Settings, session: Session, sweep: Sweep) -> str:
+    results = sweeps.results(sweep)
+    progress = sweeps.progress(sweep, expected_s={}, workers=1, now=utcnow())
+    counted = ", ".join(f"{n} {state}" for state, n in progress.experiments.items() if n)
+    subtitle = f"sweep {sweep.id}: {sweep.size} experiments ({counted})"
+    counts = {
+        configuration: (results.succeeded[configuration], total)
+        for configuration, total in results.experiments.items()
+    }
+    report = build_report(
+        f"regbench sweep: {sweep.name}", results.rows, results.metrics, counts=counts,
+        subtitle=subtitle,
+    )  # fmt: skip
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment_id = sweep.mlflow_experiment_id or ensure_experiment(
+        client, settings.mlflow_experiment, _artifact_location(settings)
+    )
+    run = client.create_run(
+        experiment_id,
+        run_name=f"report {sweep.name}",
+        tags={SWEEP_TAG: sweep.id, RUN_KIND_TAG: "sweep-report"},
+    )
+    run_id = run.info.run_id
+    try:
+        with tempfile.TemporaryDirectory(prefix="regbench-report-") as directory:
+            folder = Path(directory)
+            (folder / "report.png").write_bytes(report.png)
+            (folder / "report.html").write_text(report.html, encoding="utf-8")
+            (folder / "results.csv").write_text(sweeps.results_csv(results), encoding="utf-8")
+            records = {
+                "sweep_id": sweep.id,
+                "metrics": results.metrics,
+                "rows": sweeps.results_records(results),
+            }
+            (folder / "results.json").write_text(json.dumps(records, indent=2), encoding="utf-8")
+            client.log_artifacts(run_id, directory)
+        client.log_batch(run_id, tags=[RunTag("regbench.sweep_status", progress.status)])
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def _artifact_location(settings: Settings) -> str | None:
+    """As the API does: a local store keeps artifacts under the data dir."""
+    if settings.tracking_uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return (settings.artifact_root / settings.mlflow_experiment).as_uri()
+
+
+def report_state(sweep: Sweep) -> str:
+    return sweep.report_status or ReportStatus.NONE
