@@ -1,20 +1,50 @@
 """The ``regbench`` command.
 
-Commands that talk to a regbench server use HTTP only. Commands that run work on this
-machine (``run``, ``catalog``) live in ``service.cli`` and are imported only when
-called, so the client itself never loads torch or MLflow.
+Commands that talk to a regbench server (submit, status, results, artifacts, report,
+cancel) use HTTP only and take ``--server`` and ``--token``. Commands that run work on
+this machine (``run``, ``catalog``, ``serve``...) live in ``service`` and are imported
+only when called, so the client itself never loads torch, a database or MLflow.
+
+Exit status: 0 done, 1 the server is unreachable or refused, or work failed,
+2 invalid input (a bad file, or the server's 422).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
-from pathlib import Path
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, NoReturn
 
 import click
 import yaml
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from client.remote import FINISHED, RegbenchClient, ServerError, path_inside
+from client.tables import (
+    eta_text,
+    format_size,
+    metrics_table,
+    overview,
+    results_markdown,
+    results_table,
+    select_metrics,
+    state_counts,
+    sweep_status,
+)
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+# Off a terminal rich would wrap at 80 columns; files and pipes get every column instead.
+NOT_A_TERMINAL_WIDTH = 1000
 
 LOCAL_COMMANDS = {
     "run": ("service.cli", "run", "Run a spec or a grid here, in-process, and print results."),
@@ -61,69 +91,391 @@ def main() -> None:
     """regbench: benchmark neural-network regularizers, locally or on a cluster."""
 
 
+# --------------------------------------------------------------------------- plumbing
+
+
+def make_client(server: str, token: str | None) -> RegbenchClient:
+    """The one place remote commands get their client (tests replace it with one whose
+    transport is an ``httpx.MockTransport``)."""
+    return RegbenchClient(server, token)
+
+
+def remote_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Adds ``--server`` and ``--token``; the command gets a client as its first argument.
+    A ServerError becomes its message on stderr: exit 2 for a 422, else 1."""
+
+    @click.option(
+        "--server",
+        envvar="REGBENCH_SERVER",
+        default=DEFAULT_SERVER,
+        show_default=True,
+        help="The regbench server (or REGBENCH_SERVER).",
+    )
+    @click.option(
+        "--token",
+        envvar="REGBENCH_TOKEN",
+        help="API token, sent as `Authorization: Bearer` (or REGBENCH_TOKEN).",
+    )
+    @functools.wraps(command)
+    def with_client(*args: Any, server: str, token: str | None, **kwargs: Any) -> None:
+        try:
+            with make_client(server, token) as client:
+                command(client, *args, **kwargs)
+        except ServerError as exc:
+            fail(str(exc), EXIT_INVALID if exc.invalid_input else EXIT_FAILED)
+
+    return with_client
+
+
+def fail(message: str, exit_code: int) -> NoReturn:
+    # click.secho drops the colour when stderr is not a terminal.
+    click.secho(message, fg="red", err=True)
+    sys.exit(exit_code)
+
+
+def stdout_console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else NOT_A_TERMINAL_WIDTH)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """A spec or a grid file (YAML or JSON); anything unreadable exits with status 2."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}", EXIT_INVALID)
+    except yaml.YAMLError as exc:
+        fail(f"{path} is not valid YAML or JSON:\n{exc}", EXIT_INVALID)
+    if not isinstance(document, dict):
+        fail(f"{path}: expected a spec or a grid ({{base, grid}}) at the top level", EXIT_INVALID)
+    return document
+
+
+def is_grid(document: Mapping[str, Any]) -> bool:
+    # Either key makes it a grid file: the server then names the one that is missing.
+    return "base" in document or "grid" in document
+
+
+# --------------------------------------------------------------------------- submit
+
+
 @main.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--server", envvar="REGBENCH_SERVER", default="http://127.0.0.1:8000", show_default=True
-)
-@click.option("--token", envvar="REGBENCH_TOKEN", help="API token (or REGBENCH_TOKEN).")
 @click.option("--force", is_flag=True, help="New experiments even for specs already submitted.")
-@click.option("--wait/--no-wait", default=False, help="Watch progress, then print results.")
-def submit(path: Path, server: str, token: str | None, force: bool, wait: bool) -> None:
-    """Submit a spec or a grid file to a regbench server (HTTP only)."""
-    from client.remote import RegbenchClient, ServerError
+@click.option("--wait", is_flag=True, help="Show progress until done, then print the results.")
+@click.option(
+    "--poll", "poll_s", type=float, default=2.0, show_default=True, help="Seconds between polls."
+)
+@remote_command
+def submit(client: RegbenchClient, path: Path, force: bool, wait: bool, poll_s: float) -> None:
+    """Submit a grid (one sweep) or a spec.
 
-    err = Console(stderr=True)
-    client = RegbenchClient(server, token)
-    try:
-        submitted = client.submit(yaml.safe_load(path.read_text()), force=force)
-    except ServerError as exc:
-        err.print(f"[red]{exc}[/red]", highlight=False)
-        sys.exit(1)
-    new = sum(item.created for item in submitted)
-    err.print(f"submitted {len(submitted)} experiments ({new} new) to {server}", highlight=False)
+    A grid file is {base, grid, name?}: the server expands it; anything else is one spec.
+    """
+    document = read_document(path)
+    if not is_grid(document):
+        submit_one(client, document, force, wait, poll_s)
+        return
+    submitted = client.submit_sweep(document, force)
+    sweep_id = submitted["id"]
+    click.echo(
+        f"sweep {sweep_id}: {submitted['size']} experiments, {submitted['new_experiments']} new"
+    )
     if not wait:
-        for item in submitted:
-            click.echo(f"{item.id}  {item.configuration}")
+        click.echo(f"follow it with: regbench status {sweep_id} --watch", err=True)
         return
     try:
-        states = watch(client, [item.id for item in submitted], err)
-    except ServerError as exc:
-        err.print(f"[red]{exc}[/red]", highlight=False)
-        sys.exit(1)
-    rows = [
-        (item.configuration, states[item.id].get("metrics") or {})
-        for item in submitted
-        if states[item.id]["status"] == "succeeded"
-    ]
-    failed = [item for item in submitted if states[item.id]["status"] != "succeeded"]
-    for item in failed:
-        state = states[item.id]
-        errors = "; ".join(job["error"] for job in state["jobs"] if job.get("error"))
-        err.print(f"[red]{item.configuration}: {state['status']}[/red] {errors}", highlight=False)
-    from client.tables import comparison_table
-
-    Console(width=None if sys.stdout.isatty() else 250).print(comparison_table(rows))
-    sys.exit(1 if failed else 0)
+        sweep = watch_sweep(client, sweep_id, stderr_console(), poll_s)
+    except KeyboardInterrupt:
+        fail(f"stopped watching; the sweep keeps running: regbench status {sweep_id}", 130)
+    stdout_console().print(results_table(client.results(sweep_id)))
+    if unsuccessful := report_unsuccessful(sweep):
+        fail(f"{unsuccessful}; see `regbench status {sweep_id}`", EXIT_FAILED)
 
 
-def watch(client: Any, ids: list[str], console: Console) -> dict[str, dict[str, Any]]:
-    """Progress bars until every experiment finished."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def submit_one(
+    client: RegbenchClient, spec: dict[str, Any], force: bool, wait: bool, poll_s: float
+) -> None:
+    experiment = client.submit_experiment(spec, force)
+    novelty = "new" if experiment.get("created", True) else "already submitted (--force: again)"
+    click.echo(f"experiment {experiment['id']}: {novelty}")
+    if not wait:
+        return
+    experiment = watch_experiment(client, experiment["id"], stderr_console(), poll_s)
+    if experiment["status"] != "succeeded":
+        errors = [
+            f"{job['kind']}: {job['error']}" for job in experiment["jobs"] if job.get("error")
+        ]
+        fail("\n".join([f"experiment {experiment['status']}", *errors]), EXIT_FAILED)
+    title = (
+        f"experiment {experiment['id']} ({experiment.get('configuration') or experiment['name']})"
+    )
+    stdout_console().print(metrics_table(experiment.get("metrics") or {}, title))
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True,
-    ) as progress:  # fmt: skip
-        task = progress.add_task("experiments finished", total=len(ids))
 
-        def update(states: dict[str, dict[str, Any]]) -> None:
+def report_unsuccessful(sweep: Mapping[str, Any]) -> str | None:
+    """``1 failed, 0 cancelled of 6 experiments``, or None when none failed or was cancelled
+    (a cancelled experiment leaves the results incomplete, so it fails the command too)."""
+    failed = sweep["experiments"].get("failed", 0)
+    cancelled = sweep["experiments"].get("cancelled", 0)
+    if not failed and not cancelled:
+        return None
+    return f"{failed} failed, {cancelled} cancelled of {sweep['size']} experiments"
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TextColumn("{task.fields[eta]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def watch_sweep(
+    client: RegbenchClient, sweep_id: str, console: Console, poll_s: float = 2.0
+) -> dict[str, Any]:
+    """A progress bar on ``console`` until the sweep finished; returns the finished sweep.
+
+    Off a terminal (a CI log) a bar cannot redraw, so each change is printed as a line.
+    """
+    last_line = ""
+    with _progress(console) as progress:
+        task = progress.add_task(f"sweep {sweep_id[:8]}", total=1.0, counts="", eta="")
+
+        def show(sweep: dict[str, Any]) -> None:
+            nonlocal last_line
+            counts = state_counts(sweep["experiments"]).plain
+            eta = eta_text(sweep)
+            progress.update(task, completed=sweep.get("progress", 0.0), counts=counts, eta=eta)
+            line = f"sweep {sweep_id}: {sweep.get('progress', 0.0):4.0%}  {counts}  {eta}"
+            if not console.is_terminal and line != last_line:
+                console.print(line, markup=False)
+                last_line = line
+
+        sweep = client.wait_sweep(sweep_id, on_update=show, poll_s=poll_s)
+    console.print(
+        Text.assemble(f"sweep {sweep_id} {sweep['status']}: ", state_counts(sweep["experiments"]))
+    )
+    return sweep
+
+
+def watch_experiment(
+    client: RegbenchClient, experiment_id: str, console: Console, poll_s: float = 2.0
+) -> dict[str, Any]:
+    """A progress bar over the experiment's jobs until it finished; returns it."""
+    with _progress(console) as progress:
+        task = progress.add_task(f"experiment {experiment_id[:8]}", total=1.0, counts="", eta="")
+
+        def show(experiment: dict[str, Any]) -> None:
+            jobs = experiment.get("jobs") or []
             done = sum(
-                state["status"] in ("succeeded", "failed", "cancelled") for state in states.values()
+                1.0 if job["state"] in FINISHED else job.get("progress") or 0.0 for job in jobs
             )
-            progress.update(task, completed=done)
+            counts: dict[str, int] = {}
+            for job in jobs:
+                counts[job["state"]] = counts.get(job["state"], 0) + 1
+            fraction = done / len(jobs) if jobs else 0.0
+            progress.update(task, completed=fraction, counts=f"jobs: {state_counts(counts).plain}")
 
-        return client.wait(ids, on_update=update)
+        experiment = client.wait_experiment(experiment_id, on_update=show, poll_s=poll_s)
+    console.print(f"experiment {experiment_id} {experiment['status']}", markup=False)
+    return experiment
+
+
+# --------------------------------------------------------------------------- status
+
+
+@main.command()
+@click.argument("sweep_id", metavar="[SWEEP]", required=False)
+@click.option("--watch", is_flag=True, help="Refresh until the sweep (or every sweep) is done.")
+@click.option(
+    "--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes."
+)
+@click.option(
+    "--limit", type=int, default=20, show_default=True, help="Sweeps listed, newest first."
+)
+@remote_command
+def status(
+    client: RegbenchClient, sweep_id: str | None, watch: bool, interval: float, limit: int
+) -> None:
+    """Progress of sweeps, running jobs and workers.
+
+    With SWEEP: that sweep's progress, counts, ETA, report and running jobs. Without: every
+    sweep, then the running jobs and the live workers.
+    """
+
+    def render() -> tuple[RenderableType, bool]:
+        """The view, and whether there is nothing left to wait for."""
+        if sweep_id is not None:
+            sweep = client.sweep(sweep_id)
+            return sweep_status(sweep), sweep["status"] in FINISHED
+        sweeps, queue = client.sweeps(limit=limit), client.queue()
+        idle = not any(queue.get("by_state", {}).get(s) for s in ("queued", "running"))
+        done = idle and all(s["status"] in FINISHED for s in sweeps.get("data", []))
+        return overview(sweeps, queue), done
+
+    console = stdout_console()
+    view, done = render()
+    if not watch:
+        console.print(view)
+        return
+    # Off a terminal Live draws only the last view, which is what a log wants.
+    with Live(view, console=console, auto_refresh=False) as live:
+        try:
+            while not done:
+                time.sleep(interval)
+                view, done = render()
+                live.update(view, refresh=True)
+        except KeyboardInterrupt:
+            pass  # stopping the watch leaves the work running: nothing to report
+
+
+# --------------------------------------------------------------------------- results
+
+
+@main.command()
+@click.argument("sweep_id", metavar="SWEEP")
+@click.option("--csv", "as_csv", is_flag=True, help="The server's CSV, verbatim.")
+@click.option("--markdown", "as_markdown", is_flag=True, help="A GitHub markdown table.")
+@click.option(
+    "--metrics",
+    "patterns",
+    multiple=True,
+    metavar="PATTERN",
+    help="Only these metrics: a glob (attack/*) or a part of the name (pgd); repeatable.",
+)
+@remote_command
+def results(
+    client: RegbenchClient,
+    sweep_id: str,
+    as_csv: bool,
+    as_markdown: bool,
+    patterns: tuple[str, ...],
+) -> None:
+    """A sweep's results, mean ± std over seeds.
+
+    One row per configuration; n is the experiments that succeeded (of all, when fewer).
+    """
+    if as_csv and as_markdown:
+        raise click.UsageError("--csv and --markdown: choose one")
+    if as_csv and patterns:
+        raise click.UsageError("--metrics does not apply to --csv (printed as the server sends it)")
+    if as_csv:
+        click.echo(client.results_csv(sweep_id), nl=False)
+        return
+    answer = client.results(sweep_id)
+    if patterns and not select_metrics(answer.get("metrics", []), patterns):
+        available = ", ".join(answer.get("metrics", [])) or "none yet"
+        fail(f"no metric matches {' '.join(patterns)}; the sweep has: {available}", EXIT_INVALID)
+    if as_markdown:
+        click.echo(results_markdown(answer, patterns), nl=False)
+        return
+    stdout_console().print(results_table(answer, patterns))
+    if not answer.get("rows"):
+        click.echo(f"no results yet; see `regbench status {sweep_id}`", err=True)
+
+
+# --------------------------------------------------------------------------- files
+
+
+@main.command()
+@click.argument("experiment_id", metavar="EXPERIMENT")
+@click.argument("path", required=False)
+@click.option(
+    "-o",
+    "--output",
+    "dest_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Directory to download into.",
+)
+@remote_command
+def artifacts(client: RegbenchClient, experiment_id: str, path: str | None, dest_dir: Path) -> None:
+    """List or download an experiment's files.
+
+    Without PATH: every file with its size. With PATH: that file, or every file under
+    that directory (the directory itself is created in DIR, as `cp -r` would).
+    """
+    listing = client.artifacts(experiment_id)
+    if path is None:
+        if not listing:
+            click.echo(f"experiment {experiment_id} has no artifacts yet", err=True)
+            return
+        table = Table(box=None, show_header=True, pad_edge=False)
+        table.add_column("path")
+        table.add_column("size", justify="right")
+        for entry in listing:
+            name = entry["path"] + ("/" if entry["is_dir"] else "")
+            table.add_row(Text(name), Text(format_size(entry.get("size"))))
+        stdout_console().print(table)
+        return
+    wanted = path.strip("/")
+    entry = next((item for item in listing if item["path"] == wanted), None)
+    if entry is None or not entry["is_dir"]:
+        # Unknown paths go to the server too: its 404 says what is wrong.
+        click.echo(client.download(experiment_id, wanted, dest_dir))
+        return
+    files = [f["path"] for f in listing if not f["is_dir"] and f["path"].startswith(wanted + "/")]
+    if not files:
+        click.echo(f"{wanted}/ holds no files", err=True)
+    # Like `cp -r`: the directory itself lands in dest_dir, with its subdirectories.
+    parent = PurePosixPath(wanted).parent
+    for file in files:
+        relative = PurePosixPath(file).relative_to(parent)
+        target_dir = path_inside(dest_dir, str(relative.parent))
+        click.echo(client.download(experiment_id, file, target_dir))
+
+
+@main.command()
+@click.argument("sweep_id", metavar="SWEEP")
+@click.option(
+    "-o",
+    "--output",
+    "dest_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Directory to download into.",
+)
+@remote_command
+def report(client: RegbenchClient, sweep_id: str, dest_dir: Path) -> None:
+    """Download a sweep's report files.
+
+    report.png, report.html, results.csv, ...; the server builds the report when the sweep
+    finishes.
+    """
+    files = [item["path"] for item in client.report_files(sweep_id) if not item["is_dir"]]
+    if not files:
+        click.echo(f"the report of sweep {sweep_id} has no files", err=True)
+    for file in files:
+        click.echo(client.download_report_file(sweep_id, file, dest_dir))
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+@main.command()
+@click.argument("target_id", metavar="ID")
+@remote_command
+def cancel(client: RegbenchClient, target_id: str) -> None:
+    """Cancel a sweep or an experiment.
+
+    Queued jobs are cancelled now, running ones stop at their next heartbeat.
+    """
+    answer = client.cancel(target_id)
+    count = len(answer.get("cancelled_jobs", []))
+    jobs = "job" if count == 1 else "jobs"
+    note = "" if count else " (nothing was queued or running)"
+    click.echo(f"{answer['target']} {target_id}: {count} {jobs} cancelled{note}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""`make demo`: start the embedded stack, submit the demo grid over HTTP, watch it, print
-the comparison table, stop the stack.
+"""`make demo`: start the embedded stack, submit the demo grid over HTTP as one sweep, watch
+its progress, print its results table, stop the stack.
 
     python -m client.demo examples/demo-grid.yaml [--data-dir regbench-data/demo]
 """
@@ -17,10 +17,11 @@ from pathlib import Path
 import httpx
 import yaml
 from rich.console import Console
+from rich.text import Text
 
-from client.cli import watch
+from client.cli import report_unsuccessful, stdout_console, watch_sweep
 from client.remote import RegbenchClient, ServerError
-from client.tables import comparison_table
+from client.tables import results_table
 
 PORT, MLFLOW_PORT = 8765, 5765
 
@@ -54,26 +55,26 @@ def main() -> int:
     try:
         console.print("starting the embedded stack (API, worker, reconciler, MLflow UI)...")
         wait_until_up(f"{server}/healthz", serve)
-        client = RegbenchClient(server)
-        submitted = client.submit(yaml.safe_load(args.grid.read_text()))
-        console.print(f"submitted {len(submitted)} experiments over HTTP to {server}")
-        states = watch(client, [item.id for item in submitted], console)
+        with RegbenchClient(server) as client:
+            submitted = client.submit_sweep(yaml.safe_load(args.grid.read_text()))
+            sweep_id = submitted["id"]
+            console.print(
+                f"sweep {sweep_id}: {submitted['size']} experiments "
+                f"({submitted['new_experiments']} new), submitted over HTTP to {server}"
+            )
+            sweep = watch_sweep(client, sweep_id, console, poll_s=1.0)
+            results = client.results(sweep_id)
     except ServerError as exc:
-        console.print(f"[red]{exc}[/red]", highlight=False)
+        console.print(Text(str(exc), style="red"))
         return 1
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
         serve.wait(timeout=60)
-    rows = [
-        (item.configuration, states[item.id].get("metrics") or {})
-        for item in submitted
-        if states[item.id]["status"] == "succeeded"
-    ]
-    Console(width=None if sys.stdout.isatty() else 250).print(comparison_table(rows))
-    failed = len(submitted) - len(rows)
-    if failed:
-        console.print(f"[red]{failed} experiments did not succeed[/red]")
-    return 1 if failed else 0
+    stdout_console().print(results_table(results))
+    if unsuccessful := report_unsuccessful(sweep):
+        console.print(Text(unsuccessful, style="red"))
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,25 +1,415 @@
-"""Terminal tables shared by local runs and remote submissions."""
+"""Terminal rendering of the server's JSON: results tables, sweep and queue status.
+
+Pure functions from the shapes of the HTTP contract (``/sweeps/{id}/results``,
+``/sweeps/{id}``, ``/queue``) to rich renderables or text. No regcore import: the client
+stays HTTP only, and ``regbench run`` (local) reuses ``comparison_table`` by putting its
+runs into the same results shape the server sends.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import re
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import Any
 
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
+# The local `regbench run` table (the server picks its own metrics for sweeps).
 TABLE_METRICS = ("test_accuracy", "test_loss", "train_accuracy", "val_accuracy", "train_seconds")
+STATES = ("succeeded", "failed", "cancelled", "running", "queued")
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+STATE_STYLES = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "queued": "dim",
+}
+BAR_WIDTH = 24
+MISSING = "–"
+
+SHORT_TITLES = {
+    "test_accuracy": "test acc",
+    "test_loss": "test loss",
+    "train_accuracy": "train acc",
+    "train_loss": "train loss",
+    "val_accuracy": "val acc",
+    "val_loss": "val loss",
+    "train_seconds": "train s",
+    "calibration/ece": "ECE",
+    "calibration/mce": "MCE",
+    "calibration/nll": "NLL",
+}
+ATTACK_ACCURACY = re.compile(r"acc_eps(?P<eps>[^_]+)(?:_steps(?P<steps>\d+))?")
 
 
-def comparison_table(results: list[tuple[str, Mapping[str, Any]]]) -> Table:
-    from regcore.compare import compare
+# --------------------------------------------------------------------------- metric titles
 
-    rows = compare(results, TABLE_METRICS)
-    table = Table(title="regbench results (mean ± std over seeds)")
+
+def short_metric(name: str) -> str:
+    """A column title that fits: ``attack/pgd_linf/acc_eps0.1`` -> ``pgd_linf ε=0.1``,
+    ``boundary/w40/tv_iso_mean`` -> ``TV w40``, ``geometry/curvature_mean`` -> ``curvature``."""
+    if name in SHORT_TITLES:
+        return SHORT_TITLES[name]
+    parts = name.split("/")
+    if len(parts) == 3 and parts[0] == "attack":
+        _, attack, statistic = parts
+        if statistic == "clean_acc":
+            return f"{attack} clean"
+        if match := ATTACK_ACCURACY.fullmatch(statistic):
+            steps = f" {match['steps']} steps" if match["steps"] else ""
+            return f"{attack} ε={match['eps']}{steps}"
+    if len(parts) == 3 and parts[0] == "boundary":
+        _, width, statistic = parts
+        if statistic == "tv_iso_mean":
+            return f"TV {width}"
+        return f"{statistic.removesuffix('_mean').replace('_', ' ')} {width}"
+    if len(parts) == 2 and parts[0] in ("geometry", "calibration"):
+        return parts[1].removesuffix("_mean").replace("_", " ")
+    return name.replace("_", " ")
+
+
+def column_titles(metrics: Sequence[str]) -> list[str]:
+    """Short titles, falling back to the full name where two short ones would collide."""
+    short = [short_metric(name) for name in metrics]
+    return [s if short.count(s) == 1 else name for s, name in zip(short, metrics, strict=True)]
+
+
+def select_metrics(metrics: Sequence[str], patterns: Sequence[str] = ()) -> list[str]:
+    """Metrics matching any pattern (all when none): a glob (``attack/*``) matches the whole
+    name, a plain word (``pgd``) any part of it."""
+    if not patterns:
+        return list(metrics)
+    return [name for name in metrics if any(_matches(name, p) for p in patterns)]
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if any(char in pattern for char in "*?["):
+        return fnmatchcase(name, pattern)
+    return pattern in name
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def _decimals(value: float) -> int:
+    magnitude = abs(value)
+    return 1 if magnitude >= 100 else 2 if magnitude >= 10 else 4
+
+
+def format_summary(summary: Mapping[str, Any] | None, row_n: int | None = None) -> str:
+    """``{"mean", "std", "n"}`` -> ``0.9123 ± 0.0042``; only the mean when n is 1 (no spread
+    is known), ``–`` when no run has the metric, ``(n=2)`` when fewer runs than the row's."""
+    if not summary or not summary.get("n") or not _finite(summary.get("mean")):
+        return MISSING
+    mean, std, n = float(summary["mean"]), summary.get("std"), int(summary["n"])
+    places = _decimals(mean)
+    text = f"{mean:.{places}f}"
+    if n > 1 and _finite(std):
+        text += f" ± {float(std):.{places}f}"
+    if row_n is not None and n != row_n:
+        text += f" (n={n})"
+    return text
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _runs_cell(row: Mapping[str, Any]) -> str:
+    """Succeeded runs; ``2/3`` when some of the configuration's experiments did not succeed."""
+    succeeded, experiments = int(row.get("succeeded", 0)), int(row.get("experiments", 0))
+    return str(succeeded) if succeeded == experiments else f"{succeeded}/{experiments}"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def format_size(size: int | None) -> str:
+    if size is None:
+        return ""
+    value, unit = float(size), "B"
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            break
+        value /= 1000
+    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+# --------------------------------------------------------------------------- results
+
+
+def results_table(
+    results: Mapping[str, Any], patterns: Sequence[str] = (), title: str | None = None
+) -> Table:
+    """GET /sweeps/{id}/results -> configuration, n, then each metric as mean ± std."""
+    metrics = select_metrics(results.get("metrics", []), patterns)
+    if title is None:
+        sweep = results.get("sweep_id")
+        title = f"sweep {sweep}: mean ± std over seeds" if sweep else "mean ± std over seeds"
+    table = Table(title=title, title_justify="left")
     table.add_column("configuration")
     table.add_column("n", justify="right")
-    for metric in TABLE_METRICS:
-        table.add_column(metric.replace("_", " "), justify="right")
-    for row in rows:
-        cells = [str(row.metrics[m]) if m in row.metrics else "-" for m in TABLE_METRICS]
-        table.add_row(row.configuration, str(row.n), *cells)
+    for column in column_titles(metrics):
+        table.add_column(Text(column), justify="right")
+    for row in results.get("rows", []):
+        row_n = int(row.get("succeeded", 0))
+        cells = [format_summary(row.get("metrics", {}).get(m), row_n) for m in metrics]
+        table.add_row(*(Text(c) for c in (str(row["configuration"]), _runs_cell(row), *cells)))
     return table
+
+
+def results_markdown(results: Mapping[str, Any], patterns: Sequence[str] = ()) -> str:
+    """The same table as GitHub markdown (for a README, an issue or a paper's notes)."""
+    metrics = select_metrics(results.get("metrics", []), patterns)
+    header = ["configuration", "n", *column_titles(metrics)]
+    lines = [_markdown_row(header), _markdown_row([":--", "--:", *("--:" for _ in metrics)])]
+    for row in results.get("rows", []):
+        row_n = int(row.get("succeeded", 0))
+        cells = [format_summary(row.get("metrics", {}).get(m), row_n) for m in metrics]
+        lines.append(_markdown_row([str(row["configuration"]), _runs_cell(row), *cells]))
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def summarize_runs(
+    runs: Iterable[tuple[str, Mapping[str, Any]]], metrics: Sequence[str]
+) -> dict[str, Any]:
+    """Local runs (configuration, final metrics) -> the server's results shape: one row per
+    configuration in first-seen order, mean, sample std (0.0 for one run) and n per metric."""
+    grouped: dict[str, list[Mapping[str, Any]]] = {}
+    for configuration, run_metrics in runs:
+        grouped.setdefault(configuration, []).append(run_metrics)
+    rows = []
+    for configuration, group in grouped.items():
+        summaries = {}
+        for name in metrics:
+            values = [float(m[name]) for m in group if _finite(m.get(name))]
+            summaries[name] = {
+                "mean": statistics.fmean(values) if values else None,
+                "std": (statistics.stdev(values) if len(values) > 1 else 0.0) if values else None,
+                "n": len(values),
+            }
+        rows.append(
+            {
+                "configuration": configuration,
+                "experiments": len(group),
+                "succeeded": len(group),
+                "metrics": summaries,
+            }
+        )
+    return {"metrics": list(metrics), "rows": rows}
+
+
+def comparison_table(runs: list[tuple[str, Mapping[str, Any]]]) -> Table:
+    """The table of ``regbench run``: local runs grouped by configuration."""
+    results = summarize_runs(runs, TABLE_METRICS)
+    return results_table(results, title="regbench results (mean ± std over seeds)")
+
+
+def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:
+    """One experiment's final metrics, one per line (numbers only)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in sorted(metrics.items()):
+        if _finite(value):
+            number = float(value)
+            table.add_row(Text(name), Text(f"{number:.{_decimals(number)}f}"))
+    return table
+
+
+# --------------------------------------------------------------------------- status pieces
+
+
+def progress_bar(fraction: float, width: int = BAR_WIDTH) -> Text:
+    """A text bar with its percentage, readable without colour: ``█████░░░░░  50%``."""
+    fraction = min(1.0, max(0.0, fraction or 0.0))
+    filled = round(fraction * width)
+    return Text.assemble(
+        ("█" * filled, "green"), ("░" * (width - filled), "dim"), f" {fraction * 100:3.0f}%"
+    )
+
+
+def state_counts(counts: Mapping[str, int]) -> Text:
+    """``3 succeeded · 1 running · 2 queued``: the non-zero states, in a fixed order."""
+    present = [(state, counts.get(state, 0)) for state in STATES if counts.get(state, 0)]
+    if not present:
+        return Text("none")
+    return Text(" · ").join(Text(f"{n} {state}", STATE_STYLES[state]) for state, n in present)
+
+
+def eta_text(item: Mapping[str, Any]) -> str:
+    """``ETA 3m05s``; ``took 12m40s`` once finished; ``ETA unknown`` before the server knows."""
+    if item.get("status") in FINISHED:
+        took = _seconds_between(item.get("started_at"), item.get("finished_at"))
+        return f"took {format_duration(took)}" if took is not None else "finished"
+    eta = item.get("eta_s")
+    return f"ETA {format_duration(eta)}" if _finite(eta) else "ETA unknown"
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    try:
+        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def _status(status: str) -> Text:
+    return Text(status, STATE_STYLES.get(status, ""))
+
+
+def _cell(value: Any) -> Text:
+    return Text(MISSING if value is None or value == "" else str(value))
+
+
+def _age(seconds: Any) -> Text:
+    return Text(f"{format_duration(seconds)} ago" if _finite(seconds) else MISSING)
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def sweeps_table(sweeps: Sequence[Mapping[str, Any]]) -> Table:
+    """GET /sweeps -> one line per sweep: bar, experiment counts by state, ETA."""
+    table = Table(title="sweeps", title_justify="left")
+    for column in ("sweep", "name", "status", "progress", "experiments", "ETA"):
+        table.add_column(column)
+    for sweep in sweeps:
+        table.add_row(
+            Text(sweep["id"]),
+            _cell(sweep.get("name")),
+            _status(sweep["status"]),
+            progress_bar(sweep.get("progress", 0.0)),
+            Text.assemble(state_counts(sweep["experiments"]), f" (of {sweep['size']})"),
+            Text(eta_text(sweep)),
+        )
+    return table
+
+
+def sweep_jobs_table(running: Sequence[Mapping[str, Any]]) -> Table:
+    """A sweep's running jobs: which configuration and seed, how far, on what."""
+    table = Table(title="running jobs", title_justify="left")
+    for column in ("configuration", "seed", "kind", "progress", "message", "device", "worker"):
+        table.add_column(column, justify="right" if column == "seed" else "left")
+    for job in running:
+        table.add_row(
+            _cell(job.get("configuration")),
+            _cell(job.get("seed")),
+            _cell(job.get("kind")),
+            progress_bar(job.get("progress", 0.0)),
+            _cell(job.get("message")),
+            _cell(job.get("device")),
+            _cell(job.get("worker")),
+        )
+    return table
+
+
+def report_text(report: Mapping[str, Any] | None) -> Text:
+    status = (report or {}).get("status", "none")
+    line = Text.assemble("report: ", _status_for_report(status))
+    if status == "done" and report and report.get("files"):
+        line.append(f" ({', '.join(report['files'])})")
+    elif status == "failed" and report and report.get("error"):
+        line.append(f": {report['error']}", "red")
+    return line
+
+
+def _status_for_report(status: str) -> Text:
+    styles = {"done": "green", "failed": "red", "building": "cyan"}
+    return Text(status, styles.get(status, "dim"))
+
+
+def sweep_status(sweep: Mapping[str, Any]) -> RenderableType:
+    """GET /sweeps/{id} -> bar, counts, ETA, report, and the running jobs."""
+    name = f"  {sweep['name']}" if sweep.get("name") else ""
+    parts: list[RenderableType] = [
+        Text.assemble(
+            ("sweep ", "bold"), (sweep["id"], "bold"), name, "  ", _status(sweep["status"])
+        ),
+        Text.assemble(progress_bar(sweep.get("progress", 0.0)), "  ", eta_text(sweep)),
+        Text.assemble(
+            f"experiments ({sweep['size']}): ", state_counts(sweep.get("experiments", {}))
+        ),
+        Text.assemble("jobs: ", state_counts(sweep.get("jobs", {}))),
+        report_text(sweep.get("report")),
+    ]
+    running = sweep.get("running") or []
+    parts.append(sweep_jobs_table(running) if running else Text("no running jobs"))
+    return Group(*parts)
+
+
+# --------------------------------------------------------------------------- queue
+
+
+def queue_jobs_table(running: Sequence[Mapping[str, Any]]) -> Table:
+    """GET /queue's running jobs: experiment, kind, bar, device and worker."""
+    table = Table(title="running jobs", title_justify="left")
+    columns = ("experiment", "kind", "progress", "message", "device", "worker", "heartbeat")
+    for column in columns:
+        table.add_column(column)
+    for job in running:
+        kind = job.get("kind", "")
+        if job.get("cancel_requested"):
+            kind += " (cancelling)"
+        table.add_row(
+            _cell(job.get("experiment_id")),
+            _cell(kind),
+            progress_bar(job.get("progress", 0.0)),
+            _cell(job.get("message")),
+            _cell(job.get("device")),
+            _cell(job.get("worker")),
+            _age(job.get("heartbeat_age_s")),
+        )
+    return table
+
+
+def workers_table(workers: Sequence[Mapping[str, Any]]) -> Table:
+    table = Table(title="workers", title_justify="left")
+    for column in ("worker", "host", "queues", "device", "heartbeat"):
+        table.add_column(column)
+    for worker in workers:
+        table.add_row(
+            _cell(worker.get("name")),
+            _cell(worker.get("hostname")),
+            _cell(", ".join(worker.get("queues", []))),
+            _cell(worker.get("device")),
+            _age(worker.get("heartbeat_age_s")),
+        )
+    return table
+
+
+def overview(sweeps: Mapping[str, Any], queue: Mapping[str, Any]) -> RenderableType:
+    """GET /sweeps + GET /queue: every sweep, then the running jobs and the live workers."""
+    listed = sweeps.get("data", [])
+    parts: list[RenderableType] = []
+    if listed:
+        parts.append(sweeps_table(listed))
+        if sweeps.get("count", len(listed)) > len(listed):
+            parts.append(Text(f"(the newest {len(listed)} of {sweeps['count']} sweeps)", "dim"))
+    else:
+        parts.append(Text("no sweeps"))
+    parts.append(Text.assemble("jobs: ", state_counts(queue.get("by_state", {}))))
+    running, workers = queue.get("running", []), queue.get("workers", [])
+    parts.append(queue_jobs_table(running) if running else Text("no running jobs"))
+    parts.append(workers_table(workers) if workers else Text("no live workers"))
+    return Group(*parts)

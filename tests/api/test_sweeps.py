@@ -347,7 +347,8 @@ def test_report_failures_are_recorded_with_the_reason(
 
 def test_the_shared_experiment_appears_in_both_sweeps(api: Api) -> None:
     first = submit(api)
-    wider = submit(api, {"name": "wider", "base": SPEC, "grid": {**GRID, "training.seed": [0, 1, 2]}})
+    wider_grid = {**GRID, "training.seed": [0, 1, 2]}
+    wider = submit(api, {"name": "wider", "base": SPEC, "grid": wider_grid})
     assert wider["size"] == 6 and wider["new_experiments"] == 2
     shared = {p["id"] for p in first["experiments"]}
     assert shared <= {p["id"] for p in wider["experiments"]}

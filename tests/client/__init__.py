@@ -1,0 +1,1 @@
+"""Tests of the `regbench` client commands (client/), against a mocked HTTP server."""
