@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         0.1, gt=0, description="polling interval of the server-less SQLite broker"
     )
     visibility_timeout_s: int = Field(
-        6 * 3600, ge=1, description="redelivery after this long unacked: above the longest job"
+        25 * 3600, ge=1, description="redelivery after this long unacked: above the longest job"
     )
     job_time_limit_s: int = Field(24 * 3600, ge=1, description="hard limit per job")
     heartbeat_interval_s: float = Field(5.0, gt=0, description="running jobs report this often")
