@@ -301,7 +301,6 @@ def describe_sweep(session: Session, settings: Settings, sweep: Sweep) -> SweepP
         sweep,
         expected_s=sweeps.expected_durations(session, sweep),
         workers=len(workers),
-        now=now,
     )
     done = sweep.report_status == ReportStatus.DONE
     return SweepPublic(

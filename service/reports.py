@@ -95,7 +95,7 @@ def build(
 
 def _render_and_log(settings: Settings, session: Session, sweep: Sweep) -> str:
     results = sweeps.results(sweep)
-    progress = sweeps.progress(sweep, expected_s={}, workers=1, now=utcnow())
+    progress = sweeps.progress(sweep, expected_s={}, workers=1)
     counted = ", ".join(f"{n} {state}" for state, n in progress.experiments.items() if n)
     subtitle = f"sweep {sweep.id}: {sweep.size} experiments ({counted})"
     counts = {

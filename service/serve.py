@@ -73,6 +73,16 @@ def stack_commands(
     return commands
 
 
+def prepare_tracking_store(settings: Settings) -> None:
+    """Create (migrate) a local MLflow store before any child opens it: the MLflow server,
+    the API's health check and the worker would otherwise migrate one new SQLite file at
+    once, and all but one fail ("expected to match one row ... in 'alembic_version'")."""
+    if settings.tracking_uri.startswith("sqlite:"):
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=settings.tracking_uri).search_experiments(max_results=1)
+
+
 def wait_healthy(url: str, stack: Stack, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -110,6 +120,7 @@ def serve(
         env["REGBENCH_MLFLOW_UI_URL"] = ui
     settings = Settings(data_dir=data)
     upgrade_database(settings.job_store_url)
+    prepare_tracking_store(settings)
 
     log_dir = data / "logs"
     log_dir.mkdir(exist_ok=True)

@@ -103,7 +103,7 @@ def plan(document: SweepSpec, max_size: int) -> SweepPlan:
             spec = ExperimentSpec.model_validate(point.spec)
         except ValidationError as exc:
             for error in exc.errors(include_url=False):
-                loc = _request_loc(tuple(error["loc"]), paths, chosen)
+                loc = _request_loc(tuple(error["loc"]), point.spec, document.base, paths, chosen)
                 errors.setdefault((loc, error["msg"]), _error(loc, error["msg"], error["type"]))
             continue
         points.append(PlannedPoint(spec, point.configuration, spec.training.seed))
@@ -117,20 +117,55 @@ def plan(document: SweepSpec, max_size: int) -> SweepPlan:
 
 
 def _request_loc(
-    loc: tuple[Any, ...], paths: Sequence[str], chosen: Sequence[int]
+    loc: tuple[Any, ...],
+    spec: dict[str, Any],
+    base: dict[str, Any],
+    paths: Sequence[str],
+    chosen: Sequence[int],
 ) -> tuple[Any, ...]:
     """A spec error's path -> where it was written: under the grid entry whose dotted
-    path the error lies in (with the index of the value chosen), else under the base."""
-    text = [str(part) for part in loc]
+    path the error lies in (with the index of the value chosen), else under the base.
+    An error at a node the grid path created (a list the base lacks) is the grid's too."""
+    text = tuple(str(part) for part in loc)
     best: tuple[int, int] | None = None  # (path length, which path)
     for number, path in enumerate(paths):
-        parts = path.split(".")
+        parts = _resolved(spec, path)
         if text[: len(parts)] == parts and (best is None or len(parts) > best[0]):
             best = (len(parts), number)
-    if best is None:
-        return ("base", *loc)
-    length, number = best
-    return ("grid", paths[number], chosen[number], *loc[length:])
+    if best is not None:
+        length, number = best
+        return ("grid", paths[number], chosen[number], *loc[length:])
+    if not _exists(base, loc):
+        for number, path in enumerate(paths):
+            if _resolved(spec, path)[: len(text)] == text:  # an ancestor the path created
+                return ("grid", paths[number], chosen[number])
+    return ("base", *loc)
+
+
+def _exists(document: Any, loc: tuple[Any, ...]) -> bool:
+    node = document
+    for part in loc:
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if not (in_dict or in_list):
+            return False
+        node = node[part]
+    return True
+
+
+def _resolved(spec: Any, path: str) -> tuple[str, ...]:
+    """A dotted path as pydantic reports it: negative list indices made positive."""
+    parts: list[str] = []
+    node = spec
+    for key in path.split("."):
+        if isinstance(node, list) and key.lstrip("-").isdigit():
+            index = int(key) + (len(node) if int(key) < 0 else 0)
+            parts.append(str(index))
+            node = node[index] if 0 <= index < len(node) else None
+        else:
+            parts.append(key)
+            node = node.get(key) if isinstance(node, dict) else None
+    return tuple(parts)
 
 
 def _error(loc: tuple[Any, ...], message: str, kind: str) -> dict[str, Any]:
@@ -183,7 +218,12 @@ def submit_sweep(
         return SweepSubmission(existing, created=False)
     new: list[Experiment] = []
     members: dict[str, SweepMember] = {}
+    seen: set[str] = set()  # spec hashes: two points may share a spec (a label changed)
     for position, point in enumerate(planned.points):
+        spec_hash = point.spec.spec_hash()
+        if spec_hash in seen:  # even with force: one experiment per spec in a sweep
+            continue
+        seen.add(spec_hash)
         submission = jobstore.submit_experiment(
             session,
             point.spec,
@@ -197,7 +237,7 @@ def submit_sweep(
         if submission.created:
             experiment.mlflow_experiment_id = mlflow_experiment_id
             new.append(experiment)
-        if experiment.id not in members:  # two points may share a spec (a label changed)
+        if experiment.id not in members:
             members[experiment.id] = SweepMember(
                 sweep_id=sweep.id,
                 experiment_id=experiment.id,
@@ -243,19 +283,17 @@ def list_sweeps(session: Session, *, limit: int, offset: int) -> tuple[list[Swee
     return [sweep for sweep in loaded.values() if sweep is not None], count
 
 
-def sweep_status(experiment_states: dict[str, int]) -> str:
-    """One word from the experiments' states: queued until something starts, running
-    until everything finished, then succeeded, failed (any failed) or cancelled."""
-    total = sum(experiment_states.values())
-    finished = sum(experiment_states.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
-    if total == 0 or finished == total:
-        for state in ("failed", "cancelled"):
-            if experiment_states.get(state):
-                return state
-        return "succeeded"
-    if experiment_states.get("queued", 0) == total:
-        return "queued"
-    return "running"
+def sweep_status(job_states: dict[str, int], experiment_states: dict[str, int]) -> str:
+    """One word: queued until a job starts, running while any job is queued or running
+    (an experiment whose attack failed may still be running its boundary job), then
+    failed if any experiment failed, cancelled if any was cancelled, else succeeded."""
+    if job_states.get("queued", 0) or job_states.get("running", 0):
+        started = sum(job_states.get(s, 0) for s in STATES if s != "queued")
+        return "running" if started else "queued"
+    for state in ("failed", "cancelled"):
+        if experiment_states.get(state):
+            return state
+    return "succeeded"
 
 
 def is_finished(sweep: Sweep) -> bool:
@@ -282,9 +320,7 @@ class SweepProgress:
     running: list[RunningJob]
 
 
-def progress(
-    sweep: Sweep, *, expected_s: dict[str, float], workers: int, now: datetime
-) -> SweepProgress:
+def progress(sweep: Sweep, *, expected_s: dict[str, float], workers: int) -> SweepProgress:
     """Counts, weighted progress and an ETA for a loaded sweep.
 
     ``expected_s``: expected seconds per job kind (``expected_durations``); ``workers``:
@@ -317,7 +353,7 @@ def progress(
             unknown = unknown or not known
             if job.state == JobState.RUNNING:
                 running.append(RunningJob(job, member))
-    status = sweep_status(experiments)
+    status = sweep_status(jobs, experiments)
     if status in ("succeeded", "failed", "cancelled"):
         eta: float | None = 0.0
     elif unknown or not expected_s:
