@@ -9,10 +9,12 @@ at the newest migration: ``SchemaOutdatedError`` propagates with the command to 
 
 Errors keep one shape, ``{"detail": ...}``: 404 for unknown ids, 422 for invalid input
 (FastAPI's own answer, whose ``detail[].loc`` is the field path, such as
-``["body", "regularizers", 0, "name"]``), 400 for a bad artifact path, 409 for analyses
-on a failed experiment, 413 for a body over ``MAX_BODY_BYTES``, 503 when the broker,
-the tracking store or the job store is unavailable, and a logged 500 with a short
-message for anything unexpected (never a traceback).
+``["body", "regularizers", 0, "name"]``), 401 without the API token when
+``REGBENCH_API_TOKEN`` is set (``/healthz`` and ``/metrics`` stay open), 400 for a bad
+artifact path, 409 for analyses on a failed experiment, 413 for a body over
+``MAX_BODY_BYTES``, 503 when the broker, the tracking store or the job store is
+unavailable, and a logged 500 with a short message for anything unexpected (never a
+traceback).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from anyio import to_thread
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deps import require_token
 from api.operations import ConflictError, NotEnqueuedError
 from api.routes import api_router, health, metrics
 from api.tracking import (
@@ -59,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     app.state.settings = settings
-    app.include_router(api_router, prefix=API_PREFIX)
+    app.include_router(api_router, prefix=API_PREFIX, dependencies=[Depends(require_token)])
     app.include_router(health.router)
     app.include_router(metrics.router)
     for error, handler in _EXCEPTION_HANDLERS.items():

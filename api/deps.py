@@ -8,11 +8,12 @@ settings object, one job-store ``Database``, one Celery app (used only to send),
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi import Depends, Header, HTTPException, Path, Request, status
 from sqlalchemy.orm import Session, selectinload
 
 from api.tracking import Tracking
@@ -39,6 +40,25 @@ def get_tracking(request: Request) -> Tracking:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def require_token(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(description="Bearer <token>")] = None,
+) -> None:
+    """With ``REGBENCH_API_TOKEN`` set, every /api/v1 request must carry it (401 if not)."""
+    expected = settings.api_token.get_secret_value() if settings.api_token else ""
+    if not expected:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong API token: send `Authorization: Bearer <token>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 DatabaseDep = Annotated[Database, Depends(get_database)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 TrackingDep = Annotated[Tracking, Depends(get_tracking)]

@@ -10,6 +10,7 @@ stack on cluster services.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -80,6 +81,7 @@ def prepare_tracking_store(settings: Settings) -> None:
     if settings.tracking_uri.startswith("sqlite:"):
         from mlflow.tracking import MlflowClient
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its migrations talk at INFO
         MlflowClient(tracking_uri=settings.tracking_uri).search_experiments(max_results=1)
 
 

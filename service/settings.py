@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails")
     max_sweep_size: int = Field(1000, ge=1, description="experiments one sweep may expand to")
     default_queue: str = Field("cpu", description="queue of jobs whose resources say auto")
+    api_token: SecretStr | None = Field(
+        None, description="if set, /api/v1 requires `Authorization: Bearer <token>`"
+    )
 
     @property
     def job_store_url(self) -> str:
