@@ -183,6 +183,16 @@ class Tracking:
             raise
         return DownloadedArtifact(directory, local)
 
+    def fetch_file(self, run_id: str, path: str) -> DownloadedArtifact:
+        """One artifact file, checked: ArtifactPathError (400) for a path that could leave
+        the run or names a directory, ArtifactNotFoundError (404) for none."""
+        relative = check_artifact_path(path)
+        if self.find_artifact(run_id, relative).is_dir:
+            raise ArtifactPathError(
+                f"{relative!r} is a directory; list the artifacts to see its files"
+            )
+        return self.download(run_id, relative)
+
     # -- health
 
     def ping(self, timeout_s: float) -> None:

@@ -22,12 +22,7 @@ from api.schemas import (
     NotEnqueuedPublic,
     SubmissionPublic,
 )
-from api.tracking import (
-    ArtifactNotFoundError,
-    ArtifactPathError,
-    check_artifact_path,
-    remove_download,
-)
+from api.tracking import ArtifactNotFoundError, remove_download
 from regcore.spec import AnalysisSpec, ExperimentSpec
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
@@ -168,13 +163,9 @@ def list_artifacts(experiment: ExperimentDep, tracking: TrackingDep) -> Artifact
 def download_artifact(experiment: ExperimentDep, path: str, tracking: TrackingDep) -> FileResponse:
     """One artifact file of the run. The path is relative to the run's artifacts; ``..``,
     ``.``, a leading ``/`` or backslashes give 400; a directory gives 400."""
-    relative = check_artifact_path(path)
-    run_id = experiment.mlflow_run_id
-    if run_id is None:
+    if experiment.mlflow_run_id is None:
         raise ArtifactNotFoundError(f"experiment {experiment.id} has no MLflow run yet")
-    if tracking.find_artifact(run_id, relative).is_dir:
-        raise ArtifactPathError(f"{relative!r} is a directory; GET .../artifacts lists its files")
-    fetched = tracking.download(run_id, relative)
+    fetched = tracking.fetch_file(experiment.mlflow_run_id, path)
     return FileResponse(
         fetched.file,
         filename=fetched.file.name,

@@ -20,7 +20,7 @@ from api.schemas import (
     SweepsPublic,
     SweepSubmissionPublic,
 )
-from api.tracking import ArtifactPathError, check_artifact_path, remove_download
+from api.tracking import remove_download
 from regcore.spec import SweepSpec
 from service import sweeps
 
@@ -171,11 +171,7 @@ def build_report(
 )
 def download_report(sweep: SweepDep, path: str, tracking: TrackingDep) -> FileResponse:
     """One file of the report: ``report.html`` opens in a browser as it is."""
-    relative = check_artifact_path(path)
-    run_id = operations.report_run(sweep)
-    if tracking.find_artifact(run_id, relative).is_dir:
-        raise ArtifactPathError(f"{relative!r} is a directory")
-    fetched = tracking.download(run_id, relative)
+    fetched = tracking.fetch_file(operations.report_run(sweep), path)
     return FileResponse(
         fetched.file,
         filename=fetched.file.name,
