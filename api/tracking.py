@@ -27,7 +27,6 @@ from service.settings import Settings
 from service.tracking import ensure_experiment
 
 NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
-SERVER_SCHEMES = ("http://", "https://", "databricks")
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -87,10 +86,6 @@ class Tracking:
         self._lock = threading.Lock()
 
     @property
-    def is_server(self) -> bool:
-        return self.settings.tracking_uri.startswith(SERVER_SCHEMES)
-
-    @property
     def client(self) -> MlflowClient:
         """The client; a tracking server is first asked for /health with the short timeout,
         so an outage answers 503 at once instead of after MLflow's own retries (minutes)."""
@@ -98,7 +93,7 @@ class Tracking:
             self._check_server(self.settings.broker_timeout_s)
         with self._lock:
             if self._client is None:
-                if not self.is_server:  # a local store lives under the data dir
+                if not self.settings.tracking_is_server:  # a local store: under the data dir
                     self.settings.data_dir.mkdir(parents=True, exist_ok=True)
                 with _tracking_errors("open the tracking store"):
                     self._client = MlflowClient(tracking_uri=self.settings.tracking_uri)
@@ -121,14 +116,10 @@ class Tracking:
             return self._experiments[name]
         client = self.client
         with _tracking_errors(f"create the MLflow experiment {name!r}"):
-            experiment_id = ensure_experiment(client, name, self._artifact_location(name))
+            location = self.settings.mlflow_artifact_location(name)
+            experiment_id = ensure_experiment(client, name, location)
         self._experiments[name] = experiment_id
         return experiment_id
-
-    def _artifact_location(self, name: str) -> str | None:
-        """Local stores keep artifacts under the data dir (MLflow would use ./mlruns of
-        the current directory); a tracking server decides for itself."""
-        return None if self.is_server else (self.settings.artifact_root / name).as_uri()
 
     # -- runs
 

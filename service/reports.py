@@ -24,7 +24,7 @@ from regcore.report import build_report
 from service import sweeps
 from service.db import Database
 from service.settings import Settings
-from service.tables import ReportStatus, Sweep, utcnow
+from service.tables import Sweep, utcnow
 from service.tracking import ensure_experiment
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,9 @@ def _render_and_log(settings: Settings, session: Session, sweep: Sweep) -> str:
     )  # fmt: skip
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     experiment_id = sweep.mlflow_experiment_id or ensure_experiment(
-        client, settings.mlflow_experiment, _artifact_location(settings)
+        client,
+        settings.mlflow_experiment,
+        settings.mlflow_artifact_location(settings.mlflow_experiment),
     )
     run = client.create_run(
         experiment_id,
@@ -135,14 +137,3 @@ def _render_and_log(settings: Settings, session: Session, sweep: Sweep) -> str:
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
-
-
-def _artifact_location(settings: Settings) -> str | None:
-    """As the API does: a local store keeps artifacts under the data dir."""
-    if settings.tracking_uri.startswith(("http://", "https://", "databricks")):
-        return None
-    return (settings.artifact_root / settings.mlflow_experiment).as_uri()
-
-
-def report_state(sweep: Sweep) -> str:
-    return sweep.report_status or ReportStatus.NONE

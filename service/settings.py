@@ -16,6 +16,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+TRACKING_SERVER_SCHEMES = ("http://", "https://", "databricks")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REGBENCH_", env_file=".env", extra="ignore")
@@ -72,6 +74,17 @@ class Settings(BaseSettings):
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
         return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def tracking_is_server(self) -> bool:
+        return self.tracking_uri.startswith(TRACKING_SERVER_SCHEMES)
+
+    def mlflow_artifact_location(self, experiment_name: str) -> str | None:
+        """Where a new MLflow experiment keeps its artifacts: under the data dir for a local
+        store (MLflow would use ./mlruns of the current directory); a server decides."""
+        if self.tracking_is_server:
+            return None
+        return (self.artifact_root / experiment_name).as_uri()
 
     @property
     def artifact_root(self) -> Path:

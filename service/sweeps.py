@@ -13,7 +13,9 @@ Functions take a Session and flush; the caller commits, as in ``jobstore``.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -450,9 +452,6 @@ def results_records(results: SweepResults) -> list[dict[str, Any]]:
 def results_csv(results: SweepResults) -> str:
     """One line per configuration: ``configuration,experiments,succeeded`` then
     ``<metric>_mean,<metric>_std,<metric>_n`` for every metric (empty where none)."""
-    import csv
-    import io
-
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["configuration", "experiments", "succeeded"]

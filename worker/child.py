@@ -175,11 +175,6 @@ class ProgressReporter:
 # --------------------------------------------------------------------------- MLflow
 
 
-def is_local_store(tracking_uri: str) -> bool:
-    """A store without a server keeps artifacts where we say (under the data dir)."""
-    return not tracking_uri.startswith(("http://", "https://", "databricks"))
-
-
 class PinnedSpecHashTracker:
     """Passes calls to the MLflow tracker; keeps the run's ``spec_hash`` tag equal to the
     experiment's (the pipeline sees the spec without analyses, whose hash differs)."""
@@ -203,22 +198,12 @@ class PinnedSpecHashTracker:
 def mlflow_experiment_name(client: Any, job: JobInfo, settings: Settings) -> str:
     """The MLflow experiment of a new run: the one made at submit, else the default one
     (created here if missing; a concurrent creation by another job is fine)."""
-    from mlflow.exceptions import MlflowException
+    from service.tracking import ensure_experiment
 
     if job.mlflow_experiment_id:
         return client.get_experiment(job.mlflow_experiment_id).name
     name = settings.mlflow_experiment
-    if client.get_experiment_by_name(name) is None:
-        location = (
-            (settings.artifact_root / name).as_uri()
-            if is_local_store(settings.tracking_uri)
-            else None
-        )
-        try:
-            client.create_experiment(name, artifact_location=location)
-        except MlflowException:
-            if client.get_experiment_by_name(name) is None:
-                raise
+    ensure_experiment(client, name, settings.mlflow_artifact_location(name))
     return name
 
 
@@ -266,7 +251,7 @@ def open_train_run(settings: Settings, db: Database, job: JobInfo) -> tuple[Mlfl
         tracker = MlflowTracker(
             settings.tracking_uri,
             name or mlflow_experiment_name(client, job, settings),
-            artifact_root=settings.artifact_root if is_local_store(settings.tracking_uri) else None,
+            artifact_root=None if settings.tracking_is_server else settings.artifact_root,
             run_name=job.configuration or job.experiment_name,
             tags=tags,
         )
