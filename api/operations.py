@@ -42,10 +42,17 @@ from service.tables import (
     ReportStatus,
     Sweep,
     SweepMember,
+    Worker,
     utcnow,
 )
 
 LIVE_WORKER_HEARTBEATS = 3  # a worker is live if seen within this many heartbeat intervals
+
+
+def live_workers(session: Session, settings: Settings) -> list[Worker]:
+    """Workers whose heartbeat is within ``LIVE_WORKER_HEARTBEATS`` intervals."""
+    seen_within = timedelta(seconds=LIVE_WORKER_HEARTBEATS * settings.heartbeat_interval_s)
+    return jobstore.live_workers(session, seen_within)
 
 
 class NotEnqueuedError(RuntimeError):
@@ -237,8 +244,7 @@ def queue_summary(session: Session, settings: Settings) -> QueuePublic:
     running = session.scalars(
         select(Job).where(Job.state == JobState.RUNNING).order_by(Job.started_at)
     )
-    seen_within = timedelta(seconds=LIVE_WORKER_HEARTBEATS * settings.heartbeat_interval_s)
-    workers = jobstore.live_workers(session, seen_within)
+    workers = live_workers(session, settings)
     return QueuePublic(
         by_state=by_state,
         by_queue=by_queue,
@@ -287,16 +293,15 @@ def submit_sweep(
     return submission
 
 
-def describe_sweep(session: Session, settings: Settings, sweep: Sweep) -> SweepPublic:
-    """Counts, progress, ETA and running jobs of a loaded sweep (``sweeps.load``)."""
+def describe_sweep(
+    session: Session, settings: Settings, sweep: Sweep, live: Sequence[Worker] | None = None
+) -> SweepPublic:
+    """Counts, progress, ETA and running jobs of a loaded sweep (``sweeps.load``). ``live``:
+    the live workers, when a page of sweeps looked them up once for all."""
     now = utcnow()
-    seen_within = timedelta(seconds=LIVE_WORKER_HEARTBEATS * settings.heartbeat_interval_s)
+    live = live_workers(session, settings) if live is None else live
     queues = {job.queue for m in sweep.members for job in m.experiment.jobs}
-    workers = [
-        worker
-        for worker in jobstore.live_workers(session, seen_within)
-        if queues & set(worker.queues.split(","))
-    ]
+    workers = [worker for worker in live if queues & set(worker.queues.split(","))]
     state = sweeps.progress(
         sweep,
         expected_s=sweeps.expected_durations(session, sweep),

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -39,8 +39,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import ColumnElement, Float, case, cast, extract, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from api.operations import LIVE_WORKER_HEARTBEATS
-from service import jobstore
+from api.operations import live_workers
 from service.db import Database
 from service.settings import Settings
 from service.tables import Job, JobState, Worker, utcnow
@@ -113,9 +112,8 @@ def read_snapshot(session: Session, settings: Settings) -> Snapshot:
     snapshot.running = {(queue, device or NO_DEVICE): count for queue, device, count in running}
     snapshot.durations = _durations(session)
 
-    seen_within = timedelta(seconds=LIVE_WORKER_HEARTBEATS * settings.heartbeat_interval_s)
     live: dict[str, int] = defaultdict(int)
-    for worker in jobstore.live_workers(session, seen_within):
+    for worker in live_workers(session, settings):
         for queue in _queues(worker.queues):
             live[queue] += 1
     snapshot.workers_live = dict(live)

@@ -261,28 +261,27 @@ def mlflow_experiment_name(planned: SweepPlan) -> str:
 # --------------------------------------------------------------------------- reading
 
 
+# A sweep with its members, their experiments and jobs: everything progress() reads.
+_WITH_JOBS = (
+    selectinload(Sweep.members).selectinload(SweepMember.experiment).selectinload(Experiment.jobs)
+)
+
+
 def load(session: Session, sweep_id: str) -> Sweep | None:
-    return session.get(
-        Sweep,
-        sweep_id,
-        options=[
-            selectinload(Sweep.members)
-            .selectinload(SweepMember.experiment)
-            .selectinload(Experiment.jobs)
-        ],
-    )
+    return session.get(Sweep, sweep_id, options=[_WITH_JOBS])
 
 
 def list_sweeps(session: Session, *, limit: int, offset: int) -> tuple[list[Sweep], int]:
     """A page of sweeps, newest first, and how many there are in all."""
     count = session.scalar(select(func.count()).select_from(Sweep)) or 0
-    ids = list(
-        session.scalars(
-            select(Sweep.id).order_by(Sweep.created_at.desc(), Sweep.id).limit(limit).offset(offset)
-        )
+    page = session.scalars(
+        select(Sweep)
+        .options(_WITH_JOBS)
+        .order_by(Sweep.created_at.desc(), Sweep.id)
+        .limit(limit)
+        .offset(offset)
     )
-    loaded = {sweep_id: load(session, sweep_id) for sweep_id in ids}
-    return [sweep for sweep in loaded.values() if sweep is not None], count
+    return list(page), count
 
 
 def sweep_status(job_states: dict[str, int], experiment_states: dict[str, int]) -> str:

@@ -87,7 +87,8 @@ def list_sweeps(
 ) -> SweepsPublic:
     """A page of sweeps, newest first, each with its progress."""
     page, count = sweeps.list_sweeps(session, limit=limit, offset=offset)
-    data = [operations.describe_sweep(session, settings, sweep) for sweep in page]
+    live = operations.live_workers(session, settings)
+    data = [operations.describe_sweep(session, settings, sweep, live) for sweep in page]
     return SweepsPublic(data=data, count=count)
 
 
