@@ -36,10 +36,11 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import ColumnElement, Float, case, cast, extract, func, or_, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from api.operations import live_workers
+from service import jobstore
 from service.db import Database
 from service.settings import Settings
 from service.tables import Job, JobState, Worker, utcnow
@@ -130,7 +131,7 @@ def read_snapshot(session: Session, settings: Settings) -> Snapshot:
 def _durations(session: Session) -> dict[str, Durations]:
     """Bucket counts and sums per kind in one aggregate query, so a scrape never loads
     the (ever growing) list of finished jobs."""
-    seconds = _seconds_between(session, Job.started_at, Job.finished_at).label("seconds")
+    seconds = jobstore.seconds_between(session, Job.started_at, Job.finished_at).label("seconds")
     finished = (
         select(Job.kind, seconds)
         .where(
@@ -153,16 +154,6 @@ def _durations(session: Session) -> dict[str, Durations]:
         kind: Durations(count, float(total), tuple(buckets))
         for kind, count, total, *buckets in rows
     }
-
-
-def _seconds_between(
-    session: Session, start: ColumnElement[datetime], end: ColumnElement[datetime]
-) -> ColumnElement[float]:
-    if session.get_bind().dialect.name == "sqlite":
-        # SQLite keeps text timestamps; julianday reads them to the millisecond, so
-        # rounding to 3 places gives back exact milliseconds (60 s lands in le="60").
-        return func.round((func.julianday(end) - func.julianday(start)) * 86400.0, 3)
-    return cast(extract("epoch", end - start), Float)  # PostgreSQL: exact microseconds
 
 
 def _queues(listed: str) -> list[str]:

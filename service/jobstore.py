@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, Float, and_, cast, exists, extract, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -357,6 +357,17 @@ def worker_heartbeat(
     else:
         worker.heartbeat_at, worker.queues, worker.device = utcnow(), queues, device
     session.flush()
+
+
+def seconds_between(
+    session: Session, start: ColumnElement[datetime], end: ColumnElement[datetime]
+) -> ColumnElement[float]:
+    """SQL for the seconds from ``start`` to ``end``, on SQLite and on PostgreSQL."""
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite keeps text timestamps; julianday reads them to the millisecond, so
+        # rounding to 3 places gives back exact milliseconds (60 s lands in le="60").
+        return func.round((func.julianday(end) - func.julianday(start)) * 86400.0, 3)
+    return cast(extract("epoch", end - start), Float)  # PostgreSQL: exact microseconds
 
 
 def live_workers(session: Session, seen_within: timedelta) -> list[Worker]:

@@ -45,6 +45,7 @@ from service.tables import (
 )
 
 MAX_REPORTED_ERRORS = 20
+RECENT_JOBS_PER_KIND = 100  # other sweeps' jobs an expected duration is averaged over
 STATES = tuple(state.value for state in JobState)
 
 
@@ -389,18 +390,30 @@ def expected_durations(session: Session, sweep: Sweep) -> dict[str, float]:
     expected = {kind: sum(values) / len(values) for kind, values in own.items()}
     kinds = {job.kind for member in sweep.members for job in member.experiment.jobs}
     missing = kinds - set(expected)
-    if missing:
-        recent = select(Job.kind, Job.started_at, Job.finished_at).where(
-            Job.kind.in_(missing),
-            Job.state == JobState.SUCCEEDED,
-            Job.started_at.is_not(None),
-            Job.finished_at.is_not(None),
+    if missing:  # one aggregate query: a poll never loads the store's finished jobs
+        newest_first = func.row_number().over(
+            partition_by=Job.kind, order_by=Job.finished_at.desc()
         )
-        seen: dict[str, list[float]] = {}
-        for kind, started, ended in session.execute(recent.order_by(Job.finished_at.desc())):
-            if len(seen.setdefault(kind, [])) < 100:
-                seen[kind].append((ended - started).total_seconds())
-        expected |= {kind: sum(values) / len(values) for kind, values in seen.items()}
+        recent = (
+            select(
+                Job.kind,
+                jobstore.seconds_between(session, Job.started_at, Job.finished_at).label("s"),
+                newest_first.label("rank"),
+            )
+            .where(
+                Job.kind.in_(missing),
+                Job.state == JobState.SUCCEEDED,
+                Job.started_at.is_not(None),
+                Job.finished_at.is_not(None),
+            )
+            .subquery()
+        )
+        averages = session.execute(
+            select(recent.c.kind, func.avg(recent.c.s))
+            .where(recent.c.rank <= RECENT_JOBS_PER_KIND)
+            .group_by(recent.c.kind)
+        )
+        expected |= {kind: float(seconds) for kind, seconds in averages}
     return expected
 
 
