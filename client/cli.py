@@ -385,11 +385,7 @@ def results(
 
 # --------------------------------------------------------------------------- files
 
-
-@main.command()
-@click.argument("experiment_id", metavar="EXPERIMENT")
-@click.argument("path", required=False)
-@click.option(
+output_option = click.option(
     "-o",
     "--output",
     "dest_dir",
@@ -398,6 +394,12 @@ def results(
     show_default=True,
     help="Directory to download into.",
 )
+
+
+@main.command()
+@click.argument("experiment_id", metavar="EXPERIMENT")
+@click.argument("path", required=False)
+@output_option
 @remote_command
 def artifacts(client: RegbenchClient, experiment_id: str, path: str | None, dest_dir: Path) -> None:
     """List or download an experiment's files.
@@ -437,15 +439,7 @@ def artifacts(client: RegbenchClient, experiment_id: str, path: str | None, dest
 
 @main.command()
 @click.argument("sweep_id", metavar="SWEEP")
-@click.option(
-    "-o",
-    "--output",
-    "dest_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Directory to download into.",
-)
+@output_option
 @remote_command
 def report(client: RegbenchClient, sweep_id: str, dest_dir: Path) -> None:
     """Download a sweep's report files.
