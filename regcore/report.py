@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -52,8 +53,6 @@ def build_report(
     subtitle: str = "",
 ) -> Report:
     """``counts``: configuration -> (succeeded, experiments), shown in the table."""
-    import matplotlib.pyplot as plt  # pyplot's rc_context only: the Figure itself is unmanaged
-
     curves = robust_curves(rows)
     attacks = sorted({curve.attack for curve in curves})
     tv_keys = sorted(  # (plane half-width, metric key)
@@ -72,7 +71,7 @@ def build_report(
     lines = math.ceil(len(panels) / columns)
     table_height = 0.5 + 0.22 * (len(rows) + 1)  # inches: the accuracy table spans the width
     heights = [PANEL_SIZE[1]] * lines + [table_height]
-    with plt.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE):  # a bare Figure: no pyplot state to clean up
         figure = Figure(figsize=(PANEL_SIZE[0] * 2, sum(heights) + 0.6))
         figure.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
         layout = figure.add_gridspec(lines + 1, columns, height_ratios=heights)
