@@ -308,6 +308,73 @@ def train(
     )
 
 
+@dataclass
+class StepResult:
+    """What one optimizer step leaves for the epoch's metrics (all detached)."""
+
+    loss: torch.Tensor  # () the whole objective
+    data_loss: torch.Tensor  # () mean cross-entropy
+    logits: torch.Tensor  # (B, C)
+    targets: torch.Tensor  # (B,) after the batch transforms
+    terms: dict[str, torch.Tensor]  # () per regularizer that returned a penalty
+
+
+def train_step(
+    model: nn.Module,
+    regularizers: Mapping[str, Regularizer],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epoch: int,
+    step: int,
+    steps_per_epoch: int,
+    total_steps: int,
+    needs_input_grad: bool | None = None,
+) -> StepResult:
+    """One training step with every regularizer hook, in the order of
+    ``regcore.regularizers.base``; ``step`` counts optimizer steps taken before this one.
+    The epoch-end hooks are the caller's (the loop, or ``bench/`` timing a window)."""
+    if needs_input_grad is None:
+        needs_input_grad = any(r.needs_input_grad for r in regularizers.values())
+    for regularizer in regularizers.values():
+        x, y = regularizer.transform_batch(x, y)
+    if needs_input_grad:
+        x.requires_grad_(True)
+    for regularizer in regularizers.values():
+        regularizer.before_forward(model)
+
+    logits = model(x)  # (B, C)
+    data_loss = F.cross_entropy(logits, y)
+    ctx = StepContext(
+        model=model, inputs=x, targets=y, logits=logits, data_loss=data_loss,
+        epoch=epoch, step=step, steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps, lr=optimizer.param_groups[0]["lr"],
+    )  # fmt: skip
+    terms = {name: r.penalty(ctx) for name, r in regularizers.items()}
+    terms = {name: term for name, term in terms.items() if term is not None}
+    loss = data_loss + sum(terms.values()) if terms else data_loss
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for regularizer in regularizers.values():
+        regularizer.after_backward(model)
+    for regularizer in regularizers.values():
+        regularizer.before_step(model, optimizer)
+    optimizer.step()
+    scheduler.step()
+    for regularizer in regularizers.values():
+        regularizer.after_step(ctx)
+    return StepResult(
+        loss=loss.detach(),
+        data_loss=data_loss.detach(),
+        logits=logits.detach(),
+        targets=y,
+        terms={name: term.detach() for name, term in terms.items()},
+    )
+
+
 def _train_one_epoch(
     model: nn.Module,
     train_split: Split,
@@ -338,46 +405,23 @@ def _train_one_epoch(
             raise TrainingCancelledError(f"cancelled during epoch {epoch}, step {step_in_epoch}")
         index = index.to(device)
         x, y = train_split.x[index], train_split.y[index]  # (B, ...), (B,)
-        for regularizer in regularizers.values():
-            x, y = regularizer.transform_batch(x, y)
-        if needs_input_grad:
-            x.requires_grad_(True)
-        for regularizer in regularizers.values():
-            regularizer.before_forward(model)
-
-        logits = model(x)  # (B, C)
-        data_loss = F.cross_entropy(logits, y)
-        ctx = StepContext(
-            model=model, inputs=x, targets=y, logits=logits, data_loss=data_loss,
+        result = train_step(
+            model, regularizers, optimizer, scheduler, x, y,
             epoch=epoch, step=progress.global_step, steps_per_epoch=steps_per_epoch,
-            total_steps=total_steps, lr=optimizer.param_groups[0]["lr"],
+            total_steps=total_steps, needs_input_grad=needs_input_grad,
         )  # fmt: skip
-        terms = {name: r.penalty(ctx) for name, r in regularizers.items()}
-        terms = {name: term for name, term in terms.items() if term is not None}
-        loss = data_loss + sum(terms.values()) if terms else data_loss
-
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for regularizer in regularizers.values():
-            regularizer.after_backward(model)
-        for regularizer in regularizers.values():
-            regularizer.before_step(model, optimizer)
-        optimizer.step()
-        scheduler.step()
-        for regularizer in regularizers.values():
-            regularizer.after_step(ctx)
         progress.global_step += 1
 
-        batch = y.shape[0]
+        batch = result.targets.shape[0]
         seen += batch
-        sums["loss"] += loss.detach() * batch
-        sums["data_loss"] += data_loss.detach() * batch
-        sums["correct"] += (logits.detach().argmax(dim=1) == y).sum()
-        for name, term in terms.items():
-            term_sums[name] = term_sums.get(name, 0) + term.detach() * batch
-        window.append(loss.detach())
+        sums["loss"] += result.loss * batch
+        sums["data_loss"] += result.data_loss * batch
+        sums["correct"] += (result.logits.argmax(dim=1) == result.targets).sum()
+        for name, term in result.terms.items():
+            term_sums[name] = term_sums.get(name, 0) + term * batch
+        window.append(result.loss)
         if len(window) == NONFINITE_CHECK_EVERY or step_in_epoch == len(batches) - 1:
-            _check_finite(window, epoch, step_in_epoch, terms, data_loss)
+            _check_finite(window, epoch, step_in_epoch, result.terms, result.data_loss)
             window = []
         if callbacks.on_step is not None:
             callbacks.on_step(epoch, step_in_epoch + 1, steps_per_epoch)
