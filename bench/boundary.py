@@ -1,0 +1,101 @@
+"""Decision boundaries: plane points classified per second (``regcore.analysis.boundary``).
+
+Two figures per model: ``label_maps`` alone (the forward passes over the R x R grids,
+batches of 16,384 points) and the whole boundary analysis as a job runs it (planes,
+label maps, per-plane metrics, CSV/NPZ/JSON files), both over the same planes. LeNet
+through real MNIST test images; DDNet through random CIFAR-shaped ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from bench.common import (
+    WORKLOADS,
+    BenchContext,
+    Clock,
+    SectionResult,
+    interleaved,
+    rate_spread,
+    single_thread,
+    timed,
+    workload_batches,
+    workload_info,
+)
+from regcore.analysis.base import AnalysisContext
+from regcore.analysis.boundary import (
+    BoundaryAnalysis,
+    BoundaryParams,
+    draw_planes,
+    grid_coordinates,
+    label_maps,
+)
+from regcore.data import DataSplits, Split
+from regcore.models import create_model
+from regcore.spec import ModelSpec
+
+HALF_WIDTH = 40.0
+
+
+def boundary_tasks(
+    ctx: BenchContext, name: str, device: torch.device, planes: int, resolution: int
+) -> dict[str, Callable[[], Any]]:
+    """The label maps alone and the whole analysis, over the same planes of one model."""
+    workload = WORKLOADS[name]
+    info = workload_info(ctx, workload)
+    torch.manual_seed(0)
+    model = create_model(ModelSpec.model_validate({"name": name}), info).to(device).eval()
+    ((x, y),) = workload_batches(ctx, workload, 1, 100, device, split="test")
+    split = Split(x, y)  # (100, C, H, W), (100,)
+    data = DataSplits(train=split, val=None, test=split, info=info)
+    chosen = draw_planes(split, planes, seed=0)
+    coords = grid_coordinates(HALF_WIDTH, resolution)  # (R,)
+    analysis = BoundaryAnalysis(
+        BoundaryParams(planes=planes, resolution=resolution, half_width=[HALF_WIDTH], save_maps=2)
+    )
+    analysis_ctx = AnalysisContext(model, data, device, ctx.workdir / f"boundary-{name}")
+    return {
+        "maps": lambda: label_maps(model, chosen, coords, info.input_shape, device=device),
+        "analysis": lambda: analysis.run(analysis_ctx),
+    }
+
+
+def run(ctx: BenchContext) -> SectionResult:
+    rounds = 2 if ctx.quick else 5
+    planes, resolution = (2, 21) if ctx.quick else (4, 101)
+    names = ["lenet"] if ctx.quick else ["lenet", "ddnet"]
+    points = planes * resolution * resolution
+    rows: list[dict[str, Any]] = []
+    with single_thread():
+        for device in ctx.devices:
+            clock = Clock(device)
+            tasks: dict[str, Callable[[], float]] = {}
+            for name in names:
+                for label, work in boundary_tasks(ctx, name, device, planes, resolution).items():
+                    work()  # warm-up
+                    tasks[f"{name}/{label}"] = timed(work, clock)
+            ctx.log(f"boundary: {len(names)} models on {device} x {rounds} rounds")
+            seconds = interleaved(tasks, rounds)
+            for name in names:
+                rows.append(
+                    {
+                        "model": name,
+                        "device": device.type,
+                        "data": WORKLOADS[name].data,
+                        "points": points,
+                        "label_maps_points_per_s": rate_spread(
+                            points, seconds[f"{name}/maps"]
+                        ).as_json(),
+                        "analysis_points_per_s": rate_spread(
+                            points, seconds[f"{name}/analysis"]
+                        ).as_json(),
+                    }
+                )
+    notes = [
+        f"{planes} planes x {resolution}x{resolution} points, half-width {HALF_WIDTH:g}; "
+        f"median [min-max] over {rounds} rounds; CPU: CPU time, one thread."
+    ]
+    return SectionResult(rows, notes)
