@@ -8,20 +8,29 @@ whose worker died is redelivered), prefetch 1, a visibility timeout longer than 
 longest job, a hard time limit per job. The embedded default uses kombu's SQLAlchemy
 transport on SQLite, polled every ``broker_poll_interval_s`` (kombu's 1 s default
 makes dispatch slow).
+
+Many jobs at once (a sweep) go through ``enqueue_many``: one producer, kombu's publish
+batches (``Producer.batch``): a Redis pipeline, and on the SQLite transport one commit per
+batch instead of one commit (and one fsync) per message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from celery import Celery
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, insert
 
 from service.settings import Settings
 
 RUN_JOB_TASK = "regbench.run_job"
+BATCH_SIZE = 500  # messages per publish batch: one Redis pipeline, one SQLite commit
+# kombu's retry policy takes no timeout: connecting is bounded by broker_connection_timeout,
+# publishing by the publish timeout.
+RETRY_POLICY = {"max_retries": 1, "interval_start": 0}
 SQLITE_TRANSPORT = "regbench-sqla"  # kombu's SQLAlchemy transport, minus one bug (below)
 
 # kombu's SQLAlchemy channel hands every transport option to create_engine, which rejects
@@ -45,18 +54,79 @@ class _SQLiteChannel(kombu_sqlalchemy.Channel):
         }
         return create_engine(conninfo.hostname, **options)
 
+    def create_publish_batch(self, max_size: int) -> _SQLitePublishBatch:
+        """kombu's hook for ``Producer.batch()`` (as its Redis transport has)."""
+        return _SQLitePublishBatch(self, max_size)
+
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+        batch = kwargs.pop("_publish_batch", None)
+        if batch is None:
+            super()._put(queue, payload, **kwargs)
+        else:
+            batch.add(queue, payload)
+
+
+class _SQLitePublishBatch:
+    """A publish batch on the SQLite transport: its messages are inserted together and
+    committed once at ``flush`` (kombu adds and commits each message on its own). The rows
+    are the ones kombu writes: visible, version 1, no timestamp (read in id order)."""
+
+    def __init__(self, channel: _SQLiteChannel, max_size: int) -> None:
+        self.channel = channel
+        self.max_size = max_size
+        self._rows: list[dict[str, Any]] = []
+        self._queue_ids: dict[str, int] = {}  # queue name -> its kombu_queue id, looked up once
+
+    def publish(self, message: dict[str, Any], **kwargs: Any) -> None:
+        self.channel.basic_publish(message, _publish_batch=self, **kwargs)
+        if len(self._rows) >= self.max_size:
+            self.flush()
+
+    def add(self, queue: str, payload: Any) -> None:
+        """One message routed to ``queue`` (the channel's ``_put``)."""
+        queue_id = self._queue_ids.get(queue)
+        if queue_id is None:
+            queue_id = self._queue_ids[queue] = self.channel._get_or_create(queue).id
+        row = {"payload": kombu_sqlalchemy.dumps(payload), "queue_id": queue_id}
+        self._rows.append(row | {"visible": True, "version": 1})
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        session = self.channel.session
+        try:
+            session.execute(insert(self.channel.message_cls.__table__), rows)
+            session.commit()
+        except Exception:
+            session.rollback()
+            raise
+
+    def discard(self) -> None:
+        self._rows = []
+
+    def close(self) -> None:
+        """Nothing to release: the session is the channel's."""
+
 
 class SQLiteTransport(kombu_sqlalchemy.Transport):
-    """``sqla+sqlite://`` that honours ``polling_interval`` (same tables, same messages)."""
+    """``sqla+sqlite://`` that honours ``polling_interval`` (same tables, same messages)
+    and publishes batches in one commit."""
 
     Channel = _SQLiteChannel
+    implements = kombu_sqlalchemy.Transport.implements.extend(batch_publish=True)
 
 
 TRANSPORT_ALIASES[SQLITE_TRANSPORT] = f"{__name__}:SQLiteTransport"
 
 
 class BrokerUnavailableError(RuntimeError):
-    """The broker did not answer within the configured timeout."""
+    """The broker did not answer within the configured timeout. ``sent``: the job ids it
+    did take before that (``enqueue_many``)."""
+
+    def __init__(self, message: str, sent: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.sent = list(sent)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -95,15 +165,43 @@ def enqueue(app: Celery, job_id: str, queue: str, timeout_s: float) -> None:
             args=[job_id],
             queue=queue,
             retry=True,
-            # kombu's retry policy takes no timeout: connecting is bounded by
-            # broker_connection_timeout, publishing by the publish timeout.
-            retry_policy={"max_retries": 1, "interval_start": 0},
+            retry_policy=RETRY_POLICY,
             timeout=timeout_s,
         )
     except Exception as exc:  # kombu raises OperationalError, socket errors, timeouts...
         raise BrokerUnavailableError(f"broker unavailable: {exc}") from exc
 
 
-def enqueue_many(app: Celery, jobs: Sequence[tuple[str, str]], timeout_s: float) -> None:
-    for job_id, queue in jobs:
-        enqueue(app, job_id, queue, timeout_s)
+def enqueue_many(app: Celery, jobs: Sequence[tuple[str, str]], timeout_s: float) -> list[str]:
+    """Send ``(job id, queue)`` pairs through one producer, ``BATCH_SIZE`` messages per
+    publish batch; returns the ids sent. Raises BrokerUnavailableError, whose ``sent``
+    lists the batches the broker took, when it does not answer. A batch that failed may
+    have been taken in part: its jobs count as not sent, and the reconciler's second
+    delivery is harmless (a worker's claim is atomic)."""
+    sent: list[str] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            declared: set[str] = set()
+            for start in range(0, len(jobs), BATCH_SIZE):
+                batch = jobs[start : start + BATCH_SIZE]
+                with producer.batch(max_size=BATCH_SIZE):
+                    for job_id, queue in batch:
+                        # The first message to a queue declares it, with the retry policy
+                        # (where a dead pooled connection is replaced, as in enqueue); the
+                        # others only join the batch, which is sent or fails as a whole.
+                        first = queue not in declared
+                        declared.add(queue)
+                        app.send_task(
+                            RUN_JOB_TASK,
+                            args=[job_id],
+                            queue=queue,
+                            producer=producer,
+                            declare=None if first else [],
+                            retry=first,
+                            retry_policy=RETRY_POLICY,
+                            timeout=timeout_s,
+                        )
+                sent += [job_id for job_id, _ in batch]
+    except Exception as exc:  # as in enqueue, plus kombu's BatchPublishError
+        raise BrokerUnavailableError(f"broker unavailable: {exc}", sent) from exc
+    return sent
