@@ -33,8 +33,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Every benchmark section (tens of minutes on 2 CPU cores): bench/results.json and .md.
+# One part: `$(BIN)/python -m bench --only step_cost`; a smoke run: `... -m bench --quick`.
 bench: $(STAMP)
-	$(BIN)/python -m bench.step_cost
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) regbench-data .pytest_cache .ruff_cache
