@@ -249,7 +249,7 @@ def queue_summary(session: Session, settings: Settings) -> QueuePublic:
         by_state=by_state,
         by_queue=by_queue,
         running=[RunningJobPublic.of(job, now) for job in running],
-        workers=[WorkerPublic.of(w, now) for w in sorted(workers, key=lambda w: w.name)],
+        workers=[WorkerPublic.of(w, now, running) for w in sorted(workers, key=lambda w: w.name)],
     )
 
 

@@ -7,6 +7,7 @@ the workers read specs with the same code. Times are UTC (SQLite hands them back
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -203,22 +204,48 @@ class RunningJobPublic(BaseModel):
         )
 
 
+class SlotJobPublic(BaseModel):
+    """What one of a worker's slots runs now."""
+
+    slot: str  # the job's worker: "<node>:<pool process>"
+    job_id: str
+    experiment_id: str
+    kind: str
+    progress: float
+
+
 class WorkerPublic(BaseModel):
     name: str
     hostname: str
     queues: list[str]
     device: str | None
+    slots: int  # jobs it runs at once, each in a warm job process of its own
+    busy: list[SlotJobPublic]  # its slots that run a job, and the job
     started_at: UtcDatetime
     heartbeat_at: UtcDatetime
     heartbeat_age_s: float | None
 
     @classmethod
-    def of(cls, worker: Worker, now: datetime) -> WorkerPublic:
+    def of(cls, worker: Worker, now: datetime, running: Sequence[Job] = ()) -> WorkerPublic:
+        """``running``: running jobs; those held by this worker's slots are listed."""
+        busy = [
+            SlotJobPublic(
+                slot=job.worker,
+                job_id=job.id,
+                experiment_id=job.experiment_id,
+                kind=job.kind,
+                progress=job.progress,
+            )
+            for job in running
+            if job.worker is not None and job.worker.rsplit(":", 1)[0] == worker.name
+        ]
         return cls(
             name=worker.name,
             hostname=worker.hostname,
             queues=[queue for queue in worker.queues.split(",") if queue],
             device=worker.device,
+            slots=worker.slots,
+            busy=busy,
             started_at=worker.started_at,
             heartbeat_at=worker.heartbeat_at,
             heartbeat_age_s=age_seconds(worker.heartbeat_at, now),

@@ -384,15 +384,25 @@ def queue_jobs_table(running: Sequence[Mapping[str, Any]]) -> Table:
 
 
 def workers_table(workers: Sequence[Mapping[str, Any]]) -> Table:
+    """GET /queue's live workers: their slots, and what runs in each busy slot."""
     table = Table(title="workers", title_justify="left")
-    for column in ("worker", "host", "queues", "device", "heartbeat"):
+    for column in ("worker", "host", "queues", "device", "slots", "running", "heartbeat"):
         table.add_column(column)
     for worker in workers:
+        busy = worker.get("busy") or []
+        slots = worker.get("slots", 1)
+        running = "\n".join(
+            f"{job['slot'].rsplit(':', 1)[-1]}: {job['kind']} {job['experiment_id'][:8]} "
+            f"{job.get('progress', 0.0):.0%}"
+            for job in busy
+        )
         table.add_row(
             _cell(worker.get("name")),
             _cell(worker.get("hostname")),
             _cell(", ".join(worker.get("queues", []))),
             _cell(worker.get("device")),
+            f"{len(busy)}/{slots} busy",
+            running or "-",
             _age(worker.get("heartbeat_age_s")),
         )
     return table

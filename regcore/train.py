@@ -100,8 +100,10 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    # Set either way: a warm worker process runs many jobs, and the last one's choice
+    # must not carry over into the next.
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def build_model(spec: ExperimentSpec, info: DataInfo) -> tuple[nn.Module, dict[str, Regularizer]]:

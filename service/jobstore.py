@@ -349,13 +349,14 @@ def requeue_stale(session: Session, stale_before: datetime, max_attempts: int) -
 
 
 def worker_heartbeat(
-    session: Session, name: str, hostname: str, queues: str, device: str | None
+    session: Session, name: str, hostname: str, queues: str, device: str | None, slots: int = 1
 ) -> None:
     worker = session.get(Worker, name)
     if worker is None:
-        session.add(Worker(name=name, hostname=hostname, queues=queues, device=device))
+        session.add(Worker(name=name, hostname=hostname, queues=queues, device=device, slots=slots))
     else:
         worker.heartbeat_at, worker.queues, worker.device = utcnow(), queues, device
+        worker.slots = slots
     session.flush()
 
 

@@ -51,6 +51,29 @@ class Settings(BaseSettings):
         60.0, gt=0, description="a running job silent this long is requeued by the reaper"
     )
     max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails")
+    slots: int = Field(
+        1, ge=1, le=64, description="jobs one worker runs at once on its device (--slots)"
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads per job; default: the node's cores / slots"
+    )
+    warm_runners: bool = Field(
+        True, description="keep a warm job process per slot; false: a fresh one per job"
+    )
+    runner_max_jobs: int = Field(
+        200, ge=1, description="a warm job process is replaced after this many jobs"
+    )
+    runner_max_memory_mb: int = Field(
+        8192, ge=64, description="...or when its resident memory is over this after a job"
+    )
+    runner_dataset_cache_mb: int = Field(
+        2048, ge=0, description="datasets a warm job process keeps on its device, in all"
+    )
+    inline_analyses: bool = Field(
+        True,
+        description="run an experiment's analyses in its train job's slot right after "
+        "training; false: each analysis goes through the broker to any worker",
+    )
     max_sweep_size: int = Field(1000, ge=1, description="experiments one sweep may expand to")
     default_queue: str = Field("cpu", description="queue of jobs whose resources say auto")
     api_token: SecretStr | None = Field(

@@ -157,5 +157,6 @@ class Worker(Base):
     hostname: Mapped[str] = mapped_column(String(200))
     queues: Mapped[str] = mapped_column(String(200))
     device: Mapped[str | None] = mapped_column(String(50))
+    slots: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # jobs at once
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -37,12 +37,15 @@ def _check_schema() -> None:
 @click.option("--cpu", "cpu_only", is_flag=True, help="One CPU worker even on a GPU machine.")
 @click.option("-Q", "--queues", help="Queues to serve (default: gpu with GPUs, else cpu).")
 @click.option(
+    "--slots",
     "-c",
     "--concurrency",
-    type=click.IntRange(min=1),
+    "slots",
+    type=click.IntRange(min=1, max=64),
     default=1,
     show_default=True,
-    help="Jobs at once per worker process (per GPU: more than 1 shares the GPU).",
+    help="Jobs at once per worker (per GPU with --gpus), each in its own warm job process; "
+    "a job shares a GPU only as far as its resources.gpu_fraction allows.",
 )
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option(
@@ -55,7 +58,7 @@ def worker(
     gpus: str | None,
     cpu_only: bool,
     queues: str | None,
-    concurrency: int,
+    slots: int,
     loglevel: str,
     reconcile: bool | None,
     dry_run: bool,
@@ -68,12 +71,19 @@ def worker(
         raise click.UsageError("--gpus and --cpu exclude each other")
     try:
         chosen = [] if cpu_only else launcher.parse_gpus(gpus) if gpus else launcher.detect_gpus()
+        if gpus and not dry_run:
+            launcher.check_gpus(chosen)  # asked for GPUs: never fall back to the CPU quietly
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--gpus") from None
     settings = Settings()
     embedded = settings.celery_broker_url.startswith("sqla+")
     workers = launcher.plan_workers(
-        chosen, queues=queues, concurrency=concurrency, loglevel=loglevel, events=not embedded
+        chosen,
+        queues=queues,
+        slots=slots,
+        loglevel=loglevel,
+        events=not embedded,
+        torch_threads=settings.torch_threads,
     )
     helpers = (
         [launcher.reconciler_process()] if (embedded if reconcile is None else reconcile) else []

@@ -73,7 +73,12 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         try:
             with self.db.session() as session:
                 jobstore.worker_heartbeat(
-                    session, worker.hostname, socket.gethostname(), queues, device_label()
+                    session,
+                    worker.hostname,
+                    socket.gethostname(),
+                    queues,
+                    device_label(),
+                    slots=worker.concurrency or 1,
                 )
                 session.commit()
         except SQLAlchemyError as exc:  # the job store is down: the worker keeps serving

@@ -1,6 +1,11 @@
-"""A job's own process: ``python -m worker.child JOB_ID [--worker NAME] [--result FILE]``.
+"""A job's own process: ``python -m worker.child --serve`` (warm), or ``JOB_ID`` (one job).
 
-Started by ``worker.supervisor`` in a fresh interpreter. It re-reads the job and its
+Started by ``worker.runner`` in a fresh interpreter, in a session of its own. Warm
+(``--serve``), it imports torch, regcore, SQLAlchemy and MLflow once, then runs the jobs
+its slot sends on a pipe one after another, keeping its database engine, its MLflow
+client and the datasets it loaded (on the device, up to ``runner_dataset_cache_mb``)
+between them; each job's output goes to that job's log file. With ``JOB_ID`` it runs that
+one job and exits (how one debugs a job). For each job it re-reads the job and its
 experiment from the job store and runs it:
 
 - a train job opens the experiment's MLflow run once (a redelivered job reopens the run
@@ -13,10 +18,13 @@ experiment from the job store and runs it:
 
 Progress (epoch / epochs and a message) goes to the job store; the result (metrics or
 the error) goes to the ``--result`` file for the supervisor, which records the final
-state. SIGTERM is a cooperative stop: the training loop finishes its step and stops
-(the last epoch's checkpoint is on disk); outside training it stops at once.
+state. MLflow batches are logged asynchronously and flushed before the job reports.
+SIGTERM is a cooperative stop: the training loop finishes its step and stops (the last
+epoch's checkpoint is on disk); outside training, or while waiting for a job, it stops
+at once. A warm child exits after any job that did not succeed (its slot replaces it).
 
-Exit status: 0 succeeded, 1 failed, 3 stopped by a signal.
+Exit status (and a job's code on the response pipe): 0 succeeded, 1 failed, 3 stopped
+by a signal.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import signal
 import sys
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +56,9 @@ from service.tables import Experiment, Job, JobKind
 from worker.supervisor import EXIT_CANCELLED, EXIT_FAILED, EXIT_SUCCEEDED
 
 if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from regcore.data import DataSplits
     from regcore.spec import ExperimentSpec
     from service.tracking import MlflowTracker
 
@@ -110,6 +122,7 @@ class JobInfo:
     id: str
     kind: str
     worker: str
+    attempt: int
     payload: dict[str, Any] | None
     depends_on: str | None
     mlflow_run_id: str | None
@@ -134,6 +147,7 @@ def read_job(db: Database, job_id: str, worker: str | None) -> JobInfo:
             id=job.id,
             kind=job.kind,
             worker=worker or job.worker or "",
+            attempt=job.attempt,
             payload=job.payload,
             depends_on=job.depends_on,
             mlflow_run_id=job.mlflow_run_id,
@@ -195,44 +209,55 @@ class PinnedSpecHashTracker:
         self.inner.log_artifact(path, artifact_path)
 
 
-def mlflow_experiment_name(client: Any, job: JobInfo, settings: Settings) -> str:
+_clients: dict[str, MlflowClient] = {}
+_experiment_ids: dict[tuple[str, str], str] = {}
+
+
+def mlflow_client(settings: Settings) -> MlflowClient:
+    """One MLflow client per tracking URI for the life of the process."""
+    from mlflow.tracking import MlflowClient
+
+    uri = settings.tracking_uri
+    if uri not in _clients:
+        _clients[uri] = MlflowClient(uri)
+    return _clients[uri]
+
+
+def mlflow_experiment_id(client: MlflowClient, job: JobInfo, settings: Settings) -> str:
     """The MLflow experiment of a new run: the one made at submit, else the default one
-    (created here if missing; a concurrent creation by another job is fine)."""
+    (created here if missing, once per process; a concurrent creation is fine)."""
     from service.tracking import ensure_experiment
 
     if job.mlflow_experiment_id:
-        return client.get_experiment(job.mlflow_experiment_id).name
+        return job.mlflow_experiment_id
     name = settings.mlflow_experiment
-    ensure_experiment(client, name, settings.mlflow_artifact_location(name))
-    return name
+    key = (settings.tracking_uri, name)
+    if key not in _experiment_ids:
+        location = settings.mlflow_artifact_location(name)
+        _experiment_ids[key] = ensure_experiment(client, name, location)
+    return _experiment_ids[key]
 
 
 def reopen_run(settings: Settings, run_id: str) -> MlflowTracker:
-    from mlflow.tracking import MlflowClient
-
     from service.tracking import MlflowTracker
 
-    client = MlflowClient(settings.tracking_uri)
-    experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
-    return MlflowTracker(settings.tracking_uri, experiment.name, run_id=run_id)
+    return MlflowTracker.of_run(mlflow_client(settings), run_id, asynchronous=True)
 
 
 def open_train_run(settings: Settings, db: Database, job: JobInfo) -> tuple[MlflowTracker, bool]:
-    """The train job's MLflow run, created once: (tracker, reopened)."""
-    from mlflow.tracking import MlflowClient
-
+    """The train job's MLflow run, created once: (tracker, reopened). A first attempt of
+    a sweep's job costs one call (create_run); nothing is looked up by name."""
     from regcore.pipeline import environment_tags
     from service.tracking import MlflowTracker
 
-    client = MlflowClient(settings.tracking_uri)
+    client = mlflow_client(settings)
     run_id = job.mlflow_run_id or job.experiment_run_id
-    name = None
-    if run_id is None:
+    if run_id is None and job.attempt > 1:
         # A run created by an attempt that died before storing its id carries the job id.
-        name = mlflow_experiment_name(client, job, settings)
-        experiment_id = client.get_experiment_by_name(name).experiment_id
         found = client.search_runs(
-            [experiment_id], filter_string=f"tags.`regbench.job_id` = '{job.id}'", max_results=1
+            [mlflow_experiment_id(client, job, settings)],
+            filter_string=f"tags.`regbench.job_id` = '{job.id}'",
+            max_results=1,
         )
         run_id = found[0].info.run_id if found else None
     if run_id is not None:
@@ -250,16 +275,49 @@ def open_train_run(settings: Settings, db: Database, job: JobInfo) -> tuple[Mlfl
         }
         tracker = MlflowTracker(
             settings.tracking_uri,
-            name or mlflow_experiment_name(client, job, settings),
-            artifact_root=None if settings.tracking_is_server else settings.artifact_root,
+            settings.mlflow_experiment,
+            client=client,
+            experiment_id=mlflow_experiment_id(client, job, settings),
             run_name=job.configuration or job.experiment_name,
             tags=tags,
+            asynchronous=True,
         )
         reopened = False
     with db.session() as session:  # stored before training: a redelivery reopens it
         jobstore.set_mlflow_run(session, job.id, tracker.run_id)
         session.commit()
     return tracker, reopened
+
+
+# --------------------------------------------------------------------------- datasets
+
+_datasets: OrderedDict[str, DataSplits] = OrderedDict()
+
+
+def load_data(settings: Settings, spec: ExperimentSpec) -> DataSplits:
+    """The spec's dataset on its training device, from this process's cache when an
+    earlier job loaded it (least recently used ones go past ``runner_dataset_cache_mb``)."""
+    from regcore.data import load_dataset
+    from regcore.train import resolve_device
+
+    device = resolve_device(spec.training.device)
+    key = json.dumps([spec.dataset.model_dump(mode="json"), spec.training.seed, str(device)])
+    if key in _datasets:
+        _datasets.move_to_end(key)
+        return _datasets[key]
+    data = load_dataset(spec.dataset, spec.training.seed).to(device)
+    budget = settings.runner_dataset_cache_mb * 2**20
+    size = dataset_bytes(data)
+    if size <= budget:
+        while _datasets and sum(map(dataset_bytes, _datasets.values())) + size > budget:
+            _datasets.popitem(last=False)
+        _datasets[key] = data
+    return data
+
+
+def dataset_bytes(data: DataSplits) -> int:
+    splits = [data.train, data.test] + ([data.val] if data.val is not None else [])
+    return sum(t.nelement() * t.element_size() for split in splits for t in (split.x, split.y))
 
 
 def backfill_epochs(tracker: MlflowTracker, history: list[dict[str, float]]) -> None:
@@ -285,13 +343,12 @@ def json_safe(metrics: Mapping[str, Any]) -> dict[str, Any]:
 def run_train(
     settings: Settings, db: Database, job: JobInfo, spec: ExperimentSpec, stop: StopFlag
 ) -> dict[str, Any]:
-    from regcore.data import load_dataset
     from regcore.pipeline import run as run_pipeline
     from regcore.train import Callbacks, load_checkpoint
 
     reporter = ProgressReporter(db, job, settings.heartbeat_interval_s)
     workdir = settings.runs_dir / job.experiment_id
-    data = load_dataset(spec.dataset, spec.training.seed)  # before MLflow: no empty runs
+    data = load_data(settings, spec)  # before MLflow: no empty runs
     tracker, reopened = open_train_run(settings, db, job)
     report: dict[str, Any] = {"mlflow_run_id": tracker.run_id}
 
@@ -386,8 +443,15 @@ def run_analysis(
         history = json.loads(history_path.read_text()) if history_path.exists() else []
         reporter.write(0.0, f"{analysis.name}: running")
         metrics = analyze(
-            spec, checkpoint["model"], [analysis], tracker, workdir=workdir, history=history
+            spec,
+            checkpoint["model"],
+            [analysis],
+            tracker,
+            workdir=workdir,
+            history=history,
+            data=load_data(settings, spec),
         )
+        tracker.flush()  # every metric is in MLflow before the job is recorded
     finally:
         shutil.rmtree(fetched, ignore_errors=True)
     reporter.write(None, f"{analysis.name}: done")
@@ -402,18 +466,34 @@ class RunError(Exception):
         self.cause, self.report = cause, report
 
 
-def run_job(settings: Settings, job_id: str, worker: str | None, stop: StopFlag) -> dict[str, Any]:
+def run_job(
+    settings: Settings, db: Database, job_id: str, worker: str | None, stop: StopFlag
+) -> dict[str, Any]:
     from regcore.spec import ExperimentSpec
 
-    db = Database(settings.job_store_url)
-    try:
-        job = read_job(db, job_id, worker)
-        spec = ExperimentSpec.model_validate(job.spec)
-        if job.kind == JobKind.TRAIN:
-            return run_train(settings, db, job, spec, stop)
-        return run_analysis(settings, db, job, spec)  # a signal stops it at once
-    finally:
-        db.dispose()
+    job = read_job(db, job_id, worker)
+    spec = ExperimentSpec.model_validate(job.spec)
+    check_device(spec)
+    if job.kind == JobKind.TRAIN:
+        return run_train(settings, db, job, spec, stop)
+    return run_analysis(settings, db, job, spec)  # a signal stops it at once
+
+
+def check_device(spec: ExperimentSpec) -> None:
+    """A worker pinned to a GPU never trains on the CPU behind the user's back."""
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    wants_gpu = spec.training.device.startswith("cuda") or (
+        spec.training.device == "auto" and visible not in ("", "-1")
+    )
+    if wants_gpu and not torch.cuda.is_available():
+        where = f"GPU {visible} (CUDA_VISIBLE_DEVICES)" if visible else "a GPU"
+        raise RuntimeError(
+            f"this job needs {where} but torch sees no CUDA device here "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+            "check the node's driver and the worker's --gpus"
+        )
 
 
 def describe_error(exc: BaseException) -> str:
@@ -431,28 +511,28 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.child", description=__doc__)
-    parser.add_argument("job_id")
-    parser.add_argument("--worker", help="the worker holding the job (default: as recorded)")
-    parser.add_argument("--result", type=Path, help="write the outcome here as JSON")
-    parser.add_argument("--parent-pid", type=int, help="exit if this process is not the parent")
-    args = parser.parse_args(argv)
-    die_with_parent(args.parent_pid)
-    stop = StopFlag()
-    stop.install()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s [job %(process)d] %(message)s"
-    )
-
+def run_one(
+    settings: Settings,
+    db: Database,
+    job_id: str,
+    worker: str | None,
+    result: Path | None,
+    stop: StopFlag,
+) -> int:
+    """Run one job, write its report; returns the exit code that says how it ended. A
+    signal stops the job at once outside training (cooperatively inside it); once the
+    job has ended it can no longer interrupt the report."""
     from regcore.train import TrainingCancelledError
 
+    stop.requested, stop.cooperative = False, False
+    log.info("running job %s", job_id)
     report: dict[str, Any] = {}
     try:
-        report = {"status": "succeeded", **run_job(Settings(), args.job_id, args.worker, stop)}
+        report = {"status": "succeeded", **run_job(settings, db, job_id, worker, stop)}
+        stop.cooperative = True
         code = EXIT_SUCCEEDED
     except BaseException as exc:
-        stop.cooperative = True  # a second signal must not interrupt the report
+        stop.cooperative = True
         cause = exc.cause if isinstance(exc, RunError) else exc
         report = exc.report if isinstance(exc, RunError) else {}
         if isinstance(cause, TrainingCancelledError | JobStoppedError | KeyboardInterrupt):
@@ -463,9 +543,125 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exception(cause)
             report.update(status="failed", error=describe_error(cause))
             code = EXIT_FAILED
+    if result is not None:
+        write_report(result, report)
+    return code
+
+
+def warm_up(settings: Settings) -> None:
+    """Pay the start-up costs once, before the first job: imports of torch, every
+    regcore component and MLflow; the first optimizer (it pulls in torch._dynamo); the
+    MLflow store (a local one creates or checks its schema here)."""
+    import torch
+
+    import regcore.pipeline  # noqa: F401  (the loop, the analyses, the registries)
+    from regcore.registries import ANALYSES, ATTACKS, DATASETS, MODELS, REGULARIZERS
+
+    threads = int(os.environ.get("REGBENCH_TORCH_THREADS") or 0)
+    if threads:
+        torch.set_num_threads(threads)
+    for registry in (DATASETS, MODELS, REGULARIZERS, ANALYSES, ATTACKS):
+        registry.names()  # imports every component module
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    weight.sum().backward()
+    optimizer.step()
+    try:
+        mlflow_client(settings).search_experiments(max_results=1)
+    except Exception as exc:  # the first job will say what is wrong
+        log.warning("MLflow not reachable while warming up: %s", exc)
+
+
+@contextmanager
+def job_output(path: Path | None) -> Iterator[None]:
+    """Point this process's stdout and stderr at the job's log while it runs."""
+    if path is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("ab") as log_file:
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, original in zip((1, 2), saved, strict=True):
+            os.dup2(original, fd)
+            os.close(original)
+
+
+def serve(requests_fd: int, responses_fd: int, stop: StopFlag) -> int:
+    """Warm up, then run the jobs the slot sends until it closes the pipe, a job does not
+    succeed, or a signal arrives while waiting."""
+    settings = Settings()
+    responses = os.fdopen(responses_fd, "w", buffering=1)
+    requests = os.fdopen(requests_fd, "r")
+
+    def answer(message: dict[str, Any]) -> None:
+        responses.write(json.dumps(message) + "\n")
+
+    started = time.monotonic()
+    warm_up(settings)
+    log.info("warm in %.1f s", time.monotonic() - started)
+    answer({"ready": True, "pid": os.getpid()})
+    db = Database(settings.job_store_url)
+    try:
+        while True:
+            stop.cooperative = False  # a signal while waiting ends the child at once
+            try:
+                line = requests.readline()
+            except JobStoppedError:  # SIGTERM while idle: the worker is shutting down
+                return EXIT_CANCELLED
+            finally:
+                stop.cooperative = True
+            if not line:
+                return EXIT_SUCCEEDED
+            request = json.loads(line)
+            result = Path(request["result"]) if request.get("result") else None
+            log_path = Path(request["log"]) if request.get("log") else None
+            with job_output(log_path):
+                code = run_one(settings, db, request["job_id"], request.get("worker"), result, stop)
+            answer({"job_id": request["job_id"], "code": code})
+            if code != EXIT_SUCCEEDED:
+                return code
+    finally:
+        db.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.child", description=__doc__)
+    parser.add_argument("job_id", nargs="?", help="run this one job and exit")
+    parser.add_argument("--serve", action="store_true", help="warm: run jobs sent on a pipe")
+    parser.add_argument("--requests", type=int, help="--serve: file descriptor to read jobs")
+    parser.add_argument("--responses", type=int, help="--serve: file descriptor to answer")
+    parser.add_argument("--worker", help="the worker holding the job (default: as recorded)")
+    parser.add_argument("--result", type=Path, help="write the outcome here as JSON")
+    parser.add_argument("--parent-pid", type=int, help="exit if this process is not the parent")
+    args = parser.parse_args(argv)
+    if args.serve == (args.job_id is not None):
+        parser.error("give either JOB_ID or --serve")
+    if args.serve and (args.requests is None or args.responses is None):
+        parser.error("--serve needs --requests and --responses")
+    die_with_parent(args.parent_pid)
+    stop = StopFlag()
+    stop.install()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [job %(process)d] %(message)s"
+    )
+    if args.serve:
+        code = serve(args.requests, args.responses, stop)
+    else:
+        settings = Settings()
+        db = Database(settings.job_store_url)
+        try:
+            code = run_one(settings, db, args.job_id, args.worker, args.result, stop)
+        finally:
+            db.dispose()
     stop.cooperative = True
-    if args.result is not None:
-        write_report(args.result, report)
     logging.shutdown()
     return code
 

@@ -80,24 +80,29 @@ def plan_workers(
     gpus: Sequence[str] | None,
     *,
     queues: str | None = None,
-    concurrency: int = 1,
+    slots: int = 1,
     loglevel: str = "INFO",
     events: bool = False,
+    torch_threads: int | None = None,
+    cores: int | None = None,
 ) -> list[ProcessSpec]:
-    """The worker processes to start: one per GPU, or one CPU worker when ``gpus`` is empty."""
+    """The worker processes to start: one per GPU, or one CPU worker when ``gpus`` is
+    empty; each with ``slots`` pool processes (a warm job process each), and the node's
+    cores shared among all the slots (``torch_threads`` overrides the share)."""
+    processes = max(1, len(gpus or ()))
+    threads = torch_threads or max(1, (cores or os.cpu_count() or 1) // (processes * slots))
+    shared = {"REGBENCH_SLOTS": str(slots), "REGBENCH_TORCH_THREADS": str(threads)}
     if gpus:
         return [
             ProcessSpec(
                 name=f"gpu{gpu}",
-                argv=celery_worker_argv(
-                    f"gpu{gpu}@%h", queues or "gpu", concurrency, loglevel, events
-                ),
-                env={"CUDA_VISIBLE_DEVICES": gpu},
+                argv=celery_worker_argv(f"gpu{gpu}@%h", queues or "gpu", slots, loglevel, events),
+                env={"CUDA_VISIBLE_DEVICES": gpu, **shared},
             )
             for gpu in gpus
         ]
-    argv = celery_worker_argv("cpu@%h", queues or "cpu", concurrency, loglevel, events)
-    return [ProcessSpec(name="cpu", argv=argv, env={"CUDA_VISIBLE_DEVICES": ""})]
+    argv = celery_worker_argv("cpu@%h", queues or "cpu", slots, loglevel, events)
+    return [ProcessSpec(name="cpu", argv=argv, env={"CUDA_VISIBLE_DEVICES": "", **shared})]
 
 
 def reconciler_process(
@@ -120,6 +125,24 @@ def detect_gpus() -> list[str]:
     if visible and visible != "-1":
         return [part.strip() for part in visible.split(",") if part.strip()][:count]
     return [str(index) for index in range(count)]
+
+
+def check_gpus(gpus: Sequence[str]) -> None:
+    """GPUs asked for by index must exist: a worker asked for a GPU that finds none fails
+    here, loudly, instead of training on the CPU."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise ValueError(
+            f"asked for GPU {','.join(gpus)} but torch sees no CUDA device "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+            "use --cpu for a CPU worker"
+        )
+    if not os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+        missing = [gpu for gpu in gpus if int(gpu) >= count]
+        if missing:
+            raise ValueError(f"no GPU {','.join(missing)}: torch sees {count} GPU(s)")
 
 
 def _die_with_parent_hook(signum: int) -> Callable[[], None] | None:

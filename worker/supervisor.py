@@ -26,7 +26,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import jobstore
@@ -42,6 +42,7 @@ from service.broker import BrokerUnavailableError
 from service.db import Database
 from service.settings import Settings
 from service.tables import Job, JobKind, JobState, utcnow
+from worker.runner import RunnerChild, current_slot
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class StopReason(StrEnum):
     CANCEL = "cancel"  # the user asked: the job ends cancelled
     LOST = "lost"  # the job is no longer ours (reaped, taken over): leave it alone
     TIME_LIMIT = "time limit"  # the job ends failed
+    MEMORY = "memory limit"  # the job ends failed: over its resources.memory_gb
 
 
 @dataclass
@@ -131,10 +133,24 @@ def supervise_job(
             worker=worker,
             mlflow_run_id=job.mlflow_run_id or job.experiment.mlflow_run_id,
             time_limit_s=_time_limit(settings, resources.get("time_limit_minutes")),
+            memory_limit_mb=resources["memory_gb"] * 1024 if resources.get("memory_gb") else None,
             enqueue=enqueue,
         )
     log.info("job %s (%s) attempt %d claimed by %s", job_id, run.kind, run.attempt, worker)
-    return run.execute()
+    started = time.monotonic()
+    state = run.execute()
+    # The experiment's analyses, in this slot's warm process right after its training
+    # (each claimed, watched and recorded as a job of its own). The Celery task's own
+    # time limit allows one job limit more than a job's: past one limit, the rest go to
+    # the broker.
+    for number, dependent in enumerate(run.inline):
+        if time.monotonic() - started > settings.job_time_limit_s:
+            run.send(run.inline[number:])
+            break
+        supervise_job(
+            dependent, settings=settings, worker=worker, device=device, enqueue=enqueue, db=db
+        )
+    return state
 
 
 def _time_limit(settings: Settings, minutes: int | None) -> float:
@@ -153,7 +169,10 @@ class JobRun:
     worker: str
     mlflow_run_id: str | None
     time_limit_s: float
+    memory_limit_mb: float | None = None
     enqueue: Enqueue | None = None
+    inline: list[str] = field(default_factory=list)  # dependents to run next in this slot
+    peak_rss_mb: float | None = None
 
     @property
     def workdir(self) -> Path:
@@ -166,52 +185,55 @@ class JobRun:
         stem = f"{self.kind}-{self.job_id}-{self.attempt}"
         log_path, result_path = logs / f"{stem}.log", logs / f"{stem}.json"
         result_path.unlink(missing_ok=True)
-        command = [
-            sys.executable, "-m", "worker.child", self.job_id,
-            "--worker", self.worker,
-            "--result", str(result_path),
-            "--parent-pid", str(os.getpid()),
-        ]  # fmt: skip
-        with log_path.open("ab") as log_file:
-            child = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop it, not the worker
-            )
-        log.info("job %s: child %d started (log %s)", self.job_id, child.pid, log_path)
+        slot = current_slot(self.settings)
+        request = {
+            "job_id": self.job_id,
+            "worker": self.worker,
+            "result": str(result_path),
+            "log": str(log_path),
+        }
+        child = slot.start_job(request)
+        log.info("job %s: runner child %d (log %s)", self.job_id, child.pid, log_path)
+        code: int | None = None
+        reason: StopReason | None = None
         try:
-            reason = self.watch(child)
+            reason, code = self.watch(child)
         finally:
-            if child.poll() is None:
-                stop_process_group(child, STOP_GRACE_S)
+            stopped = code is None
+            if stopped:
+                stop_process_group(child.process, STOP_GRACE_S)
+                code = child.process.returncode
+            slot.job_ended(child, code, stopped)
         report = ChildReport.read(result_path)
         result_path.unlink(missing_ok=True)
-        return self.record(reason, child.returncode, report, log_path)
+        return self.record(reason, code if code is not None else -signal.SIGKILL, report, log_path)
 
     # ----------------------------------------------------------------- while it runs
 
-    def watch(self, child: subprocess.Popen[bytes]) -> StopReason | None:
-        """Heartbeat until the child exits (None) or must be stopped (the reason)."""
+    def watch(self, child: RunnerChild) -> tuple[StopReason | None, int | None]:
+        """Heartbeat until the job ends: (None, its exit code), or until it must be
+        stopped: (the reason, None)."""
         interval = self.settings.heartbeat_interval_s
         started = time.monotonic()
         deadline = started + self.time_limit_s
         next_beat = started + interval
         last_beat = started
         while True:
-            try:
-                child.wait(timeout=max(0.0, min(next_beat, deadline) - time.monotonic()))
-                return None
-            except subprocess.TimeoutExpired:
-                pass
+            code = child.wait(max(0.0, min(next_beat, deadline) - time.monotonic()))
+            if code is not None:
+                return None, code
             now = time.monotonic()
             if now >= deadline:
                 log.warning("job %s: time limit of %.0f s reached", self.job_id, self.time_limit_s)
-                return StopReason.TIME_LIMIT
+                return StopReason.TIME_LIMIT, None
             if now < next_beat:
                 continue
             next_beat = now + interval
+            rss = child.rss_mb() if self.memory_limit_mb is not None else None
+            if rss is not None and self.memory_limit_mb is not None and rss > self.memory_limit_mb:
+                self.peak_rss_mb = rss
+                log.warning("job %s: %.0f MB resident, over its memory limit", self.job_id, rss)
+                return StopReason.MEMORY, None
             try:
                 with self.db.session() as session:
                     stop = jobstore.heartbeat(session, self.job_id, self.worker)
@@ -222,12 +244,12 @@ class JobRun:
                 # count as stale; past that another worker may own it: stop.
                 log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
                 if now - last_beat > self.settings.heartbeat_stale_s:
-                    return StopReason.LOST
+                    return StopReason.LOST, None
                 continue
             last_beat = now
             if reason is not None:
                 log.info("job %s: stopping the child (%s)", self.job_id, reason)
-                return reason
+                return reason, None
 
     def _stop_reason(self, session: Any) -> StopReason:
         job = session.get(Job, self.job_id, populate_existing=True)
@@ -249,6 +271,12 @@ class JobRun:
         elif reason == StopReason.TIME_LIMIT:
             state = JobState.FAILED
             error = f"time limit of {self.time_limit_s:.0f} s exceeded; stopped"
+        elif reason == StopReason.MEMORY:
+            state = JobState.FAILED
+            error = (
+                f"used {self.peak_rss_mb:.0f} MB, over its memory limit of "
+                f"{self.memory_limit_mb:.0f} MB (resources.memory_gb); stopped"
+            )
         elif returncode == EXIT_SUCCEEDED and report.status == "succeeded":
             state, metrics = JobState.SUCCEEDED, report.metrics
         elif returncode == EXIT_CANCELLED or report.status == "cancelled":
@@ -270,7 +298,10 @@ class JobRun:
         if self.kind == JobKind.TRAIN:
             if state == JobState.SUCCEEDED:
                 self._remove_resume_checkpoints()
-                self._enqueue_dependents()
+                if self.settings.inline_analyses:
+                    self._keep_dependents()
+                else:
+                    self._enqueue_dependents()
             elif not report.mlflow_closed:
                 status = "KILLED" if state == JobState.CANCELLED else "FAILED"
                 self._close_mlflow_run(report.mlflow_run_id or self._current_run_id(), status)
@@ -296,13 +327,31 @@ class JobRun:
         for name in ("last.pt", "best.pt"):
             (self.workdir / name).unlink(missing_ok=True)
 
+    def _keep_dependents(self) -> None:
+        """Take the ready analyses for this slot. They are marked enqueued, so the
+        reconciler sends them to the broker only if this slot has not claimed them
+        within its grace period (the worker died meanwhile)."""
+        with self.db.session() as session:
+            self.inline = [job.id for job in jobstore.dependents_ready(session, self.job_id)]
+            jobstore.mark_enqueued(session, self.inline)
+            session.commit()
+
     def _enqueue_dependents(self) -> None:
-        if self.enqueue is None:
+        with self.db.session() as session:
+            ready = [job.id for job in jobstore.dependents_ready(session, self.job_id)]
+        self.send(ready)
+
+    def send(self, job_ids: list[str]) -> None:
+        """Send queued jobs to the broker (those it refuses wait for the reconciler)."""
+        if self.enqueue is None or not job_ids:
             return
         with self.db.session() as session:
-            ready = [(job.id, job.queue) for job in jobstore.dependents_ready(session, self.job_id)]
+            jobs = [
+                (job.id, job.queue)
+                for job in session.scalars(select(Job).where(Job.id.in_(job_ids)))
+            ]
         sent = []
-        for job_id, queue in ready:
+        for job_id, queue in jobs:
             try:
                 self.enqueue(job_id, queue)
             except BrokerUnavailableError as exc:  # the reconciler sends it later

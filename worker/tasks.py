@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 from celery import Task
+from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.broker import RUN_JOB_TASK, enqueue
 from worker.app import app, device_label, settings
+from worker.runner import current_slot
 from worker.supervisor import STOP_GRACE_S, supervise_job
 
 # Celery's hard limit is a backstop behind the supervisor's own (which stops the child
 # cleanly and records the failure): it kills the pool process, and the child with it.
+# A train job's task also runs the experiment's analyses (``inline_analyses``), started
+# within one job limit: two limits bound the task.
 TIME_LIMIT_MARGIN_S = 60
 
 
@@ -33,7 +38,7 @@ TIME_LIMIT_MARGIN_S = 60
     retry_backoff_max=60,
     retry_jitter=True,
     max_retries=5,
-    time_limit=settings.job_time_limit_s + STOP_GRACE_S + TIME_LIMIT_MARGIN_S,
+    time_limit=2 * (settings.job_time_limit_s + STOP_GRACE_S) + TIME_LIMIT_MARGIN_S,
 )
 def run_job(self: Task, job_id: str) -> str:
     """Claim job ``job_id`` and run it in a supervised child process; returns its state."""
@@ -47,3 +52,15 @@ def run_job(self: Task, job_id: str) -> str:
             self.app, dependent, queue, settings.broker_timeout_s
         ),
     )
+
+
+@worker_process_init.connect
+def _warm_the_slot(**_kwargs: Any) -> None:
+    """Each pool process is a slot: its job process starts warming up now, not when the
+    first job arrives."""
+    current_slot(settings).prewarm()
+
+
+@worker_process_shutdown.connect
+def _stop_the_slot(**_kwargs: Any) -> None:
+    current_slot(settings).shutdown()

@@ -13,9 +13,13 @@ from worker import launcher, reconciler
 
 
 def test_one_worker_per_gpu_with_its_device_queue_and_node_name() -> None:
-    plans = launcher.plan_workers(launcher.parse_gpus("0,1"))
+    plans = launcher.plan_workers(launcher.parse_gpus("0,1"), cores=16)
     assert [p.name for p in plans] == ["gpu0", "gpu1"]
-    assert [p.env for p in plans] == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    shared = {"REGBENCH_SLOTS": "1", "REGBENCH_TORCH_THREADS": "8"}  # 16 cores, 2 slots in all
+    assert [p.env for p in plans] == [
+        {"CUDA_VISIBLE_DEVICES": "0", **shared},
+        {"CUDA_VISIBLE_DEVICES": "1", **shared},
+    ]
     for gpu, plan in zip("01", plans, strict=True):
         argv = plan.argv
         assert argv[:6] == [sys.executable, "-m", "celery", "-A", "worker.app", "worker"]
@@ -27,12 +31,40 @@ def test_one_worker_per_gpu_with_its_device_queue_and_node_name() -> None:
 
 
 def test_without_gpus_one_worker_serves_the_cpu_queue() -> None:
-    (plan,) = launcher.plan_workers([], concurrency=2, queues=None)
-    assert plan.env == {"CUDA_VISIBLE_DEVICES": ""}  # never touches a GPU
+    (plan,) = launcher.plan_workers([], slots=2, queues=None, cores=2)
+    # Never touches a GPU; each of the 2 slots' job processes gets one of the 2 cores.
+    assert plan.env == {
+        "CUDA_VISIBLE_DEVICES": "",
+        "REGBENCH_SLOTS": "2",
+        "REGBENCH_TORCH_THREADS": "1",
+    }
     options = dict(zip(plan.argv[6::2], plan.argv[7::2], strict=False))
     assert (options["--queues"], options["--hostname"], options["--concurrency"]) == (
         "cpu", "cpu@%h", "2",
     )  # fmt: skip
+
+
+def test_slots_share_the_cores_unless_threads_are_set() -> None:
+    (plan,) = launcher.plan_workers([], slots=3, cores=12)
+    assert plan.env["REGBENCH_TORCH_THREADS"] == "4"
+    (plan,) = launcher.plan_workers([], slots=8, cores=4)
+    assert plan.env["REGBENCH_TORCH_THREADS"] == "1"  # never fewer than one
+    (plan,) = launcher.plan_workers([], slots=2, cores=12, torch_threads=5)
+    assert plan.env["REGBENCH_TORCH_THREADS"] == "5"
+
+
+def test_a_worker_asked_for_a_gpu_that_is_not_there_fails_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusal cannot be shown here")
+    monkeypatch.setenv("REGBENCH_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(worker, ["--gpus", "0"])
+    assert result.exit_code == 2, result.output
+    assert "asked for GPU 0 but torch sees no CUDA device" in result.output
+    assert "--cpu" in result.output
 
 
 def test_queues_and_events_can_be_chosen() -> None:
