@@ -42,10 +42,10 @@ def _check_schema() -> None:
     "--concurrency",
     "slots",
     type=click.IntRange(min=1, max=64),
-    default=1,
-    show_default=True,
+    default=None,
     help="Jobs at once per worker (per GPU with --gpus), each in its own warm job process; "
-    "a job shares a GPU only as far as its resources.gpu_fraction allows.",
+    "a job shares a GPU only as far as its resources.gpu_fraction allows "
+    "[REGBENCH_SLOTS, else 1].",
 )
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option(
@@ -58,7 +58,7 @@ def worker(
     gpus: str | None,
     cpu_only: bool,
     queues: str | None,
-    slots: int,
+    slots: int | None,
     loglevel: str,
     reconcile: bool | None,
     dry_run: bool,
@@ -80,7 +80,7 @@ def worker(
     workers = launcher.plan_workers(
         chosen,
         queues=queues,
-        slots=slots,
+        slots=slots or settings.slots,
         loglevel=loglevel,
         events=not embedded,
         torch_threads=settings.torch_threads,

@@ -248,9 +248,21 @@ _slots: dict[int, Slot] = {}
 
 
 def current_slot(settings: Settings) -> Slot:
-    """This process's slot (pool processes fork from the worker: one slot per pid)."""
+    """This process's slot (pool processes fork from the worker: one slot per pid). Other
+    settings than the slot's (only ever in tests) give a new slot and a new child."""
     pid = os.getpid()
-    if pid not in _slots:
-        _slots.clear()  # a forked copy of the parent's slot is not ours
-        _slots[pid] = Slot(settings)
-    return _slots[pid]
+    slot = _slots.get(pid)
+    if slot is None or slot.settings != settings:
+        for other in _slots.values():
+            if other is slot:  # a forked copy of the parent's slot is not ours to stop
+                other.shutdown()
+        _slots.clear()
+        _slots[pid] = slot = Slot(settings)
+    return slot
+
+
+def shutdown_slots() -> None:
+    """Stop this process's warm child (tests that supervise jobs in-process)."""
+    slot = _slots.pop(os.getpid(), None)
+    if slot is not None:
+        slot.shutdown()

@@ -43,12 +43,14 @@ from service.db import Database
 from service.settings import Settings
 from service.tables import Job, JobKind, JobState, utcnow
 from worker.runner import RunnerChild, current_slot
+from worker.shares import DeviceShares
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 4.0  # SIGTERM -> SIGKILL; with a 5 s heartbeat a cancel takes < 10 s
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3  # the child's exit codes
 LOG_TAIL_CHARS = 2000
+SHARE_POLL_S = 0.2  # how often a job waiting for its share of a GPU looks again
 
 Enqueue = Callable[[str, str], None]  # (job id, queue); raises BrokerUnavailableError
 
@@ -134,6 +136,8 @@ def supervise_job(
             mlflow_run_id=job.mlflow_run_id or job.experiment.mlflow_run_id,
             time_limit_s=_time_limit(settings, resources.get("time_limit_minutes")),
             memory_limit_mb=resources["memory_gb"] * 1024 if resources.get("memory_gb") else None,
+            device=device,
+            gpu_fraction=float(resources.get("gpu_fraction") or 1.0),
             enqueue=enqueue,
         )
     log.info("job %s (%s) attempt %d claimed by %s", job_id, run.kind, run.attempt, worker)
@@ -170,6 +174,8 @@ class JobRun:
     mlflow_run_id: str | None
     time_limit_s: float
     memory_limit_mb: float | None = None
+    device: str | None = None  # the worker's device label: cpu or cuda:<index>
+    gpu_fraction: float = 1.0  # of the device, on a GPU (worker.shares)
     enqueue: Enqueue | None = None
     inline: list[str] = field(default_factory=list)  # dependents to run next in this slot
     peak_rss_mb: float | None = None
@@ -185,6 +191,18 @@ class JobRun:
         stem = f"{self.kind}-{self.job_id}-{self.attempt}"
         log_path, result_path = logs / f"{stem}.log", logs / f"{stem}.json"
         result_path.unlink(missing_ok=True)
+        shares = DeviceShares(self.device) if (self.device or "").startswith("cuda") else None
+        if shares is not None:
+            waited = self.wait_for_share(shares)
+            if waited is not None:
+                return self.record(waited, -signal.SIGTERM, ChildReport(), log_path)
+        try:
+            return self._run_in_slot(result_path, log_path)
+        finally:
+            if shares is not None:
+                shares.release()
+
+    def _run_in_slot(self, result_path: Path, log_path: Path) -> str:
         slot = current_slot(self.settings)
         request = {
             "job_id": self.job_id,
@@ -209,6 +227,32 @@ class JobRun:
         return self.record(reason, code if code is not None else -signal.SIGKILL, report, log_path)
 
     # ----------------------------------------------------------------- while it runs
+
+    def wait_for_share(self, shares: DeviceShares) -> StopReason | None:
+        """Wait, heartbeating, until this job's share of the GPU is free (None), or until
+        it must stop (the reason: cancelled or lost while waiting)."""
+        interval = self.settings.heartbeat_interval_s
+        next_beat = time.monotonic()
+        while not shares.try_acquire(self.gpu_fraction):
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + interval
+                message = (
+                    f"waiting for {self.gpu_fraction:g} of {self.device} "
+                    f"({shares.in_use():g} in use by other jobs)"
+                )
+                try:
+                    with self.db.session() as session:
+                        stop = jobstore.heartbeat(
+                            session, self.job_id, self.worker, message=message
+                        )
+                        session.commit()
+                        if stop:
+                            return self._stop_reason(session)
+                except SQLAlchemyError as exc:
+                    log.warning("job %s: heartbeat failed while waiting: %s", self.job_id, exc)
+            time.sleep(SHARE_POLL_S)
+        return None
 
     def watch(self, child: RunnerChild) -> tuple[StopReason | None, int | None]:
         """Heartbeat until the job ends: (None, its exit code), or until it must be

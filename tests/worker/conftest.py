@@ -35,6 +35,7 @@ from service.schema import upgrade_database
 from service.settings import Settings
 from service.tables import Experiment, Job
 from tests.conftest import REDIS_HOST, REDIS_PORT, ensure_redis
+from worker.runner import shutdown_slots
 
 ROOT = Path(__file__).resolve().parents[2]
 HEARTBEAT_INTERVAL_S = 0.5
@@ -388,6 +389,7 @@ def _make_backend(
     try:
         yield backend
     finally:
+        shutdown_slots()  # a warm job process started by a test that supervised in-process
         backend.processes.stop_all()
         if backend._celery is not None:
             backend._celery.close()
