@@ -1,7 +1,8 @@
 """The one entry point that turns a spec into results: train, evaluate, log.
 
 ``run(spec, tracker, workdir=...)`` trains (resuming from ``workdir/last.pt`` when it
-exists), evaluates the final model on the train, validation and test splits, and
+exists), evaluates the final model on the test and validation splits and on a fixed
+subset of the training split (``training.final_train_eval`` samples), and
 logs params, tags, per-epoch metrics, the final metrics, the spec and the checkpoints
 to the tracker, then runs the spec's analyses in their order (a ``plots`` analysis
 listed after ``boundary`` draws the planes that analysis measured) and logs their
@@ -20,7 +21,7 @@ import torch
 
 import regcore
 from regcore.analysis.base import AnalysisContext
-from regcore.data import DataSplits, load_dataset
+from regcore.data import DataSplits, Split, load_dataset
 from regcore.registries import ANALYSES
 from regcore.spec import AnalysisSpec, ExperimentSpec
 from regcore.tracking import MemoryTracker, Tracker
@@ -156,14 +157,37 @@ def run_analyses(
     return metrics
 
 
+TRAIN_EVAL_SUBSET_SEED = 0  # the final train-set subset is the same for every run
+
+
+def train_eval_subset(size: int, samples: int | None) -> torch.Tensor | None:
+    """(k,) sorted indices of the training samples the final train metrics use: a fixed
+    random subset of range(size), independent of the run's seed; None means all of them."""
+    if samples is None or samples >= size:
+        return None
+    generator = torch.Generator().manual_seed(TRAIN_EVAL_SUBSET_SEED)
+    return torch.randperm(size, generator=generator)[:samples].sort().values
+
+
 def final_metrics(spec: ExperimentSpec, result: TrainResult, data: DataSplits) -> dict[str, Any]:
-    """Clean (eval-mode) loss and accuracy on every split, plus what identifies the run."""
-    batch = spec.training.eval_batch_size
+    """Clean (eval-mode) loss and accuracy on the test and validation splits and on
+    ``training.final_train_eval`` training samples (``train_eval_samples`` says how many;
+    0 leaves out train_loss and train_accuracy), plus what identifies the run."""
+    batch, model = spec.training.eval_batch_size, result.model
     metrics: dict[str, Any] = {}
-    metrics["test_loss"], metrics["test_accuracy"] = evaluate(result.model, data.test, batch)
-    metrics["train_loss"], metrics["train_accuracy"] = evaluate(result.model, data.train, batch)
+    metrics["test_loss"], metrics["test_accuracy"] = evaluate(model, data.test, batch)
+    samples = spec.training.final_train_eval
+    metrics["train_eval_samples"] = 0
+    if samples != 0:
+        train_split = data.train
+        subset = train_eval_subset(len(train_split), samples)
+        if subset is not None:
+            index = subset.to(train_split.x.device)
+            train_split = Split(train_split.x[index], train_split.y[index])  # (k, ...), (k,)
+        metrics["train_eval_samples"] = len(train_split)
+        metrics["train_loss"], metrics["train_accuracy"] = evaluate(model, train_split, batch)
     if data.val is not None:
-        metrics["val_loss"], metrics["val_accuracy"] = evaluate(result.model, data.val, batch)
+        metrics["val_loss"], metrics["val_accuracy"] = evaluate(model, data.val, batch)
     last = result.history[-1] if result.history else {}
     for key, value in last.items():
         if key.startswith("reg/"):

@@ -8,7 +8,9 @@ fails with the field path (``regularizers.0.weight``) and the valid choices.
 
 The spec hash identifies the science of an experiment: it is stable across key
 order and across defaults written out or omitted, and ignores fields marked
-``identity=False`` (labels, data locations, devices, resources).
+``identity=False`` (labels, data locations, devices, resources). A field marked
+``IDENTITY_UNLESS_DEFAULT`` counts only when set to something other than its default
+(``training.precision``), so adding it kept every earlier spec's hash.
 """
 
 from __future__ import annotations
@@ -186,6 +188,10 @@ class EarlyStopping(_Strict):
     restore_best: bool = True
 
 
+IDENTITY_UNLESS_DEFAULT: dict[str, Any] = {"identity": "unless_default"}
+"""Field metadata: part of the spec hash only when it differs from its default, so a field
+added later leaves the hash of every spec written before it unchanged."""
+
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -208,6 +214,32 @@ class TrainingSpec(_Strict):
         json_schema_extra=NOT_IDENTITY,
     )
     eval_batch_size: int = Field(1000, ge=1, json_schema_extra=NOT_IDENTITY)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: the training forward passes run under torch.autocast(bfloat16) "
+        "(cuda and cpu); losses, double-backward penalties and evaluation stay fp32 "
+        "(regcore.runtime). It changes the numbers, so it is part of the spec hash.",
+        json_schema_extra=IDENTITY_UNLESS_DEFAULT,
+    )
+    channels_last: bool = Field(
+        False,
+        description="image models and batches in the channels-last memory format (faster "
+        "convolutions on GPUs); the same numbers up to float rounding",
+        json_schema_extra=NOT_IDENTITY,
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the training forward pass; falls back to eager with a "
+        "warning where it cannot (double-backward regularizers, a compiler error)",
+        json_schema_extra=NOT_IDENTITY,
+    )
+    final_train_eval: int | None = Field(
+        10_000,
+        ge=0,
+        description="training samples in the final train_loss/train_accuracy: a fixed "
+        "subset, the same for every seed (0: skip them; null: the whole training set)",
+        json_schema_extra=NOT_IDENTITY,
+    )
 
     @field_validator("device")
     @classmethod
@@ -331,6 +363,12 @@ def _identity(value: Any) -> Any:
         for field_name, field in type(value).model_fields.items():
             extra = field.json_schema_extra
             if isinstance(extra, dict) and extra.get("identity") is False:
+                continue
+            if (
+                isinstance(extra, dict)
+                and extra.get("identity") == "unless_default"
+                and getattr(value, field_name) == field.default
+            ):
                 continue
             out[field_name] = _identity(getattr(value, field_name))
         return out

@@ -31,6 +31,7 @@ from torch import nn
 from regcore.data import DataInfo, DataSplits, Split, load_dataset
 from regcore.models import create_model
 from regcore.regularizers import Regularizer, StepContext, build_regularizers
+from regcore.runtime import Runtime, resolve_device
 from regcore.spec import ExperimentSpec, TrainingSpec
 
 CHECKPOINT_FORMAT = 1
@@ -81,17 +82,6 @@ class _Progress:
 
 
 # --------------------------------------------------------------------------- setup helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -145,9 +135,19 @@ def lr_factor(training: TrainingSpec, total_steps: int) -> Callable[[int], float
     return lambda step: 1.0
 
 
-def batch_order(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A fresh shuffle of range(n) cut into batches (the last may be smaller)."""
-    return list(torch.randperm(n, generator=generator).split(batch_size))
+def batch_order(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device | str | None = None,
+) -> list[torch.Tensor]:
+    """A fresh shuffle of range(n) cut into batches (the last may be smaller). Drawn by the
+    CPU ``generator`` (the same order on every device) and moved to ``device`` once per
+    epoch, so no batch pays a host-to-device copy for its indices."""
+    order = torch.randperm(n, generator=generator)  # (n,)
+    if device is not None:
+        order = order.to(device)
+    return list(order.split(batch_size))
 
 
 @torch.no_grad()
@@ -186,22 +186,23 @@ def _rng_state(shuffle: torch.Generator) -> dict[str, Any]:
 
 
 def _restore_rng(state: Mapping[str, Any], shuffle: torch.Generator) -> None:
+    # Generator states are CPU byte tensors, whatever device the checkpoint was loaded to.
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy_state = state["numpy"]
     np.random.set_state(
         (
             "MT19937",
-            numpy_state["key"].numpy().astype(np.uint32),
+            numpy_state["key"].cpu().numpy().astype(np.uint32),
             numpy_state["pos"],
             numpy_state["has_gauss"],
             numpy_state["cached_gaussian"],
         )
     )
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    shuffle.set_state(state["shuffle"])
+        torch.cuda.set_rng_state_all([cuda_state.cpu() for cuda_state in state["cuda"]])
+    shuffle.set_state(state["shuffle"].cpu())
 
 
 def _save_atomically(payload: dict[str, Any], path: Path) -> None:
@@ -234,6 +235,8 @@ def train(
     data = (data or load_dataset(spec.dataset, training.seed)).to(device)
     model, regularizers = build_model(spec, data.info)
     model.to(device)
+    runtime = Runtime.build(training, model, regularizers, device)  # before the optimizer
+    data = runtime.prepare_data(data)
 
     optimizer = build_optimizer(model, training)
     steps_per_epoch = math.ceil(len(data.train) / training.batch_size)
@@ -270,7 +273,7 @@ def train(
         started = time.perf_counter()
         metrics = _train_one_epoch(
             model, data.train, regularizers, optimizer, scheduler, training,
-            epoch, progress, shuffle, total_steps, callbacks,
+            epoch, progress, shuffle, total_steps, callbacks, runtime,
         )  # fmt: skip
         if data.val is not None:
             metrics["val/loss"], metrics["val/accuracy"] = evaluate(
@@ -334,10 +337,13 @@ def train_step(
     steps_per_epoch: int,
     total_steps: int,
     needs_input_grad: bool | None = None,
+    runtime: Runtime | None = None,
 ) -> StepResult:
     """One training step with every regularizer hook, in the order of
     ``regcore.regularizers.base``; ``step`` counts optimizer steps taken before this one.
-    The epoch-end hooks are the caller's (the loop, or ``bench/`` timing a window)."""
+    The epoch-end hooks are the caller's (the loop, or ``bench/`` timing a window).
+    ``runtime`` (bf16 autocast, torch.compile; ``regcore.runtime``) defaults to plain fp32."""
+    runtime = runtime or Runtime(device=x.device)
     if needs_input_grad is None:
         needs_input_grad = any(r.needs_input_grad for r in regularizers.values())
     for regularizer in regularizers.values():
@@ -347,15 +353,19 @@ def train_step(
     for regularizer in regularizers.values():
         regularizer.before_forward(model)
 
-    logits = model(x)  # (B, C)
+    logits = runtime.forward(model, x)  # (B, C) fp32, whatever the forward ran in
     data_loss = F.cross_entropy(logits, y)
     ctx = StepContext(
         model=model, inputs=x, targets=y, logits=logits, data_loss=data_loss,
         epoch=epoch, step=step, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, lr=optimizer.param_groups[0]["lr"],
     )  # fmt: skip
-    terms = {name: r.penalty(ctx) for name, r in regularizers.items()}
-    terms = {name: term for name, term in terms.items() if term is not None}
+    terms: dict[str, torch.Tensor] = {}
+    for name, regularizer in regularizers.items():
+        with runtime.autocast(name in runtime.autocast_penalties):
+            term = regularizer.penalty(ctx)
+        if term is not None:
+            terms[name] = term.float()  # () a bf16 penalty joins an fp32 loss
     loss = data_loss + sum(terms.values()) if terms else data_loss
 
     optimizer.zero_grad(set_to_none=True)
@@ -389,6 +399,7 @@ def _train_one_epoch(
     shuffle: torch.Generator,
     total_steps: int,
     callbacks: Callbacks,
+    runtime: Runtime,
 ) -> dict[str, float]:
     model.train()
     device = train_split.x.device
@@ -400,17 +411,16 @@ def _train_one_epoch(
     window: list[torch.Tensor] = []
     seen = 0
 
-    batches = batch_order(len(train_split), training.batch_size, shuffle)
+    batches = batch_order(len(train_split), training.batch_size, shuffle, device)
     steps_per_epoch = len(batches)
     for step_in_epoch, index in enumerate(batches):
         if callbacks.should_cancel is not None and callbacks.should_cancel():
             raise TrainingCancelledError(f"cancelled during epoch {epoch}, step {step_in_epoch}")
-        index = index.to(device)
         x, y = train_split.x[index], train_split.y[index]  # (B, ...), (B,)
         result = train_step(
             model, regularizers, optimizer, scheduler, x, y,
             epoch=epoch, step=progress.global_step, steps_per_epoch=steps_per_epoch,
-            total_steps=total_steps, needs_input_grad=needs_input_grad,
+            total_steps=total_steps, needs_input_grad=needs_input_grad, runtime=runtime,
         )  # fmt: skip
         progress.global_step += 1
 

@@ -48,6 +48,7 @@ class AdversarialTrainingParams(ComponentParams):
 class AdversarialTraining(Regularizer):
     Params = AdversarialTrainingParams
     params: AdversarialTrainingParams
+    autocast_safe = True  # PGD and CE_adv in bf16: first-order, checked in test_gpu_options
 
     def penalty(self, ctx: StepContext) -> torch.Tensor:
         p = self.params

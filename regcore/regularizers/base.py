@@ -17,6 +17,9 @@ Order within one training step (``regcore.train``):
     reg.on_epoch_end(epoch)
 
 State that must survive a resume goes through ``state_dict``/``load_state_dict``.
+Two declared properties tell the loop how a regularizer runs on an accelerator
+(``regcore.runtime``): ``double_backward`` (no torch.compile) and ``autocast_safe``
+(the penalty may run under bf16 autocast).
 Randomness comes from torch's global generator, which the loop seeds and checkpoints.
 """
 
@@ -56,6 +59,14 @@ class Regularizer:
 
     Params: ClassVar[type[ComponentParams]]
     needs_input_grad: ClassVar[bool] = False  # the loop sets inputs.requires_grad_(True)
+    # The penalty differentiates a gradient (double backward): torch.compile cannot train
+    # through it, so ``training.compile`` falls back to eager for such a spec.
+    double_backward: ClassVar[bool] = False
+    # With ``training.precision: bf16``, the penalty may run under bf16 autocast (its own
+    # forward passes in bf16); set only where a test checks it against fp32. Otherwise it
+    # runs outside autocast, on fp32 logits, and if it also ``needs_input_grad`` (it
+    # differentiates the training forward itself) that forward stays fp32 too.
+    autocast_safe: ClassVar[bool] = False
 
     def __init__(self, params: ComponentParams) -> None:
         self.params = params

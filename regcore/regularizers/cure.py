@@ -75,6 +75,7 @@ def curvature_differences(
 class CURE(Regularizer):
     Params = CUREParams
     params: CUREParams
+    double_backward = True  # the penalty is a gradient's norm: fp32, no torch.compile
 
     def penalty(self, ctx: StepContext) -> torch.Tensor:
         with eval_mode(ctx.model):

@@ -42,6 +42,7 @@ def input_gradients(
 class GradReg(Regularizer):
     Params = GradRegParams
     params: GradRegParams
+    double_backward = True  # the penalty is a gradient's norm: fp32, no torch.compile
     needs_input_grad = True
 
     def penalty(self, ctx: StepContext) -> torch.Tensor:

@@ -26,5 +26,7 @@ class InputNoise(Regularizer):
     def transform_batch(
         self, inputs: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        noisy = inputs + self.params.sigma * torch.randn_like(inputs)  # (B, ...)
+        # drawn in logical order: channels-last inputs get the same noise as contiguous ones
+        noise = torch.randn_like(inputs, memory_format=torch.contiguous_format)  # (B, ...)
+        noisy = inputs + self.params.sigma * noise
         return (noisy.clamp(0.0, 1.0) if self.params.clamp else noisy), targets

@@ -57,6 +57,7 @@ class JacobianParams(ComponentParams):
 class Jacobian(Regularizer):
     Params = JacobianParams
     params: JacobianParams
+    double_backward = True  # the penalty is a gradient's norm: fp32, no torch.compile
     needs_input_grad = True
 
     def penalty(self, ctx: StepContext) -> torch.Tensor:

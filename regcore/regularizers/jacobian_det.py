@@ -53,6 +53,7 @@ def gram_log_det(jacobian: torch.Tensor, delta: float) -> torch.Tensor:
 class JacobianDet(Regularizer):
     Params = JacobianDetParams
     params: JacobianDetParams
+    double_backward = True  # the penalty is a gradient's norm: fp32, no torch.compile
 
     def penalty(self, ctx: StepContext) -> torch.Tensor:
         x = ctx.inputs.detach()

@@ -115,6 +115,12 @@ def lanczos_top_vector(
     return top / top.norm().clamp_min(EPS)
 
 
+def _fp32(weight: torch.Tensor) -> torch.autocast:
+    """Autocast off: under a bf16 forward (``training.precision``) sigma is still estimated
+    in the weight's own precision, so the bound holds to fp32 rounding."""
+    return torch.autocast(weight.device.type, enabled=False)
+
+
 def _bounded(weight: torch.Tensor, sigma: torch.Tensor, gamma: float) -> torch.Tensor:
     """``W / max(1, sigma / gamma)``: no gradient through sigma while the bound is inactive."""
     return weight / (sigma / gamma).clamp_min(1.0)
@@ -129,13 +135,14 @@ class LinearSpectralBound(_SpectralNorm):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # weight: (out, in); torch's buffers _u: (out,), _v: (in,)
-        if self.training:
-            self._power_method(weight, self.n_power_iterations)
-        # clones: a later in-place update must not corrupt this forward's graph (see torch)
-        u = self._u.clone(memory_format=torch.contiguous_format)
-        v = self._v.clone(memory_format=torch.contiguous_format)
-        sigma = torch.vdot(u, torch.mv(weight, v))  # () estimate of ||W||_2, <= the true one
-        return _bounded(weight, sigma, self.gamma)
+        with _fp32(weight):
+            if self.training:
+                self._power_method(weight, self.n_power_iterations)
+            # clones: a later in-place update must not corrupt this forward's graph (see torch)
+            u = self._u.clone(memory_format=torch.contiguous_format)
+            v = self._v.clone(memory_format=torch.contiguous_format)
+            sigma = torch.vdot(u, torch.mv(weight, v))  # () estimate of ||W||_2, <= the true one
+            return _bounded(weight, sigma, self.gamma)
 
     @torch.no_grad()
     def refresh(self, weight: torch.Tensor, steps: int) -> None:
@@ -213,11 +220,12 @@ class ConvSpectralBound(nn.Module):
         self._u.copy_(lanczos_top_vector(normal_operator, self._u, steps))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self._power_method(weight, self.power_iterations)
-        u = self._u.clone(memory_format=torch.contiguous_format)  # see LinearSpectralBound
-        sigma = self.apply_conv(u, weight).norm()  # () ||A u|| for unit u: <= ||A||_2
-        return _bounded(weight, sigma, self.gamma)
+        with _fp32(weight):
+            if self.training:
+                self._power_method(weight, self.power_iterations)
+            u = self._u.clone(memory_format=torch.contiguous_format)  # see LinearSpectralBound
+            sigma = self.apply_conv(u, weight).norm()  # () ||A u|| for unit u: <= ||A||_2
+            return _bounded(weight, sigma, self.gamma)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         return value  # assigning a weight stores it as is; the forward bounds it

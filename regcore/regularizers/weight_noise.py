@@ -46,7 +46,9 @@ class WeightNoise(Regularizer):
         self._clean = []
         for parameter in self.selected(model):
             self._clean.append((parameter, parameter.detach().clone()))
-            parameter.add_(self.params.sigma * torch.randn_like(parameter))
+            # logical order: a channels-last weight gets the same draw as a contiguous one
+            noise = torch.randn_like(parameter, memory_format=torch.contiguous_format)
+            parameter.add_(self.params.sigma * noise)
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module) -> None:
