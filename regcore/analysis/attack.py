@@ -164,6 +164,7 @@ def robust_correct(
     if not rows:
         return correct
     budgets = torch.tensor([eps[i] for i in rows], dtype=torch.float64, device=x.device)
+    attacked_rows = torch.tensor(rows, device=correct.device)  # (R,) on the device, once
     chunk = max(1, batch_size // len(rows))
     for start, stop in batched(len(x), chunk):
         count = stop - start
@@ -172,7 +173,7 @@ def robust_correct(
         x_adv = attack(model, xb, yb, budgets.repeat_interleave(count), generator=generator)
         with torch.no_grad():
             predicted = model(x_adv).argmax(dim=1).view(len(rows), count)  # (R, n)
-        correct[rows, start:stop] = predicted == y[start:stop]
+        correct[attacked_rows, start:stop] = predicted == y[start:stop]
     return correct
 
 

@@ -86,10 +86,10 @@ class GeometryAnalysis(Analysis):
                 return F.cross_entropy(ctx.model(inputs), y, reduction="none")  # (B,)
 
             grad_norm, hessian_norm = hessian_spectral_norm(loss, x, params.iterations, generator)
-            columns["grad_norm"].append(grad_norm.cpu())
-            columns["hessian_norm"].append(hessian_norm.cpu())
-            columns["jacobian_frobenius"].append(frobenius_norm_sq(ctx.model, x).sqrt().cpu())
-        values = {name: torch.cat(parts).double() for name, parts in columns.items()}
+            columns["grad_norm"].append(grad_norm)  # kept on the device: one copy at the end
+            columns["hessian_norm"].append(hessian_norm)
+            columns["jacobian_frobenius"].append(frobenius_norm_sq(ctx.model, x).sqrt())
+        values = {name: torch.cat(parts).double().cpu() for name, parts in columns.items()}
         values["curvature"] = values["hessian_norm"] / (values["grad_norm"] + CURVATURE_EPS)
 
         metrics: dict[str, float] = {}

@@ -76,22 +76,31 @@ def per_sample(value: float | torch.Tensor, x: torch.Tensor, name: str = "eps") 
     """A float or a (B,) tensor as a (B,) float64 tensor on x's device; finite and >= 0.
 
     Float64, so quantities derived from it (alpha = 2.5 * eps / steps) round exactly as
-    the same formula on Python floats does before the cast to x's dtype.
+    the same formula on Python floats does before the cast to x's dtype. A float is
+    checked on the host; only a tensor costs a device sync (adversarial training passes
+    floats at every step).
     """
     batch = x.shape[0]
-    if isinstance(value, torch.Tensor):
-        values = value.detach().to(device=x.device, dtype=torch.float64)
-        if values.dim() == 0:
-            values = values.expand(batch)
-        if values.shape != (batch,):
-            raise ValueError(f"{name} must be a float or a ({batch},) tensor; got {value.shape}")
-    else:
-        if not math.isfinite(value):  # also rejects nan, which ">= 0" below would not
+    if not isinstance(value, torch.Tensor):
+        if not math.isfinite(value) or value < 0:  # isfinite also rejects nan
             raise ValueError(f"{name} must be a finite number >= 0; got {value}")
-        values = torch.full((batch,), float(value), dtype=torch.float64, device=x.device)
+        return torch.full((batch,), float(value), dtype=torch.float64, device=x.device)
+    values = value.detach().to(device=x.device, dtype=torch.float64)
+    if values.dim() == 0:
+        values = values.expand(batch)
+    if values.shape != (batch,):
+        raise ValueError(f"{name} must be a float or a ({batch},) tensor; got {value.shape}")
     if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
         raise ValueError(f"{name} must be finite and >= 0; got {value}")
     return values
+
+
+def all_zero(value: float | torch.Tensor, budget: torch.Tensor) -> bool:
+    """Whether every budget is 0 (no attack can move): on the host for a float ``value``,
+    else from the (B,) ``budget`` (one device sync)."""
+    if not isinstance(value, torch.Tensor):
+        return value == 0
+    return not bool((budget > 0).any())
 
 
 def broadcast(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

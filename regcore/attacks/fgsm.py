@@ -22,6 +22,7 @@ from torch import nn
 from regcore.attacks.base import (
     Attack,
     AttackParams,
+    all_zero,
     broadcast,
     eval_mode,
     input_gradient,
@@ -36,7 +37,7 @@ def fgsm(
     """x' = clamp01(x + eps * sign(grad_x CE)): one Linf step from x; eps float or (B,)."""
     x = x.detach()
     budget = per_sample(eps, x)  # (B,) float64
-    if not bool((budget > 0).any()):
+    if all_zero(eps, budget):
         return x.clone()
     with eval_mode(model):
         grad = input_gradient(model, x, y)  # (B, ...)

@@ -46,6 +46,7 @@ from regcore.attacks.base import (
     Attack,
     AttackParams,
     Norm,
+    all_zero,
     broadcast,
     check_norm,
     eval_mode,
@@ -134,7 +135,7 @@ def pgd(
         raise ValueError(f"steps and restarts must be >= 1; got {steps} and {restarts}")
     x = x.detach()
     budget = per_sample(eps, x)  # (B,) float64
-    if not bool((budget > 0).any()):  # every ball is the point x: no attack can move
+    if all_zero(eps, budget):  # every ball is the point x: no attack can move
         return x.clone()
     step_size = 2.5 * budget / steps if alpha is None else per_sample(alpha, x, "alpha")
     eps_b, alpha_b = broadcast(budget, x), broadcast(step_size, x)  # (B, 1, ..., 1)

@@ -87,6 +87,7 @@ class Cutout(Regularizer):
     def __init__(self, params: CutoutParams) -> None:
         super().__init__(params)
         self._channel_means: tuple[float, ...] | None = None
+        self._means_on_device: torch.Tensor | None = None  # (C,) the 'mean' fill, cached
 
     def setup(self, model: nn.Module, info: DataInfo) -> nn.Module:
         if len(info.input_shape) != 3:  # fail before training, not at the first batch
@@ -111,12 +112,21 @@ class Cutout(Regularizer):
             dim=1,
         )  # (B, 2)
         active = torch.rand(batch, device=device) < p.probability if p.probability < 1 else None
-        return apply_cutout(inputs, centres, p.size, self._fill(channels), active), targets
+        fill = self._fill(channels, inputs)
+        return apply_cutout(inputs, centres, p.size, fill, active), targets
 
-    def _fill(self, channels: int) -> float | torch.Tensor:
+    def _fill(self, channels: int, like: torch.Tensor) -> float | torch.Tensor:
+        """The fill value: a number, or the (C,) channel means in ``like``'s dtype and on its
+        device, built once and reused (no host-to-device copy per batch)."""
         if self.params.fill != "mean":
             return float(self.params.fill)
         if self._channel_means is None:
             raise RuntimeError("cutout: fill 'mean' needs setup() to learn the dataset's means")
-        means = torch.tensor(self._channel_means)  # (C,) or (1,) for a grey dataset
-        return means.expand(channels) if means.numel() == 1 else means
+        cached = self._means_on_device
+        if cached is None or (cached.device, cached.dtype, cached.numel()) != (
+            like.device, like.dtype, channels,
+        ):  # fmt: skip
+            means = torch.tensor(self._channel_means)  # (C,) or (1,) for a grey dataset
+            means = means.expand(channels) if means.numel() == 1 else means
+            cached = self._means_on_device = means.to(like)  # (C,)
+        return cached
