@@ -1,16 +1,24 @@
 """The MLflow tracker: one MLflow run per experiment, logged in batches.
 
 Each MLflow call costs a round trip to a tracking server, so params and per-epoch
-metrics go in ``log_batch`` calls (MLflow caps a batch at 100 params / 1000 metrics).
-With ``asynchronous=True`` those batches are handed to MLflow's async logging queue
-(the training loop does not wait for them); ``flush`` waits until every one has landed,
-and ``finish`` flushes before it marks the run, so nothing is recorded as done before
-its metrics are in the store.
+metrics go in ``log_batch`` calls (MLflow caps a batch at 100 params / 100 tags / 1000
+entries). A ``buffered`` tracker (the workers') goes further: params, tags and metrics
+wait in memory and go out together in as few ``log_batch`` calls as the caps allow, at
+most every ``flush_every_s`` while a job runs; artifacts are linked into a staging
+directory as they come and uploaded with one ``log_artifacts`` call at the same
+moments. ``flush`` (and ``finish``, which flushes first) sends everything, so a job is
+never recorded as done before its numbers and files are in MLflow. (MLflow's own
+asynchronous logging was measured here: terminating a run joins its logging threads,
+0.8 s per run, more than the whole batch it saves on a small job.)
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,14 +26,16 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.async_logging.run_operations import RunOperations
 
 # MLflow announces schema migrations of a new local store at INFO; that is not our output.
 for _logger in ("mlflow", "alembic"):
     logging.getLogger(_logger).setLevel(logging.WARNING)
 
 MAX_PARAMS_PER_BATCH = 100
+MAX_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
+MAX_ENTRIES_PER_BATCH = 1000
+DEFAULT_FLUSH_EVERY_S = 5.0
 MAX_PARAM_LENGTH = 6000
 
 
@@ -58,7 +68,8 @@ class MlflowTracker:
         tags: Mapping[str, str] | None = None,
         client: MlflowClient | None = None,
         experiment_id: str | None = None,
-        asynchronous: bool = False,
+        buffered: bool = False,
+        flush_every_s: float = DEFAULT_FLUSH_EVERY_S,
     ) -> None:
         """``experiment_id``, when the caller knows it, saves the lookup by name."""
         self.client = client or MlflowClient(tracking_uri=tracking_uri)
@@ -69,60 +80,82 @@ class MlflowTracker:
             )
             run_id = run.info.run_id
         self.run_id: str = run_id
-        self.asynchronous = asynchronous
-        self._pending: list[RunOperations] = []
+        self._buffer_setup(buffered, flush_every_s)
 
     @classmethod
     def of_run(
-        cls, client: MlflowClient, run_id: str, *, asynchronous: bool = False
+        cls,
+        client: MlflowClient,
+        run_id: str,
+        *,
+        buffered: bool = False,
+        flush_every_s: float = DEFAULT_FLUSH_EVERY_S,
     ) -> MlflowTracker:
         """A tracker on an existing run, without a single lookup."""
         tracker = cls.__new__(cls)
         tracker.client, tracker.run_id, tracker.experiment_id = client, run_id, None
-        tracker.asynchronous, tracker._pending = asynchronous, []
+        tracker._buffer_setup(buffered, flush_every_s)
         return tracker
+
+    def _buffer_setup(self, buffered: bool, flush_every_s: float) -> None:
+        self.buffered, self.flush_every_s = buffered, flush_every_s
+        self._params: list[Param] = []
+        self._tags: list[RunTag] = []
+        self._metrics: list[Metric] = []
+        self._staging: Path | None = None  # artifacts waiting for the next flush
+        self._last_flush = time.monotonic()
 
     def ensure_experiment(self, name: str, artifact_root: Path | None) -> str:
         location = (artifact_root / name).as_uri() if artifact_root is not None else None
         return ensure_experiment(self.client, name, location)
 
     def log_params(self, params: Mapping[str, str]) -> None:
-        items = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
-        for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self._log_batch(params=items[start : start + MAX_PARAMS_PER_BATCH])
+        self._params += [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+        self._sent_or_kept()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._log_batch(tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._tags += [RunTag(key, str(value)) for key, value in tags.items()]
+        self._sent_or_kept()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         timestamp = int(time.time() * 1000)
-        items = [Metric(key, float(value), timestamp, step or 0) for key, value in metrics.items()]
-        for start in range(0, len(items), MAX_METRICS_PER_BATCH):
-            self._log_batch(metrics=items[start : start + MAX_METRICS_PER_BATCH])
-
-    def _log_batch(
-        self,
-        metrics: Sequence[Metric] = (),
-        params: Sequence[Param] = (),
-        tags: Sequence[RunTag] = (),
-    ) -> None:
-        if not self.asynchronous:
-            self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=tags)
-            return
-        operation = self.client.log_batch(
-            self.run_id, metrics=metrics, params=params, tags=tags, synchronous=False
-        )
-        if operation is not None:
-            self._pending.append(operation)
-
-    def flush(self) -> None:
-        """Wait until every asynchronous batch has landed (raises the first failure)."""
-        pending, self._pending = self._pending, []
-        for operation in pending:
-            operation.wait()
+        self._metrics += [
+            Metric(key, float(value), timestamp, step or 0) for key, value in metrics.items()
+        ]
+        self._sent_or_kept()
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        if not self.buffered:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            return
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="regbench-artifacts-"))
+        target = self._staging / (artifact_path or "") / Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        try:  # the file as it is now, even if the run rewrites it before the flush
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+        self._sent_or_kept()
+
+    def _sent_or_kept(self) -> None:
+        if not self.buffered or time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send every buffered param, tag, metric and artifact now."""
+        self._last_flush = time.monotonic()
+        params, tags, metrics = self._params, self._tags, self._metrics
+        self._params, self._tags, self._metrics = [], [], []
+        for batch in _batches(params, tags, metrics):
+            self.client.log_batch(self.run_id, **batch)
+        staging, self._staging = self._staging, None
+        if staging is not None:
+            try:
+                self.client.log_artifacts(self.run_id, str(staging))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
 
     def download(self, artifact_path: str, destination: Path) -> str:
         """Fetch one artifact of the run into ``destination``; returns the local path."""
@@ -130,6 +163,27 @@ class MlflowTracker:
         return self.client.download_artifacts(self.run_id, artifact_path, str(destination))
 
     def finish(self, status: str = "FINISHED") -> None:
-        """status: FINISHED, FAILED or KILLED; every batch lands first."""
+        """status: FINISHED, FAILED or KILLED; everything buffered is sent first."""
         self.flush()
         self.client.set_terminated(self.run_id, status)
+
+
+def _batches(
+    params: Sequence[Param], tags: Sequence[RunTag], metrics: Sequence[Metric]
+) -> list[dict[str, list[Param] | list[RunTag] | list[Metric]]]:
+    """As few ``log_batch`` payloads as MLflow's caps allow (a param or tag is sent once
+    per key: the last value wins, as separate calls would have it)."""
+    params = list({param.key: param for param in params}.values())
+    tags = list({tag.key: tag for tag in tags}.values())
+    batches = []
+    for number in itertools.count():
+        chunk_params = params[number * MAX_PARAMS_PER_BATCH : (number + 1) * MAX_PARAMS_PER_BATCH]
+        chunk_tags = tags[number * MAX_TAGS_PER_BATCH : (number + 1) * MAX_TAGS_PER_BATCH]
+        room = min(
+            MAX_METRICS_PER_BATCH, MAX_ENTRIES_PER_BATCH - len(chunk_params) - len(chunk_tags)
+        )
+        chunk_metrics, metrics = list(metrics[:room]), metrics[room:]
+        if not (chunk_params or chunk_tags or chunk_metrics):
+            break
+        batches.append({"params": chunk_params, "tags": chunk_tags, "metrics": chunk_metrics})
+    return batches

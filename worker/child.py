@@ -18,7 +18,8 @@ experiment from the job store and runs it:
 
 Progress (epoch / epochs and a message) goes to the job store; the result (metrics or
 the error) goes to the ``--result`` file for the supervisor, which records the final
-state. MLflow batches are logged asynchronously and flushed before the job reports.
+state. MLflow params, metrics and files are buffered and sent in a few calls, all of them
+before the job reports.
 SIGTERM is a cooperative stop: the training loop finishes its step and stops (the last
 epoch's checkpoint is on disk); outside training, or while waiting for a job, it stops
 at once. A warm child exits after any job that did not succeed (its slot replaces it).
@@ -241,7 +242,7 @@ def mlflow_experiment_id(client: MlflowClient, job: JobInfo, settings: Settings)
 def reopen_run(settings: Settings, run_id: str) -> MlflowTracker:
     from service.tracking import MlflowTracker
 
-    return MlflowTracker.of_run(mlflow_client(settings), run_id, asynchronous=True)
+    return MlflowTracker.of_run(mlflow_client(settings), run_id, buffered=True)
 
 
 def open_train_run(settings: Settings, db: Database, job: JobInfo) -> tuple[MlflowTracker, bool]:
@@ -280,7 +281,7 @@ def open_train_run(settings: Settings, db: Database, job: JobInfo) -> tuple[Mlfl
             experiment_id=mlflow_experiment_id(client, job, settings),
             run_name=job.configuration or job.experiment_name,
             tags=tags,
-            asynchronous=True,
+            buffered=True,
         )
         reopened = False
     with db.session() as session:  # stored before training: a redelivery reopens it

@@ -57,8 +57,10 @@ def run_job(self: Task, job_id: str) -> str:
 @worker_process_init.connect
 def _warm_the_slot(**_kwargs: Any) -> None:
     """Each pool process is a slot: its job process starts warming up now, not when the
-    first job arrives."""
+    first job arrives; meanwhile this process imports what it needs once a job ends (the
+    sweep report's modules), so that the first job does not pay for it."""
     current_slot(settings).prewarm()
+    from service import reports, sweeps  # noqa: F401
 
 
 @worker_process_shutdown.connect
