@@ -4,7 +4,7 @@ Each MLflow call costs a round trip to a tracking server, so params and per-epoc
 metrics go in ``log_batch`` calls (MLflow caps a batch at 100 params / 100 tags / 1000
 entries). A ``buffered`` tracker (the workers') goes further: params, tags and metrics
 wait in memory and go out together in as few ``log_batch`` calls as the caps allow, at
-most every ``flush_every_s`` while a job runs; artifacts are linked into a staging
+most every ``flush_every_s`` while a job runs; artifacts are copied into a staging
 directory as they come and uploaded with one ``log_artifacts`` call at the same
 moments. ``flush`` (and ``finish``, which flushes first) sends everything, so a job is
 never recorded as done before its numbers and files are in MLflow. (MLflow's own
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -132,11 +131,7 @@ class MlflowTracker:
             self._staging = Path(tempfile.mkdtemp(prefix="regbench-artifacts-"))
         target = self._staging / (artifact_path or "") / Path(path).name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.unlink(missing_ok=True)
-        try:  # the file as it is now, even if the run rewrites it before the flush
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
+        shutil.copyfile(path, target)  # as it is now, even if rewritten before the flush
         self._sent_or_kept()
 
     def _sent_or_kept(self) -> None:
