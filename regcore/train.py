@@ -13,12 +13,14 @@ Per epoch it reports ``train/loss`` (the whole objective), ``train/data_loss``,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from torch import nn
 from regcore.data import DataInfo, DataSplits, Split, load_dataset
 from regcore.models import create_model
 from regcore.regularizers import Regularizer, StepContext, build_regularizers
+from regcore.regularizers.base import InputGradient, take_input_gradients
 from regcore.runtime import Runtime, resolve_device
 from regcore.spec import ExperimentSpec, TrainingSpec
 
@@ -219,16 +222,36 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
 # --------------------------------------------------------------------------- the loop
 
 
-def train(
+@dataclass
+class RunState:
+    """One run between epochs: what ``train()`` holds, and ``regcore.stacked`` per member."""
+
+    spec: ExperimentSpec
+    data: DataSplits  # on the device, as the steps want it
+    model: nn.Module
+    regularizers: dict[str, Regularizer]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    shuffle: torch.Generator
+    runtime: Runtime
+    device: torch.device
+    workdir: Path | None
+    total_steps: int
+    progress: _Progress
+    resumed_from: int  # the epoch the checkpoint had reached, 0 for a fresh run
+    best_state: dict[str, torch.Tensor] | None  # with early stopping: the best weights
+
+
+def open_run(
     spec: ExperimentSpec,
     data: DataSplits | None = None,
     *,
     workdir: Path | None = None,
-    callbacks: Callbacks | None = None,
     resume: bool = True,
-) -> TrainResult:
+) -> RunState:
+    """Seed, build the model, regularizers, optimizer and schedule, and resume from
+    ``workdir/last.pt`` when it exists (every RNG state included)."""
     training = spec.training
-    callbacks = callbacks or Callbacks()
     device = resolve_device(training.device)
     seed_everything(training.seed, training.deterministic)
 
@@ -264,52 +287,91 @@ def train(
             early=_EarlyStoppingState(**checkpoint["early_stopping"]),
         )
         _restore_rng(checkpoint["rng"], shuffle)
-    resumed_from = progress.epoch
     best_state = _load_best(workdir, device) if progress.early.best_epoch else None
+    return RunState(
+        spec=spec, data=data, model=model, regularizers=regularizers, optimizer=optimizer,
+        scheduler=scheduler, shuffle=shuffle, runtime=runtime, device=device,
+        workdir=workdir, total_steps=total_steps, progress=progress,
+        resumed_from=progress.epoch, best_state=best_state,
+    )  # fmt: skip
 
-    for epoch in range(progress.epoch + 1, training.epochs + 1):
-        if _is_finished(progress, training):  # patience ran out (possibly before a resume)
+
+def train(
+    spec: ExperimentSpec,
+    data: DataSplits | None = None,
+    *,
+    workdir: Path | None = None,
+    callbacks: Callbacks | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    training = spec.training
+    callbacks = callbacks or Callbacks()
+    run = open_run(spec, data, workdir=workdir, resume=resume)
+    for epoch in range(run.progress.epoch + 1, training.epochs + 1):
+        if _is_finished(run.progress, training):  # patience ran out (possibly before a resume)
             break
         started = time.perf_counter()
         metrics = _train_one_epoch(
-            model, data.train, regularizers, optimizer, scheduler, training,
-            epoch, progress, shuffle, total_steps, callbacks, runtime,
+            run.model, run.data.train, run.regularizers, run.optimizer, run.scheduler,
+            training, epoch, run.progress, run.shuffle, run.total_steps, callbacks, run.runtime,
         )  # fmt: skip
-        if data.val is not None:
+        if run.data.val is not None:
             metrics["val/loss"], metrics["val/accuracy"] = evaluate(
-                model, data.val, training.eval_batch_size
+                run.model, run.data.val, training.eval_batch_size
             )
         metrics["epoch_seconds"] = time.perf_counter() - started
-        for regularizer in regularizers.values():
-            regularizer.on_epoch_end(epoch)
-
-        progress.epoch = epoch
-        progress.history.append({"epoch": float(epoch), **metrics})
-        if _update_early_stopping(progress.early, training, epoch, metrics):
-            best_state = copy.deepcopy(model.state_dict())
-            if workdir is not None:
-                _save_atomically({"epoch": epoch, "model": best_state}, workdir / "best.pt")
-        if checkpoint_path is not None:
-            _save_atomically(
-                _checkpoint(spec, model, optimizer, scheduler, regularizers, progress, shuffle),
-                checkpoint_path,
-            )
-        if callbacks.on_epoch is not None:
-            callbacks.on_epoch(epoch, metrics)
+        end_epoch(run, epoch, metrics, callbacks)
         if callbacks.should_cancel is not None and callbacks.should_cancel():
             raise TrainingCancelledError(f"cancelled after epoch {epoch}")
+    return finish_run(run)
 
+
+def end_epoch(run: RunState, epoch: int, metrics: dict[str, float], callbacks: Callbacks) -> None:
+    """After an epoch's steps and validation: the epoch-end hooks, the history, early
+    stopping (``best.pt``), the checkpoint ``last.pt`` and the ``on_epoch`` callback."""
+    for regularizer in run.regularizers.values():
+        regularizer.on_epoch_end(epoch)
+    progress = run.progress
+    progress.epoch = epoch
+    progress.history.append({"epoch": float(epoch), **metrics})
+    if _update_early_stopping(progress.early, run.spec.training, epoch, metrics):
+        run.best_state = copy.deepcopy(run.model.state_dict())
+        if run.workdir is not None:
+            _save_atomically({"epoch": epoch, "model": run.best_state}, run.workdir / "best.pt")
+    if run.workdir is not None:
+        _save_atomically(
+            _checkpoint(
+                run.spec, run.model, run.optimizer, run.scheduler, run.regularizers,
+                progress, run.shuffle,
+            ),
+            run.workdir / "last.pt",
+        )  # fmt: skip
+    if callbacks.on_epoch is not None:
+        callbacks.on_epoch(epoch, metrics)
+
+
+def is_finished(run: RunState) -> bool:
+    """All epochs done, or early stopping's patience ran out."""
+    return run.progress.epoch >= run.spec.training.epochs or _is_finished(
+        run.progress, run.spec.training
+    )
+
+
+def finish_run(run: RunState) -> TrainResult:
+    """The result, with the best weights restored if early stopping asks for them."""
+    training = run.spec.training
     early = training.early_stopping
-    if early is not None and early.restore_best and best_state is not None:
-        model.load_state_dict(best_state)
+    if early is not None and early.restore_best and run.best_state is not None:
+        run.model.load_state_dict(run.best_state)
+    progress = run.progress
     return TrainResult(
-        model=model,
+        model=run.model,
         history=progress.history,
         epochs_run=progress.epoch,
         best_epoch=progress.early.best_epoch,
         stopped_early=_is_finished(progress, training) and progress.epoch < training.epochs,
-        resumed_from_epoch=resumed_from,
-        device=device,
+        resumed_from_epoch=run.resumed_from,
+        device=run.device,
     )
 
 
@@ -342,16 +404,13 @@ def train_step(
     """One training step with every regularizer hook, in the order of
     ``regcore.regularizers.base``; ``step`` counts optimizer steps taken before this one.
     The epoch-end hooks are the caller's (the loop, or ``bench/`` timing a window).
-    ``runtime`` (bf16 autocast, torch.compile; ``regcore.runtime``) defaults to plain fp32."""
+    ``runtime`` (bf16 autocast, torch.compile; ``regcore.runtime``) defaults to plain fp32.
+    Its phases (``prepare_batch``, ``penalty_terms``, ``before_optimizer_step``,
+    ``after_optimizer_step``) are what a stacked step (``regcore.stacked``) runs per member."""
     runtime = runtime or Runtime(device=x.device)
     if needs_input_grad is None:
         needs_input_grad = any(r.needs_input_grad for r in regularizers.values())
-    for regularizer in regularizers.values():
-        x, y = regularizer.transform_batch(x, y)
-    if needs_input_grad:
-        x.requires_grad_(True)
-    for regularizer in regularizers.values():
-        regularizer.before_forward(model)
+    x, y = prepare_batch(model, regularizers, x, y, needs_input_grad)
 
     logits = runtime.forward(model, x)  # (B, C) fp32, whatever the forward ran in
     data_loss = F.cross_entropy(logits, y)
@@ -360,26 +419,17 @@ def train_step(
         epoch=epoch, step=step, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, lr=optimizer.param_groups[0]["lr"],
     )  # fmt: skip
-    terms: dict[str, torch.Tensor] = {}
-    for name, regularizer in regularizers.items():
-        with runtime.autocast(name in runtime.autocast_penalties):
-            term = regularizer.penalty(ctx)
-        if term is not None:
-            terms[name] = term.float()  # () a bf16 penalty joins an fp32 loss
+    (terms,) = penalty_terms([(regularizers, ctx)], runtime)
     loss = data_loss + sum(terms.values()) if terms else data_loss
 
     optimizer.zero_grad(set_to_none=True)
     # Gradients of the optimizer's parameters only: an input that requires grad (input-
-    # gradient penalties) would otherwise get a .grad nobody reads, at ~0.2x a LeNet step.
+    # gradient penalties) would otherwise get a .grad nobody reads, at ~0.3x a LeNet step.
     loss.backward(inputs=[p for group in optimizer.param_groups for p in group["params"]])
-    for regularizer in regularizers.values():
-        regularizer.after_backward(model)
-    for regularizer in regularizers.values():
-        regularizer.before_step(model, optimizer)
+    before_optimizer_step(model, regularizers, optimizer)
     optimizer.step()
     scheduler.step()
-    for regularizer in regularizers.values():
-        regularizer.after_step(ctx)
+    after_optimizer_step(regularizers, ctx)
     return StepResult(
         loss=loss.detach(),
         data_loss=data_loss.detach(),
@@ -387,6 +437,80 @@ def train_step(
         targets=y,
         terms={name: term.detach() for name, term in terms.items()},
     )
+
+
+def prepare_batch(
+    model: nn.Module,
+    regularizers: Mapping[str, Regularizer],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    needs_input_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Before the forward pass: the batch transforms, inputs that require grad when a
+    penalty differentiates them, the ``before_forward`` hooks."""
+    for regularizer in regularizers.values():
+        x, y = regularizer.transform_batch(x, y)
+    if needs_input_grad:
+        x.requires_grad_(True)
+    for regularizer in regularizers.values():
+        regularizer.before_forward(model)
+    return x, y
+
+
+def penalty_terms(
+    members: Sequence[tuple[Mapping[str, Regularizer], StepContext]],
+    runtime: Runtime,
+    scopes: Sequence[AbstractContextManager[Any]] | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """Each member's penalty terms (one member in ``train_step``; the members of a stacked
+    step, each with the same regularizer keys, each inside its ``scopes`` entry, e.g. its
+    own randomness). Regularizer by regularizer in spec order; the vector-Jacobian
+    products that input-gradient penalties ask for (``Regularizer.input_gradient_requests``)
+    are taken for all members at once, one backward pass per request."""
+    scopes = scopes if scopes is not None else [contextlib.nullcontext()] * len(members)
+    terms: list[dict[str, torch.Tensor]] = [{} for _ in members]
+    for name in members[0][0]:
+        autocast = name in runtime.autocast_penalties
+        pending: list[tuple[int, Regularizer, StepContext, list[InputGradient]]] = []
+        for index, (regularizers, ctx) in enumerate(members):
+            regularizer = regularizers[name]
+            with scopes[index], runtime.autocast(autocast):
+                requests = regularizer.input_gradient_requests(ctx)
+                term = regularizer.penalty(ctx) if requests is None else None
+            if requests is not None:
+                pending.append((index, regularizer, ctx, requests))
+            elif term is not None:
+                terms[index][name] = term.float()  # () a bf16 penalty joins an fp32 loss
+        gradients: dict[int, list[torch.Tensor]] = {index: [] for index, *_ in pending}
+        for k in range(max((len(requests) for *_, requests in pending), default=0)):
+            asking = [
+                (index, requests[k]) for index, _, _, requests in pending if k < len(requests)
+            ]
+            products = take_input_gradients([request for _, request in asking])
+            for (index, _), product in zip(asking, products, strict=True):
+                gradients[index].append(product)
+        for index, regularizer, ctx, _ in pending:
+            with scopes[index], runtime.autocast(autocast):
+                term = regularizer.penalty_from_gradients(ctx, gradients[index])
+            if term is not None:
+                terms[index][name] = term.float()
+    return terms
+
+
+def before_optimizer_step(
+    model: nn.Module, regularizers: Mapping[str, Regularizer], optimizer: torch.optim.Optimizer
+) -> None:
+    """After the backward pass: the ``after_backward`` hooks, then the ``before_step`` ones."""
+    for regularizer in regularizers.values():
+        regularizer.after_backward(model)
+    for regularizer in regularizers.values():
+        regularizer.before_step(model, optimizer)
+
+
+def after_optimizer_step(regularizers: Mapping[str, Regularizer], ctx: StepContext) -> None:
+    """After the optimizer and scheduler steps: the ``after_step`` hooks."""
+    for regularizer in regularizers.values():
+        regularizer.after_step(ctx)
 
 
 def _train_one_epoch(

@@ -21,11 +21,18 @@ Two declared properties tell the loop how a regularizer runs on an accelerator
 (``regcore.runtime``): ``double_backward`` (no torch.compile) and ``autocast_safe``
 (the penalty may run under bf16 autocast).
 Randomness comes from torch's global generator, which the loop seeds and checkpoints.
+
+A penalty on input gradients of the training forward (jacobian, grad_reg) names the
+vector-Jacobian products it needs (``input_gradient_requests``) and computes its term
+from them (``penalty_from_gradients``); ``penalty`` composes the two. The loop takes the
+products, so that a stacked step (``regcore.stacked``: several seeds trained as one
+model) takes each one for all members in a single backward pass. ``stackable`` (with
+``stack_note``) says whether the regularizer may train stacked (the catalog shows it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, ClassVar
@@ -36,6 +43,31 @@ from torch.nn.utils import parametrize
 
 from regcore.data.base import DataInfo
 from regcore.registry import ComponentParams
+
+
+@dataclass(frozen=True)
+class InputGradient:
+    """One vector-Jacobian product a penalty needs: the gradient of ``outputs`` (weighted
+    by ``grad_outputs``, like ``torch.autograd.grad``) with respect to ``inputs``, taken
+    with ``create_graph=True`` so that a penalty on it trains the weights."""
+
+    outputs: torch.Tensor
+    inputs: torch.Tensor
+    grad_outputs: torch.Tensor | None = None
+
+
+def take_input_gradients(requests: Sequence[InputGradient]) -> list[torch.Tensor]:
+    """The requested products (each shaped like its inputs), in ONE backward pass: the
+    requests must differentiate distinct, independent inputs (one per stacked member),
+    since the pass sums what every output contributes to every input."""
+    gradients = torch.autograd.grad(
+        [r.outputs for r in requests],
+        [r.inputs for r in requests],
+        grad_outputs=[r.grad_outputs for r in requests],
+        retain_graph=True,
+        create_graph=True,
+    )
+    return list(gradients)
 
 
 @dataclass
@@ -67,6 +99,11 @@ class Regularizer:
     # runs outside autocast, on fp32 logits, and if it also ``needs_input_grad`` (it
     # differentiates the training forward itself) that forward stays fp32 too.
     autocast_safe: ClassVar[bool] = False
+    # May train stacked with other seeds (regcore.stacked); if not, say why in stack_note.
+    # stack_note also tells the catalog what stacking buys (e.g. extra forward passes run
+    # member by member).
+    stackable: ClassVar[bool] = True
+    stack_note: ClassVar[str] = ""
 
     def __init__(self, params: ComponentParams) -> None:
         self.params = params
@@ -84,7 +121,24 @@ class Regularizer:
         return None
 
     def penalty(self, ctx: StepContext) -> torch.Tensor | None:
+        """The term added to the loss; by default the one ``penalty_from_gradients``
+        computes from the products ``input_gradient_requests`` asks for (None if none)."""
+        requests = self.input_gradient_requests(ctx)
+        if requests is None:
+            return None
+        gradients = [take_input_gradients([request])[0] for request in requests]
+        return self.penalty_from_gradients(ctx, gradients)
+
+    def input_gradient_requests(self, ctx: StepContext) -> list[InputGradient] | None:
+        """The vector-Jacobian products the penalty needs, or None when ``penalty`` does
+        not go through them. Drawing random vectors here is drawing in the step."""
         return None
+
+    def penalty_from_gradients(
+        self, ctx: StepContext, gradients: list[torch.Tensor]
+    ) -> torch.Tensor | None:
+        """The term from the products ``input_gradient_requests`` asked for, in its order."""
+        raise NotImplementedError(f"{type(self).__name__} asks for no input gradients")
 
     def after_backward(self, model: nn.Module) -> None:
         return None

@@ -22,7 +22,7 @@ from pydantic import Field
 from regcore.jacobian import differentiable_forward
 from regcore.registries import REGULARIZERS
 from regcore.registry import ComponentParams
-from regcore.regularizers.base import Regularizer, StepContext
+from regcore.regularizers.base import InputGradient, Regularizer, StepContext
 
 
 class GradRegParams(ComponentParams):
@@ -45,7 +45,13 @@ class GradReg(Regularizer):
     double_backward = True  # the penalty is a gradient's norm: fp32, no torch.compile
     needs_input_grad = True
 
-    def penalty(self, ctx: StepContext) -> torch.Tensor:
+    def input_gradient_requests(self, ctx: StepContext) -> list[InputGradient]:
         x, logits = differentiable_forward(ctx.model, ctx.inputs, ctx.logits)  # (B, ...), (B, C)
-        grad = input_gradients(logits, x, ctx.targets)  # (B, D)
-        return self.params.weight * grad.pow(2).sum(dim=1).mean()
+        loss = F.cross_entropy(logits, ctx.targets, reduction="sum")  # row i: grad of loss_i
+        return [InputGradient(loss, x)]
+
+    def penalty_from_gradients(
+        self, ctx: StepContext, gradients: list[torch.Tensor]
+    ) -> torch.Tensor:
+        (grad,) = gradients  # (B, ...) grad_x loss_i per sample
+        return self.params.weight * grad.flatten(1).pow(2).sum(dim=1).mean()
