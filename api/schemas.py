@@ -348,10 +348,16 @@ class SweepResultsPublic(BaseModel):
 # --------------------------------------------------------------------------- catalog, health
 
 
+class StackingPublic(BaseModel):
+    stackable: bool  # the seeds of a spec using it may train together (regcore.stacked)
+    note: str  # why not, or what stacking costs
+
+
 class CatalogEntryPublic(BaseModel):
     name: str
     summary: str
     params: dict[str, Any]  # the component's params as JSON schema
+    stacking: StackingPublic | None = None  # regularizers only
 
 
 CatalogPublic = dict[str, list[CatalogEntryPublic]]

@@ -6,13 +6,16 @@ subset of the training split (``training.final_train_eval`` samples), and
 logs params, tags, per-epoch metrics, the final metrics, the spec and the checkpoints
 to the tracker, then runs the spec's analyses in their order (a ``plots`` analysis
 listed after ``boundary`` draws the planes that analysis measured) and logs their
-metrics and files.
+metrics and files. ``run_stacked(specs, trackers, workdirs=...)`` does the same for
+each of several specs trained together (``regcore.stacked``): to each its own tracker,
+workdir, metrics, checkpoints and analyses.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from regcore.analysis.base import AnalysisContext
 from regcore.data import DataSplits, Split, load_dataset
 from regcore.registries import ANALYSES
 from regcore.spec import AnalysisSpec, ExperimentSpec
+from regcore.stacked import train_stacked
 from regcore.tracking import MemoryTracker, Tracker
 from regcore.train import (
     Callbacks,
@@ -62,7 +66,56 @@ def run(
     resume: bool = True,
 ) -> RunResult:
     tracker = tracker or MemoryTracker()
-    callbacks = callbacks or Callbacks()
+    logging = _open_tracked_run(spec, tracker, workdir, callbacks or Callbacks())
+    data = data if data is not None else load_dataset(spec.dataset, spec.training.seed)
+    result = train(spec, data, workdir=workdir, callbacks=logging, resume=resume)
+    return _conclude(spec, tracker, workdir, result, data)
+
+
+def run_stacked(
+    specs: Sequence[ExperimentSpec],
+    trackers: Sequence[Tracker | None] | None = None,
+    *,
+    workdirs: Sequence[Path],
+    datas: Sequence[DataSplits | None] | None = None,
+    callbacks: Sequence[Callbacks | None] | None = None,
+    resume: bool = True,
+) -> list[RunResult]:
+    """``run`` for specs that train together (``regcore.stacked``, one ``stack_key``):
+    each member logs to its own tracker and workdir exactly what ``run`` logs for it,
+    and gets its own analyses; one ``RunResult`` per spec, in order."""
+    n = len(specs)
+    trackers = list(trackers) if trackers is not None else [None] * n
+    datas = list(datas) if datas is not None else [None] * n
+    callbacks = list(callbacks) if callbacks is not None else [None] * n
+    if not len(trackers) == len(workdirs) == len(datas) == len(callbacks) == n:
+        raise ValueError("run_stacked needs one tracker, workdir, data and callbacks per spec")
+    member_trackers = [tracker or MemoryTracker() for tracker in trackers]
+    logging = [
+        _open_tracked_run(spec, tracker, workdir, cb or Callbacks())
+        for spec, tracker, workdir, cb in zip(
+            specs, member_trackers, workdirs, callbacks, strict=True
+        )
+    ]
+    member_datas = [
+        data if data is not None else load_dataset(spec.dataset, spec.training.seed)
+        for spec, data in zip(specs, datas, strict=True)
+    ]
+    results = train_stacked(
+        specs, member_datas, workdirs=workdirs, callbacks=logging, resume=resume
+    )
+    return [
+        _conclude(spec, tracker, workdir, result, data)
+        for spec, tracker, workdir, result, data in zip(
+            specs, member_trackers, workdirs, results, member_datas, strict=True
+        )
+    ]
+
+
+def _open_tracked_run(
+    spec: ExperimentSpec, tracker: Tracker, workdir: Path, callbacks: Callbacks
+) -> Callbacks:
+    """Write and log the spec, tags and params; the callbacks that also log each epoch."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path = workdir / "spec.yaml"
     spec_path.write_text(spec.to_yaml())
@@ -78,14 +131,14 @@ def run(
         if user_on_epoch is not None:
             user_on_epoch(epoch, metrics)
 
-    data = data if data is not None else load_dataset(spec.dataset, spec.training.seed)
-    result = train(
-        spec,
-        data,
-        workdir=workdir,
-        callbacks=Callbacks(callbacks.on_step, on_epoch, callbacks.should_cancel),
-        resume=resume,
-    )
+    return Callbacks(callbacks.on_step, on_epoch, callbacks.should_cancel)
+
+
+def _conclude(
+    spec: ExperimentSpec, tracker: Tracker, workdir: Path, result: TrainResult, data: DataSplits
+) -> RunResult:
+    """After training: final metrics, model.pt, metrics.json, history.json, the
+    checkpoints and files logged, then the analyses."""
     data = data.to(result.device)
     metrics = final_metrics(spec, result, data)
     # reg/* terms are already in the per-epoch history; log each final number once.
