@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-local test lint format bench clean
+.PHONY: demo demo-local test gpu-test lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# On a machine with a CUDA GPU: the GPU path end to end (timings printed; skipped without CUDA).
+gpu-test: $(STAMP)
+	$(BIN)/python -m pytest -m gpu tests/gpu -v
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

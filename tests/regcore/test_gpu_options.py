@@ -16,7 +16,7 @@ from torch import nn
 from regcore import runtime
 from regcore.data import DataInfo, DataSplits, Split, load_dataset
 from regcore.pipeline import final_metrics, run, train_eval_subset
-from regcore.registries import REGULARIZERS
+from regcore.registries import ATTACKS, MODELS, REGULARIZERS
 from regcore.regularizers.base import Regularizer, stored_weight
 from regcore.runtime import CompiledForward, DeviceUnavailableError, Runtime, resolve_device
 from regcore.spec import ExperimentSpec
@@ -337,3 +337,13 @@ def test_final_train_eval(samples: int | None, digits: DataSplits) -> None:
 def test_the_pipeline_reports_the_train_eval_samples(tmp_path: Path, digits: DataSplits) -> None:
     outcome = run(spec_with([], final_train_eval=30), workdir=tmp_path, data=digits)
     assert outcome.metrics["train_eval_samples"] == 30
+
+
+def test_the_gpu_tests_cover_every_model_and_attack() -> None:
+    """tests/gpu cannot run here; its tables of models and attacks must still be complete."""
+    from tests.gpu.test_cuda_analyses import ATTACK_PARAMS
+    from tests.gpu.test_cuda_components import MODEL_PARAMS
+
+    assert set(MODEL_PARAMS) == set(MODELS.names())
+    assert set(ATTACK_PARAMS) == set(ATTACKS.names())
+    assert set(CHEAP) <= set(REGULARIZERS.names())
