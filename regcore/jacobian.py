@@ -16,14 +16,19 @@ the model's current mode, so call them in eval mode for a per-sample Jacobian.
 
 The ``*_of_logits`` functions differentiate an existing forward pass (the training
 step's own, so a penalty costs no extra forward); the others run a forward pass on a
-fresh leaf copy of x. With ``create_graph=True`` the results stay in the autograd
-graph and a penalty on them trains the weights (double backprop); otherwise they come
-back detached. Only x is differentiated: nothing accumulates in the parameters' .grad.
+fresh leaf copy of x. ``subsample_forward`` is the cheap alternative for penalties: a
+forward pass on k random samples of the batch only, whose per-sample mean is an unbiased
+estimate of the batch mean at about k / B of the double-backward cost. With
+``create_graph=True`` the results stay in the autograd graph and a penalty on them trains
+the weights (double backprop); otherwise they come back detached. Only x is
+differentiated: nothing accumulates in the parameters' .grad.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -121,11 +126,94 @@ def differentiable_forward(
         return _forward_on_leaf(model, inputs)
 
 
+def random_subset(inputs: torch.Tensor, k: int) -> torch.Tensor:
+    """k samples of the batch (B, ...) drawn uniformly without replacement, by torch's
+    global generator; the whole batch, in order and without a draw, when k >= B.
+
+    A mean over the subset of any per-sample quantity is an unbiased estimate of its batch
+    mean (every sample is in the subset with probability k / B). Not the first k: a batch
+    need not be shuffled, and the first k would make the estimate biased for this batch.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    batch = inputs.shape[0]
+    if k >= batch:
+        return inputs
+    index = torch.randperm(batch, device=inputs.device)[:k]  # (k,)
+    return inputs[index]  # (k, ...)
+
+
+def _keeps_running_statistics(module: nn.Module) -> bool:
+    # batch norm (nn.BatchNorm*, regcore's LipschitzBatchNorm2d) and anything shaped like it
+    return isinstance(getattr(module, "running_mean", None), torch.Tensor)
+
+
+@contextmanager
+def running_statistics_frozen(model: nn.Module) -> Iterator[None]:
+    """Modules that keep running statistics in eval mode for the duration (restored after),
+    the rest of the model in its own mode. An extra training-mode forward then draws fresh
+    dropout masks like the training forward, but normalizes with the running statistics:
+    it neither moves them nor couples the samples through batch statistics."""
+    switched = [m for m in model.modules() if m.training and _keeps_running_statistics(m)]
+    for module in switched:
+        module.train(False)
+    try:
+        yield
+    finally:
+        for module in switched:
+            module.train(True)
+
+
+def subsample_forward(
+    model: nn.Module, inputs: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, logits) of a fresh forward pass on k random samples of the batch
+    (``random_subset``), x a leaf that requires grad, the logits in its graph; the model in
+    its own mode except for its running statistics (``running_statistics_frozen``)."""
+    with torch.enable_grad(), running_statistics_frozen(model):
+        return _forward_on_leaf(model, random_subset(inputs.detach(), k))  # (k, ...), (k, C)
+
+
 def input_jacobian(model: nn.Module, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
     """(B, C, D) exact per-sample Jacobians of model(x) (see the module notes on the mode)."""
     with torch.enable_grad():
         leaf, logits = _forward_on_leaf(model, x)
         jacobian = jacobian_of_logits(logits, leaf, create_graph)
+    return jacobian if create_graph else jacobian.detach()
+
+
+def replicated_input_jacobian(
+    model: nn.Module,
+    x: torch.Tensor,
+    num_classes: int,
+    create_graph: bool = False,
+    max_rows: int = 512,
+) -> torch.Tensor:
+    """(B, C, D) exact per-sample Jacobians of model(x), the batch copied once per class.
+
+    Copy c of sample b is differentiated along the one-hot e_c, so one backward pass over
+    the C copies gives all of J_b's rows: the backward's arithmetic of C separate VJPs in
+    one pass of C-times larger operations (C times fewer kernel launches and autograd
+    nodes, which dominate for a few samples), for C - 1 extra forward copies. Classes go
+    in chunks of at most ``max_rows`` copies (memory). The copies must see the same
+    network: call it in eval mode (no dropout draws, no batch statistics).
+    """
+    batch = x.shape[0]
+    per_pass = max(1, min(num_classes, max_rows // max(batch, 1)))
+    rows = []
+    with torch.enable_grad():
+        for first in range(0, num_classes, per_pass):
+            classes = min(per_pass, num_classes - first)
+            copies = x.detach().repeat(classes, *[1] * (x.ndim - 1))  # (classes * B, ...)
+            copies.requires_grad_(True)
+            logits = model(copies)  # (classes * B, C)
+            _check_logits(logits)
+            one_hot = torch.zeros_like(logits)
+            for c in range(classes):
+                one_hot[c * batch : (c + 1) * batch, first + c] = 1.0
+            grad = vector_jacobian_product(logits, copies, one_hot, create_graph)
+            rows.append(grad.view(classes, batch, -1).transpose(0, 1))  # (B, classes, D)
+    jacobian = torch.cat(rows, dim=1)  # (B, C, D)
     return jacobian if create_graph else jacobian.detach()
 
 

@@ -24,6 +24,9 @@ from regcore.jacobian import (
     input_jacobian,
     jacobian_of_logits,
     mean_frobenius_norm,
+    random_subset,
+    replicated_input_jacobian,
+    running_statistics_frozen,
     vector_jacobian_product,
 )
 from regcore.spec import ExperimentSpec, RegularizerSpec
@@ -132,6 +135,21 @@ def test_input_jacobian_and_frobenius_norm_equal_autograd_per_sample() -> None:
     torch.testing.assert_close(vjp, torch.einsum("bc,bcd->bd", v, expected))
 
 
+@pytest.mark.parametrize("max_rows", [512, 5, 1], ids=["one pass", "2 classes a pass", "1"])
+def test_replicated_input_jacobian_equals_the_per_sample_jacobians(max_rows: int) -> None:
+    model = small_network()
+    x = torch.rand(2, 2, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = per_sample_jacobians(model, x)  # (2, 4, 50)
+    forwards = count_forwards(model)
+    jacobian = replicated_input_jacobian(model, x, 4, max_rows=max_rows)
+    assert forwards == {512: [8], 5: [4, 4], 1: [2, 2, 2, 2]}[max_rows]  # copies per pass
+    torch.testing.assert_close(jacobian, expected, rtol=1e-12, atol=1e-14)
+    assert not jacobian.requires_grad and all(p.grad is None for p in model.parameters())
+    kept = replicated_input_jacobian(model, x, 4, create_graph=True)
+    kept.pow(2).sum().backward()
+    assert all(p.grad is not None for p in conv_and_linear_weights(model).values())
+
+
 def test_input_jacobian_with_create_graph_stays_differentiable_and_works_under_no_grad() -> None:
     model = small_network()
     x = torch.rand(3, 2, 5, 5, dtype=torch.float64)
@@ -167,16 +185,51 @@ def test_mean_frobenius_norm_is_exact_batched_in_eval_mode_and_restores_the_mode
     assert torch.equal(model[2].running_mean, running_mean)
 
 
+def test_random_subset_draws_k_distinct_samples_each_with_probability_k_over_b() -> None:
+    x = torch.arange(10.0).view(10, 1)  # (B, 1) sample b holds b
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    assert random_subset(x, 10) is x and random_subset(x, 25) is x  # k >= B: all, no draw
+    assert torch.equal(torch.get_rng_state(), state)
+    counts = torch.zeros(10)
+    for _ in range(3000):
+        subset = random_subset(x, 3).view(-1).long()  # (3,)
+        assert len(set(subset.tolist())) == 3
+        counts[subset] += 1
+    # each sample in 3000 * 3 / 10 = 900 subsets; binomial sd 25, so 5 sd is 125
+    assert (counts - 900).abs().max() < 125, counts
+    with pytest.raises(ValueError):
+        random_subset(x, 0)
+
+
+def test_running_statistics_frozen_switches_only_batch_norm_and_restores_it() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5), nn.Linear(4, 2))
+    model.train()
+    running_mean = model[1].running_mean.clone()
+    with running_statistics_frozen(model):
+        assert not model[1].training and model.training and model[2].training
+        model(torch.randn(8, 4))
+    assert torch.equal(model[1].running_mean, running_mean)
+    assert all(m.training for m in model.modules())
+    model.eval()
+    with running_statistics_frozen(model):  # nothing to switch, nothing switched back on
+        pass
+    assert not any(m.training for m in model.modules())
+
+
 # --------------------------------------------------------------------------- jacobian
 
 
 def test_jacobian_params() -> None:
-    assert make("jacobian").params.model_dump() == {"weight": 0.01, "n_proj": 1}
+    params = make("jacobian").params.model_dump()
+    assert params == {"weight": 0.01, "n_proj": 1, "subsample": None}
     assert make("jacobian", n_proj=-1).params.n_proj == -1
-    for bad in ({"n_proj": 0}, {"n_proj": -2}, {"weight": -0.1}):
+    for bad in ({"n_proj": 0}, {"n_proj": -2}, {"weight": -0.1}, {"subsample": 0}):
         with pytest.raises(ValidationError):
             RegularizerSpec.model_validate({"name": "jacobian", **bad})
     assert make("jacobian").needs_input_grad
+    # the cheap mode runs its own forward: the loop's inputs need no grad
+    assert not make("jacobian", subsample=10).needs_input_grad
 
 
 def test_jacobian_projection_estimator_is_unbiased() -> None:
@@ -222,10 +275,12 @@ def test_jacobian_reuses_the_training_forward_when_the_inputs_require_grad() -> 
     assert reused.item() == pytest.approx(fresh.item(), rel=1e-12)
 
 
-@pytest.mark.parametrize("n_proj", [-1, 2])
-def test_jacobian_gradient_matches_finite_differences(n_proj: int) -> None:
+@pytest.mark.parametrize(
+    "params", [{"n_proj": -1}, {"n_proj": 2}, {"n_proj": 1, "subsample": 3}], ids=str
+)
+def test_jacobian_gradient_matches_finite_differences(params: dict[str, int]) -> None:
     model = tiny_model()
-    reg = make("jacobian", weight=0.5, n_proj=n_proj)
+    reg = make("jacobian", weight=0.5, **params)
     norms = check_gradient_against_finite_differences(
         model, seeded(11, lambda: penalty_of(reg, model))
     )
@@ -244,16 +299,16 @@ def test_jacobian_penalty_is_not_detached() -> None:
         nn.Linear(2 * 1 * 1, 4), nn.Tanh(), nn.Linear(4, 3),
     ).double()  # fmt: skip
     x, y = batch()
-    for n_proj in (1, -1):
-        reg = make("jacobian", weight=1.0, n_proj=n_proj)
-        x = x.detach().requires_grad_(True)
+    for params in ({"n_proj": 1}, {"n_proj": -1}, {"n_proj": 1, "subsample": 2}):
+        reg = make("jacobian", weight=1.0, **params)
+        x = x.detach().requires_grad_(reg.needs_input_grad)
         term = seeded(5, lambda reg=reg, x=x: reg.penalty(context(model, x, y)))
         value = term()
         assert value.requires_grad and value.grad_fn is not None
         model.zero_grad()
         value.backward()
         for name, weight in conv_and_linear_weights(model).items():
-            assert weight.grad is not None and weight.grad.norm() > 0, (n_proj, name)
+            assert weight.grad is not None and weight.grad.norm() > 0, (params, name)
         with torch.no_grad():
             before = [p.clone() for p in model.parameters()]
             for p in model.parameters():
@@ -269,6 +324,84 @@ def test_jacobian_penalty_is_not_detached() -> None:
     logits = model(x)
     (study_u,) = torch.autograd.grad(logits.sum(), x)  # no create_graph
     assert not study_u.pow(2).sum().requires_grad
+
+
+def test_jacobian_subsample_value_equals_the_direct_formula() -> None:
+    """The cheap mode on k = 2 of 5 samples against the per-sample Jacobians, with the same
+    draws: the subset (randperm), then one projection v_b per chosen sample."""
+    model = tiny_model()
+    x, y = batch()
+    jacobians = per_sample_jacobians(model, x)  # (5, 3, 16)
+    ctx = context(model, x, y)
+
+    torch.manual_seed(4)
+    chosen = torch.randperm(5)[:2]
+    v = torch.randn(2, 3, dtype=torch.float64)
+    v = v / v.norm(dim=1, keepdim=True)  # (k, C) on the unit sphere
+    u = torch.einsum("bc,bcd->bd", v, jacobians[chosen])  # (k, D)
+    expected = 0.3 / 2 * 3 * u.pow(2).sum(dim=1).mean().item()
+    forwards = count_forwards(model)
+    term = seeded(4, lambda: make("jacobian", weight=0.3, subsample=2).penalty(ctx))()
+    assert forwards == [2]  # its own forward, on the k samples only
+    assert term.item() == pytest.approx(expected, rel=1e-10)
+
+    exact_of_subset = 0.3 / 2 * jacobians[chosen].pow(2).sum(dim=(1, 2)).mean().item()
+    exact_mode = make("jacobian", weight=0.3, n_proj=-1, subsample=2)
+    assert seeded(4, lambda: exact_mode.penalty(ctx))().item() == pytest.approx(
+        exact_of_subset, rel=1e-10
+    )
+    whole = make("jacobian", weight=0.3, n_proj=-1, subsample=50)  # k >= B: the whole batch
+    assert whole.penalty(ctx).item() == pytest.approx(
+        0.3 / 2 * jacobians.pow(2).sum(dim=(1, 2)).mean().item(), rel=1e-10
+    )
+
+
+@pytest.mark.parametrize("n_proj", [1, -1])
+def test_jacobian_subsample_estimator_is_unbiased_for_the_whole_batch(n_proj: int) -> None:
+    """2000 draws of the cheap mode (k = 2 of 5 samples) on a fixed model and batch: their
+    mean is within 3.5 standard errors of the exact whole-batch mean_b ||J_b||_F^2, while
+    any one subset's value is off (the samples' norms differ)."""
+    model = tiny_model()
+    x, y = batch()
+    norms_sq = frobenius_norm_sq(model, x)  # (5,)
+    exact = norms_sq.mean().item()
+    assert norms_sq.std().item() > 0.05 * exact
+    ctx = context(model, x, y)
+    reg = make("jacobian", weight=2.0, n_proj=n_proj, subsample=2)  # the penalty is J2
+    torch.manual_seed(1)
+    draws = torch.tensor([reg.penalty(ctx).item() for _ in range(2000)], dtype=torch.float64)
+    standard_error = draws.std().item() / math.sqrt(len(draws))
+    assert draws.std().item() > 0.05 * exact  # the estimate does vary from draw to draw
+    assert abs(draws.mean().item() - exact) < 3.5 * standard_error
+
+
+def test_jacobian_subsample_keeps_dropout_and_freezes_running_statistics() -> None:
+    """The cheap mode's own forward: fresh dropout masks (the model's training mode), batch
+    norm on its running statistics, which it leaves where they were; modes restored."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.5),
+        nn.Linear(8, 3),
+    ).double()  # fmt: skip
+    with torch.no_grad():
+        model[2].running_mean.uniform_(-0.5, 0.5)
+        model[2].running_var.uniform_(0.5, 2.0)
+    model.train()
+    running = (model[2].running_mean.clone(), model[2].running_var.clone())
+    x, y = batch()
+    ctx = context(model, x, y)  # the loop's forward (it moves the statistics, as it should)
+    running = (model[2].running_mean.clone(), model[2].running_var.clone())
+    reg = make("jacobian", weight=1.0, n_proj=-1, subsample=5)  # all 5: only dropout varies
+    values = {reg.penalty(ctx).item() for _ in range(5)}
+    assert len(values) > 1  # dropout masks drawn per call
+    assert torch.equal(model[2].running_mean, running[0])
+    assert torch.equal(model[2].running_var, running[1])
+    assert all(m.training for m in model.modules())
+    model[4].p = 0.0  # without dropout: the exact per-sample Jacobian with BN in eval mode
+    with eval_mode(model):
+        expected = frobenius_norm_sq(model, x).mean().item() / 2
+    model.train()
+    assert reg.penalty(ctx).item() == pytest.approx(expected, rel=1e-10)
 
 
 def jacobian_spec(regularizers: list[dict[str, Any]]) -> ExperimentSpec:
@@ -304,8 +437,9 @@ def test_jacobian_training_lowers_the_jacobian_norm_of_lenet_on_digits() -> None
 
 def test_jacobian_det_params() -> None:
     params = make("jacobian_det").params.model_dump()
-    assert params == {"weight": 1e-3, "delta": 1e-3, "subsample": None}
-    for bad in ({"delta": 0.0}, {"subsample": 0}, {"weight": -1.0}):
+    assert params == {"weight": 1e-3, "delta": 1e-3, "subsample": 4, "every": 1}
+    assert make("jacobian_det", subsample=None).params.subsample is None  # the whole batch
+    for bad in ({"delta": 0.0}, {"subsample": 0}, {"weight": -1.0}, {"every": 0}):
         with pytest.raises(ValidationError):
             RegularizerSpec.model_validate({"name": "jacobian_det", **bad})
 
@@ -322,36 +456,75 @@ def direct_jacobian_det(model: nn.Module, x: torch.Tensor, weight: float, delta:
 def test_jacobian_det_value_equals_the_direct_computation() -> None:
     model = tiny_model()
     x, y = batch()
-    term = make("jacobian_det", weight=0.7, delta=0.01).penalty(context(model, x, y))
+    whole_batch = make("jacobian_det", weight=0.7, delta=0.01, subsample=None)
+    term = whole_batch.penalty(context(model, x, y))
     assert term.item() == pytest.approx(direct_jacobian_det(model, x, 0.7, 0.01), rel=1e-10)
     # why the study's det(J^T J) is meaningless: J^T J (D x D) has rank <= C < D
     jacobian = per_sample_jacobians(model, x)[0]  # (3, 16)
     assert torch.linalg.matrix_rank(jacobian.T @ jacobian).item() <= 3 < 16
 
 
-def test_jacobian_det_gradient_reaches_the_weights() -> None:
+@pytest.mark.parametrize("subsample", [None, 4], ids=["whole batch", "default subsample"])
+def test_jacobian_det_gradient_reaches_the_weights(subsample: int | None) -> None:
     model = tiny_model()
-    reg = make("jacobian_det", weight=0.2, delta=0.05)
-    norms = check_gradient_against_finite_differences(model, lambda: penalty_of(reg, model))
+    reg = make("jacobian_det", weight=0.2, delta=0.05, subsample=subsample)
+    norms = check_gradient_against_finite_differences(
+        model, seeded(2, lambda: penalty_of(reg, model))
+    )
     for name in ("0.weight", "0.bias", "3.weight"):
         assert norms[name] > 0, name
 
 
-def test_jacobian_det_subsample_uses_only_the_first_k_samples() -> None:
+def test_jacobian_det_subsample_uses_k_random_samples() -> None:
     model = tiny_model()
     x, y = batch()
     reg = make("jacobian_det", weight=0.7, delta=0.01, subsample=2)
     forwards = count_forwards(model)
-    term = reg.penalty(context(model, x, y))
-    assert forwards == [5, 2]  # the loop's forward, then the penalty's on 2 samples
-    assert term.item() == pytest.approx(direct_jacobian_det(model, x[:2], 0.7, 0.01), rel=1e-10)
+    term = seeded(3, lambda: reg.penalty(context(model, x, y)))()
+    assert forwards == [5, 6]  # the loop's forward, then the penalty's: 2 samples x 3 copies
+    torch.manual_seed(3)
+    chosen = torch.randperm(5)[:2]  # the draw random_subset makes
+    assert term.item() == pytest.approx(direct_jacobian_det(model, x[chosen], 0.7, 0.01), rel=1e-10)
     other = x.clone()
-    other[2:] = torch.rand_like(other[2:])  # samples past k change nothing
-    assert reg.penalty(context(model, other, y)).item() == pytest.approx(term.item(), rel=1e-12)
+    others = torch.ones(5, dtype=torch.bool)
+    others[chosen] = False
+    other[others] = torch.rand_like(other[others])  # samples outside the subset change nothing
+    again = seeded(3, lambda: reg.penalty(context(model, other, y)))()
+    assert again.item() == pytest.approx(term.item(), rel=1e-12)
     large = make("jacobian_det", weight=0.7, delta=0.01, subsample=50)  # k > B: the whole batch
     assert large.penalty(context(model, x, y)).item() == pytest.approx(
         direct_jacobian_det(model, x, 0.7, 0.01), rel=1e-10
     )
+
+
+def test_jacobian_det_default_subsample_is_unbiased_for_the_whole_batch() -> None:
+    """The default (k = 4 random samples of 5): 1500 draws' mean within 3.5 standard errors
+    of the whole-batch penalty mean_b (log det(J_b J_b^T + delta I))^2."""
+    model = tiny_model()
+    x, y = batch()
+    ctx = context(model, x, y)
+    exact = make("jacobian_det", weight=1.0, subsample=None).penalty(ctx).item()
+    reg = make("jacobian_det", weight=1.0)
+    torch.manual_seed(2)
+    draws = torch.tensor([reg.penalty(ctx).item() for _ in range(1500)], dtype=torch.float64)
+    assert draws.std().item() > 1e-3 * exact
+    assert abs(draws.mean().item() - exact) < 3.5 * draws.std().item() / math.sqrt(len(draws))
+
+
+def test_jacobian_det_every_m_steps_scales_the_weight_by_m() -> None:
+    model = tiny_model()
+    x, y = batch()
+    once = make("jacobian_det", weight=0.7, delta=0.01, subsample=None)
+    every3 = make("jacobian_det", weight=0.7, delta=0.01, subsample=None, every=3)
+    ctx = context(model, x, y)
+    expected = 3 * once.penalty(ctx).item()
+    for step in range(7):
+        ctx.step = step
+        term = every3.penalty(ctx)
+        if step % 3 == 0:  # steps 0, 3, 6: weight * 3
+            assert term is not None and term.item() == pytest.approx(expected, rel=1e-12)
+        else:
+            assert term is None
 
 
 def test_jacobian_det_is_taken_in_eval_mode_and_restores_the_mode() -> None:
@@ -361,7 +534,7 @@ def test_jacobian_det_is_taken_in_eval_mode_and_restores_the_mode() -> None:
     ).double()
     model.train()
     x, y = batch()
-    reg = make("jacobian_det", weight=1.0, delta=0.01)
+    reg = make("jacobian_det", weight=1.0, delta=0.01, subsample=None)
     first, second = (reg.penalty(context(model, x, y)).item() for _ in range(2))
     assert first == second  # no dropout masks inside the penalty
     assert model.training
