@@ -96,3 +96,16 @@ def get_sweep(
 
 
 SweepDep = Annotated[Sweep, Depends(get_sweep)]
+
+
+def get_sweep_row(
+    session: SessionDep, sweep_id: Annotated[str, Path(description="the sweep's id")]
+) -> Sweep:
+    """The sweep's own row, its members not loaded (progress is counted in SQL)."""
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sweep with id {sweep_id!r}")
+    return sweep
+
+
+SweepRowDep = Annotated[Sweep, Depends(get_sweep_row)]

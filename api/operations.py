@@ -12,7 +12,7 @@ so the blocking database, broker and MLflow calls here never run on the event lo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select
@@ -31,7 +31,7 @@ from api.schemas import (
 from api.tracking import ArtifactNotFoundError, Tracking, TrackingUnavailableError
 from regcore.spec import AnalysisSpec, ExperimentSpec, SweepSpec
 from service import jobstore, reports, sweeps
-from service.broker import BrokerUnavailableError, enqueue
+from service.broker import BrokerUnavailableError, enqueue_many
 from service.db import Database
 from service.reports import REPORT_FILES
 from service.settings import Settings
@@ -102,21 +102,28 @@ def runnable(experiment: Experiment, jobs: Sequence[Job]) -> list[Job]:
 
 
 def send(
-    session: Session, celery: Celery, settings: Settings, experiment: Experiment, jobs: list[Job]
+    session: Session,
+    celery: Celery,
+    settings: Settings,
+    jobs: Sequence[tuple[str, str]],
+    *,
+    experiment_id: str | None = None,
+    sweep_id: str | None = None,
 ) -> None:
-    """Enqueue committed jobs, mark those the broker took, commit; NotEnqueuedError if not all."""
+    """Enqueue committed ``(job id, queue)`` pairs in one go (``enqueue_many``), mark those
+    the broker took, commit; NotEnqueuedError, naming the experiment or sweep, if not all."""
+    if not jobs:
+        return
     sent: list[str] = []
     try:
-        for job in jobs:
-            enqueue(celery, job.id, job.queue, settings.broker_timeout_s)
-            sent.append(job.id)
+        sent = enqueue_many(celery, jobs, settings.broker_timeout_s)
     except BrokerUnavailableError as exc:
-        missing = [job.id for job in jobs if job.id not in sent]
-        raise NotEnqueuedError(experiment.id, missing, str(exc)) from exc
+        sent = exc.sent
+        taken = set(sent)
+        missing = [job_id for job_id, _ in jobs if job_id not in taken]
+        raise NotEnqueuedError(experiment_id, missing, str(exc), sweep_id=sweep_id) from exc
     finally:
-        jobstore.mark_enqueued(session, sent)  # a bulk UPDATE: reload what it changed
-        for job in jobs:
-            session.expire(job, ["enqueued_at"])
+        jobstore.mark_enqueued(session, sent)
         session.commit()
 
 
@@ -136,21 +143,26 @@ def submit(
     enqueue its train job. A tracking store that is down records nothing (503).
 
     The MLflow experiment is resolved first (once per app, then cached), so no database
-    write waits on MLflow."""
+    write waits on MLflow. The same path as a sweep's: ``jobstore.submit_experiments``."""
     try:
         mlflow_experiment_id = tracking.experiment_id(settings.mlflow_experiment)
     except TrackingUnavailableError as exc:
         raise TrackingUnavailableError(f"{exc}; nothing was recorded, submit again later") from exc
-    submission = jobstore.submit_experiment(
-        session, spec, default_queue=settings.default_queue, force=force
+    recorded = jobstore.submit_experiments(
+        session,
+        [jobstore.SpecToSubmit(spec, spec.spec_hash())],
+        default_queue=settings.default_queue,
+        mlflow_experiment_id=mlflow_experiment_id,
+        force=force,
     )
-    if not submission.created:
-        return submission
-    experiment = submission.experiment
-    experiment.mlflow_experiment_id = mlflow_experiment_id
-    session.commit()
-    send(session, celery, settings, experiment, runnable(experiment, experiment.jobs))
-    return submission
+    [experiment_id] = recorded.experiment_ids
+    if recorded.new:
+        session.commit()
+        jobs = [job for new in recorded.new for job in new.runnable]
+        send(session, celery, settings, jobs, experiment_id=experiment_id)
+    experiment = session.get(Experiment, experiment_id, options=[selectinload(Experiment.jobs)])
+    assert experiment is not None
+    return jobstore.Submission(experiment, created=bool(recorded.new))
 
 
 def add_analyses(
@@ -174,7 +186,12 @@ def add_analyses(
     entries = [analysis.model_dump(mode="json") for analysis in analyses]
     jobs = jobstore.add_analysis_jobs(session, experiment, entries)
     session.commit()
-    send(session, celery, settings, experiment, runnable(experiment, jobs))
+    ready = [(job.id, job.queue) for job in runnable(experiment, jobs)]
+    try:
+        send(session, celery, settings, ready, experiment_id=experiment.id)
+    finally:
+        for job in jobs:  # marked by a bulk UPDATE: reload what it changed
+            session.expire(job, ["enqueued_at"])
     return jobs
 
 
@@ -267,7 +284,7 @@ def submit_sweep(
 ) -> sweeps.SweepSubmission:
     """Expand and validate the grid (nothing is recorded if any point is invalid or the
     grid is over the limit), resolve the sweep's MLflow experiment, record the sweep and
-    its new experiments, commit, then enqueue their train jobs."""
+    its new experiments, commit, then enqueue their train jobs in one go."""
     planned = sweeps.plan(document, settings.max_sweep_size)
     try:
         mlflow_experiment_id = tracking.experiment_id(sweeps.mlflow_experiment_name(planned))
@@ -282,31 +299,49 @@ def submit_sweep(
         force=force,
     )
     session.commit()
-    pending = [(e, runnable(e, e.jobs)) for e in submission.new_experiments]
-    for number, (experiment, jobs) in enumerate(pending):
-        try:
-            send(session, celery, settings, experiment, jobs)
-        except NotEnqueuedError as exc:  # the rest would wait for the same broker: stop here
-            missing = exc.job_ids + [job.id for _, later in pending[number + 1 :] for job in later]
-            reason = str(exc.__cause__ or exc)
-            raise NotEnqueuedError(None, missing, reason, sweep_id=submission.sweep.id) from exc
+    jobs = [job for new in submission.new_experiments for job in new.runnable]
+    send(session, celery, settings, jobs, sweep_id=submission.sweep.id)
     return submission
 
 
 def describe_sweep(
     session: Session, settings: Settings, sweep: Sweep, live: Sequence[Worker] | None = None
 ) -> SweepPublic:
-    """Counts, progress, ETA and running jobs of a loaded sweep (``sweeps.load``). ``live``:
-    the live workers, when a page of sweeps looked them up once for all."""
+    """Counts, progress, ETA and running jobs of a sweep (its row is enough)."""
+    [described] = describe_sweeps(session, settings, [sweep], live)
+    return described
+
+
+def describe_sweeps(
+    session: Session,
+    settings: Settings,
+    page: Sequence[Sweep],
+    live: Sequence[Worker] | None = None,
+) -> list[SweepPublic]:
+    """``describe_sweep`` for a page of sweeps, counted together in SQL (``sweeps.tallies``)
+    with the store-wide expected durations and the live workers looked up once."""
     now = utcnow()
     live = live_workers(session, settings) if live is None else live
-    queues = {job.queue for m in sweep.members for job in m.experiment.jobs}
-    workers = [worker for worker in live if queues & set(worker.queues.split(","))]
-    state = sweeps.progress(
-        sweep,
-        expected_s=sweeps.expected_durations(session, sweep),
-        workers=len(workers),
-    )
+    counted = sweeps.tallies(session, page)
+    # A sweep with no queued or running job is done: its progress (1.0) and ETA (0) do not
+    # depend on expected durations, so only the others' are looked up.
+    unfinished = {
+        sweep_id: sweep_tally
+        for sweep_id, sweep_tally in counted.items()
+        if sweep_tally.jobs[JobState.QUEUED] or sweep_tally.jobs[JobState.RUNNING]
+    }
+    expected = sweeps.expected_durations_for(session, unfinished)
+    described: list[SweepPublic] = []
+    for sweep in page:
+        sweep_tally = counted[sweep.id]
+        workers = [w for w in live if sweep_tally.queues & set(w.queues.split(","))]
+        expected_s = expected.get(sweep.id, {})
+        state = sweeps.summarize(sweep_tally, expected_s=expected_s, workers=len(workers))
+        described.append(_sweep_public(sweep, state, now))
+    return described
+
+
+def _sweep_public(sweep: Sweep, state: sweeps.SweepProgress, now: datetime) -> SweepPublic:
     done = sweep.report_status == ReportStatus.DONE
     return SweepPublic(
         id=sweep.id,

@@ -194,6 +194,8 @@ def enqueue_many(app: Celery, jobs: Sequence[tuple[str, str]], timeout_s: float)
                         app.send_task(
                             RUN_JOB_TASK,
                             args=[job_id],
+                            argsrepr=repr([job_id]),  # what Celery's saferepr writes, faster
+                            kwargsrepr="{}",
                             queue=queue,
                             producer=producer,
                             declare=None if first else [],

@@ -13,12 +13,25 @@ or per worker step). They never talk to the broker: the API commits, then enqueu
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, and_, cast, exists, extract, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    and_,
+    cast,
+    exists,
+    extract,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -28,10 +41,37 @@ from service.tables import Experiment, Job, JobKind, JobState, Worker, new_id, u
 TERMINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
+BULK_LOOKUP = 500  # values per ``IN (...)``: well under every database's parameter limit
+
+
 @dataclass(frozen=True)
 class Submission:
     experiment: Experiment
     created: bool  # False: an identical spec already existed and was returned
+
+
+@dataclass(frozen=True)
+class SpecToSubmit:
+    """A validated spec for ``submit_experiments``, with its hash computed once."""
+
+    spec: ExperimentSpec
+    spec_hash: str
+    configuration: str | None = None  # a sweep's grid point label
+
+
+@dataclass(frozen=True)
+class NewExperiment:
+    """An experiment ``submit_experiments`` recorded."""
+
+    id: str
+    spec: dict[str, Any]  # as recorded
+    runnable: list[tuple[str, str]]  # (job id, queue) a worker can start now: its train job
+
+
+@dataclass(frozen=True)
+class BulkSubmission:
+    experiment_ids: list[str]  # one per spec, in order: a new one or its identical twin
+    new: list[NewExperiment]
 
 
 def queue_for(spec: ExperimentSpec, default_queue: str) -> str:
@@ -47,14 +87,17 @@ def submit_experiment(
     default_queue: str = "cpu",
     sweep_id: str | None = None,
     configuration: str | None = None,
+    mlflow_experiment_id: str | None = None,
     force: bool = False,
+    spec_hash: str | None = None,
 ) -> Submission:
     """One experiment: a train job plus one job per analysis, depending on it.
 
     An identical spec (same hash) returns the existing experiment unless ``force``; the
     unique index on ``dedup_key`` decides, so concurrent submissions cannot both win.
+    ``spec_hash``: the spec's hash when the caller has it already.
     """
-    spec_hash = spec.spec_hash()
+    spec_hash = spec.spec_hash() if spec_hash is None else spec_hash
     dedup_key = f"{spec_hash}:{new_id()}" if force else spec_hash
     if not force:
         existing = session.scalar(select(Experiment).where(Experiment.dedup_key == dedup_key))
@@ -69,6 +112,7 @@ def submit_experiment(
         spec=spec.model_dump(mode="json"),
         spec_hash=spec_hash,
         dedup_key=dedup_key,
+        mlflow_experiment_id=mlflow_experiment_id,
     )
     train = Job(id=new_id(), kind=JobKind.TRAIN, queue=queue, state=JobState.QUEUED)
     experiment.jobs.append(train)
@@ -92,6 +136,135 @@ def submit_experiment(
             raise
         return Submission(existing, created=False)
     return Submission(experiment, created=True)
+
+
+def submit_experiments(
+    session: Session,
+    specs: Sequence[SpecToSubmit],
+    *,
+    owner: str = "anonymous",
+    default_queue: str = "cpu",
+    sweep_id: str | None = None,
+    mlflow_experiment_id: str | None = None,
+    force: bool = False,
+) -> BulkSubmission:
+    """Many experiments at once, as ``submit_experiment`` records each: the identical ones
+    already stored are found in one query per ``BULK_LOOKUP`` keys, the new ones written
+    with one multi-row INSERT for experiments and one for jobs (train jobs, and analysis
+    jobs depending on them), inside a savepoint. An identical spec stored by a concurrent
+    submission since the lookup breaks the unique ``dedup_key``: the savepoint is rolled
+    back and every spec goes through ``submit_experiment``, which settles each race.
+    """
+    keys = [f"{item.spec_hash}:{new_id()}" if force else item.spec_hash for item in specs]
+    stored = {} if force else _experiments_by_dedup_key(session, keys)
+    now = utcnow()
+    ticks = itertools.count()  # microseconds after now: rows keep their order by created_at
+    experiments: list[dict[str, Any]] = []
+    jobs: list[dict[str, Any]] = []
+    new: list[NewExperiment] = []
+    for item, key in zip(specs, keys, strict=True):
+        if key in stored:  # stored already, or the same spec earlier in this batch
+            continue
+        experiment_id = stored[key] = new_id()
+        spec = item.spec.model_dump(mode="json")
+        experiments.append(
+            {
+                "id": experiment_id,
+                "name": item.spec.name,
+                "owner": owner,
+                "sweep_id": sweep_id,
+                "configuration": item.configuration,
+                "spec": spec,
+                "spec_hash": item.spec_hash,
+                "dedup_key": key,
+                "mlflow_experiment_id": mlflow_experiment_id,
+                "created_at": now + timedelta(microseconds=next(ticks)),
+            }
+        )
+        queue = queue_for(item.spec, default_queue)
+        train_id = new_id()
+        # (id, kind, payload, depends_on): the train job, then one job per analysis
+        of_experiment: list[tuple[str, str, dict[str, Any] | None, str | None]] = [
+            (train_id, JobKind.TRAIN, None, None)
+        ]
+        of_experiment += [(new_id(), a["kind"], a, train_id) for a in spec["analyses"]]
+        for job_id, kind, payload, depends_on in of_experiment:
+            jobs.append(
+                {
+                    "id": job_id,
+                    "experiment_id": experiment_id,
+                    "kind": kind,
+                    "payload": payload,
+                    "depends_on": depends_on,
+                    "queue": queue,
+                    "state": JobState.QUEUED,
+                    "created_at": now + timedelta(microseconds=next(ticks)),
+                }
+            )
+        new.append(NewExperiment(experiment_id, spec, [(train_id, queue)]))
+    if experiments:
+        try:
+            with session.begin_nested():
+                # Core inserts of the tables: one executemany each (the ORM's bulk insert
+                # splits the batch wherever a row's None columns differ: train vs analysis).
+                session.execute(insert(Experiment.__table__), experiments)
+                session.execute(insert(Job.__table__), jobs)
+        except IntegrityError:  # lost a race with an identical submission: the careful way
+            return _submit_one_by_one(
+                session,
+                specs,
+                owner=owner,
+                default_queue=default_queue,
+                sweep_id=sweep_id,
+                mlflow_experiment_id=mlflow_experiment_id,
+                force=force,
+            )
+    return BulkSubmission([stored[key] for key in keys], new)
+
+
+def _experiments_by_dedup_key(session: Session, keys: Sequence[str]) -> dict[str, str]:
+    """dedup key -> experiment id, for the keys already stored."""
+    distinct = list(dict.fromkeys(keys))
+    found: dict[str, str] = {}
+    for start in range(0, len(distinct), BULK_LOOKUP):
+        chunk = distinct[start : start + BULK_LOOKUP]
+        rows = session.execute(
+            select(Experiment.dedup_key, Experiment.id).where(Experiment.dedup_key.in_(chunk))
+        )
+        found.update((key, experiment_id) for key, experiment_id in rows)
+    return found
+
+
+def _submit_one_by_one(
+    session: Session,
+    specs: Sequence[SpecToSubmit],
+    *,
+    owner: str,
+    default_queue: str,
+    sweep_id: str | None,
+    mlflow_experiment_id: str | None,
+    force: bool,
+) -> BulkSubmission:
+    ids: list[str] = []
+    new: list[NewExperiment] = []
+    for item in specs:
+        submission = submit_experiment(
+            session,
+            item.spec,
+            owner=owner,
+            default_queue=default_queue,
+            sweep_id=sweep_id,
+            configuration=item.configuration,
+            mlflow_experiment_id=mlflow_experiment_id,
+            force=force,
+            spec_hash=item.spec_hash,
+        )
+        experiment = submission.experiment
+        ids.append(experiment.id)
+        if submission.created:
+            train = train_job(experiment)
+            new.append(NewExperiment(experiment.id, experiment.spec, [(train.id, train.queue)]))
+    return BulkSubmission(ids, new)
 
 
 def add_analysis_jobs(

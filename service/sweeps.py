@@ -13,19 +13,34 @@ Functions take a Session and flush; the caller commits, as in ``jobstore``.
 
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 import hashlib
 import io
 import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
-from sqlalchemy import and_, exists, func, not_, or_, select, update
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    exists,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -75,6 +90,7 @@ class PlannedPoint:
     spec: ExperimentSpec
     configuration: str  # the point's label without the seed
     seed: int
+    spec_hash: str  # computed once, here
 
 
 @dataclass(frozen=True)
@@ -94,29 +110,125 @@ def plan(document: SweepSpec, max_size: int) -> SweepPlan:
     if size > max_size:
         raise SweepTooLargeError(size, max_size)
     paths = list(document.grid)
-    try:
-        expanded = grids.expand(document.base, document.grid)
-    except grids.GridError as exc:
-        raise SweepInvalidError([_error(("grid",), str(exc), "grid_path")]) from None
-    indices = itertools.product(*(range(len(document.grid[path])) for path in paths))
-    points: list[PlannedPoint] = []
+    fields = _PointFields(document.base, document.grid)
+    valid: list[tuple[ExperimentSpec, str]] = []  # (spec, configuration)
     errors: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for point, chosen in zip(expanded, indices, strict=True):
+    for chosen in itertools.product(*(range(len(document.grid[path])) for path in paths)):
         try:
-            spec = ExperimentSpec.model_validate(point.spec)
-        except ValidationError as exc:
-            for error in exc.errors(include_url=False):
-                loc = _request_loc(tuple(error["loc"]), point.spec, document.base, paths, chosen)
-                errors.setdefault((loc, error["msg"]), _error(loc, error["msg"], error["type"]))
-            continue
-        points.append(PlannedPoint(spec, point.configuration, spec.training.seed))
+            written = fields.spec(chosen)
+        except grids.GridError as exc:
+            message = _grid_error(document, exc)
+            raise SweepInvalidError([_error(("grid",), message, "grid_path")]) from None
+        spec = fields.validated(chosen)
+        if spec is None:  # invalid somewhere: validated whole, for the errors' paths
+            try:
+                spec = ExperimentSpec.model_validate(written)
+            except ValidationError as exc:
+                for error in exc.errors(include_url=False):
+                    loc = _request_loc(tuple(error["loc"]), written, document.base, paths, chosen)
+                    errors.setdefault((loc, error["msg"]), _error(loc, error["msg"], error["type"]))
+                continue
+        values = {
+            path: document.grid[path][index] for path, index in zip(paths, chosen, strict=True)
+        }
+        valid.append((spec, grids.GridPoint(written, values).configuration))
     if errors:
         raise SweepInvalidError(list(errors.values())[:MAX_REPORTED_ERRORS])
+    points = [
+        PlannedPoint(spec, label, spec.training.seed, spec.spec_hash()) for spec, label in valid
+    ]
     name = document.label()
-    digest = hashlib.sha256(
-        json.dumps([name, [point.spec.spec_hash() for point in points]]).encode()
-    )
+    digest = hashlib.sha256(json.dumps([name, [point.spec_hash for point in points]]).encode())
     return SweepPlan(name, points, digest.hexdigest())
+
+
+def _grid_error(document: SweepSpec, exc: grids.GridError) -> str:
+    """The message ``regcore.grid.expand`` gives for this grid (the first point's error)."""
+    try:
+        grids.expand(document.base, document.grid)
+    except grids.GridError as first:
+        return str(first)
+    return str(exc)
+
+
+_UNSET: Any = object()
+_INVALID: Any = object()
+
+
+class _PointFields:
+    """A grid's points, written and validated one top-level spec field at a time.
+
+    A field's value at a point depends only on the values chosen for the grid paths under
+    it, so each distinct value is copied once and validated once (by the field's own
+    type, as ``ExperimentSpec`` declares it), not once per point: a grid of 4 regularizer
+    lists x 250 seeds validates 4 lists and 250 training sections, and its analyses,
+    model and dataset once. A point's spec is then validated from those parts, which
+    pydantic takes as they are, so the spec's own validators still run on every point.
+    Fields the base leaves alone are shared with the base, never copied or changed.
+    """
+
+    def __init__(self, base: Mapping[str, Any], grid: Mapping[str, list[Any]]) -> None:
+        self.base, self.grid, self.paths = base, grid, list(grid)
+        self.under: dict[str, list[int]] = {}  # top-level key -> numbers of its grid paths
+        for number, path in enumerate(self.paths):
+            self.under.setdefault(path.split(".")[0], []).append(number)
+        self.keys = list(dict.fromkeys([*base, *self.under]))  # as grids.expand orders them
+        self._written: dict[tuple[str, tuple[int, ...]], Any] = {}
+        self._validated: dict[tuple[str, tuple[int, ...]], Any] = {}
+
+    def _key(self, name: str, chosen: Sequence[int]) -> tuple[str, tuple[int, ...]]:
+        return name, tuple(chosen[number] for number in self.under.get(name, ()))
+
+    def _written_field(self, name: str, chosen: Sequence[int]) -> Any:
+        if name not in self.under:
+            return self.base[name]
+        key = self._key(name, chosen)
+        value = self._written.get(key, _UNSET)
+        if value is _UNSET:
+            holder = {name: copy.deepcopy(self.base[name])} if name in self.base else {}
+            for number in self.under[name]:
+                path = self.paths[number]
+                grids.set_path(holder, path, copy.deepcopy(self.grid[path][chosen[number]]))
+            value = self._written[key] = holder[name]
+        return value
+
+    def spec(self, chosen: Sequence[int]) -> dict[str, Any]:
+        """The point as ``regcore.grid.expand`` writes it; raises GridError for a bad path."""
+        return {name: self._written_field(name, chosen) for name in self.keys}
+
+    def validated(self, chosen: Sequence[int]) -> ExperimentSpec | None:
+        """The point's spec, or None if it is invalid (or has a field no spec has)."""
+        parts: dict[str, Any] = {}
+        for name in self.keys:
+            adapter = _field_adapter(name)
+            if adapter is None:
+                return None
+            key = self._key(name, chosen)
+            part = self._validated.get(key, _UNSET)
+            if part is _UNSET:
+                try:
+                    part = adapter.validate_python(self._written_field(name, chosen))
+                except ValidationError:
+                    part = _INVALID
+                self._validated[key] = part
+            if part is _INVALID:
+                return None
+            parts[name] = part
+        try:
+            return ExperimentSpec.model_validate(parts)
+        except ValidationError:
+            return None
+
+
+@functools.cache
+def _field_adapter(name: str) -> TypeAdapter[Any] | None:
+    """A validator for one field of ExperimentSpec, with its constraints; None: no such field."""
+    declared = ExperimentSpec.model_fields.get(name)
+    if declared is None:
+        return None
+    if not declared.metadata:
+        return TypeAdapter(declared.annotation)
+    return TypeAdapter(Annotated[(declared.annotation, *declared.metadata)])
 
 
 def _request_loc(
@@ -179,10 +291,21 @@ def _error(loc: tuple[Any, ...], message: str, kind: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Member:
+    """One grid point of a sweep as recorded (a ``SweepMember`` row)."""
+
+    experiment_id: str
+    position: int
+    configuration: str
+    seed: int
+
+
+@dataclass(frozen=True)
 class SweepSubmission:
     sweep: Sweep
     created: bool  # False: the same sweep was submitted before; this is that one
-    new_experiments: list[Experiment] = field(default_factory=list)
+    members: list[Member]  # in grid order
+    new_experiments: list[jobstore.NewExperiment] = field(default_factory=list)
 
 
 def submit_sweep(
@@ -196,18 +319,26 @@ def submit_sweep(
     force: bool = False,
 ) -> SweepSubmission:
     """Record the sweep and its experiments (the caller commits, then enqueues the new
-    experiments' runnable jobs). ``force``: a new sweep with new experiments throughout."""
+    experiments' runnable jobs). ``force``: a new sweep with new experiments throughout.
+
+    The experiments go in through ``jobstore.submit_experiments`` (identical specs looked
+    up at once, new rows in multi-row INSERTs), the members in one more."""
     sweep_hash = f"{planned.sweep_hash[:48]}:{new_id()[:15]}" if force else planned.sweep_hash
     existing = session.scalar(select(Sweep).where(Sweep.sweep_hash == sweep_hash))
     if existing is not None:
-        return SweepSubmission(existing, created=False)
+        return _submitted_before(existing)
+    # Two points may share a spec (a label changed): even with force, one experiment per
+    # spec in a sweep, at the first point's position.
+    distinct: dict[str, tuple[int, PlannedPoint]] = {}
+    for position, point in enumerate(planned.points):
+        distinct.setdefault(point.spec_hash, (position, point))
     sweep = Sweep(
         name=planned.name,
         owner=owner,
         sweep_hash=sweep_hash,
         base=document.base,
         grid=document.grid,
-        size=0,
+        size=len(distinct),
         mlflow_experiment_id=mlflow_experiment_id,
     )
     try:
@@ -218,40 +349,41 @@ def submit_sweep(
         existing = session.scalar(select(Sweep).where(Sweep.sweep_hash == sweep_hash))
         if existing is None:
             raise
-        return SweepSubmission(existing, created=False)
-    new: list[Experiment] = []
-    members: dict[str, SweepMember] = {}
-    seen: set[str] = set()  # spec hashes: two points may share a spec (a label changed)
-    for position, point in enumerate(planned.points):
-        spec_hash = point.spec.spec_hash()
-        if spec_hash in seen:  # even with force: one experiment per spec in a sweep
-            continue
-        seen.add(spec_hash)
-        submission = jobstore.submit_experiment(
-            session,
-            point.spec,
-            owner=owner,
-            default_queue=default_queue,
-            sweep_id=sweep.id,
-            configuration=point.configuration,
-            force=force,
-        )
-        experiment = submission.experiment
-        if submission.created:
-            experiment.mlflow_experiment_id = mlflow_experiment_id
-            new.append(experiment)
-        if experiment.id not in members:
-            members[experiment.id] = SweepMember(
-                sweep_id=sweep.id,
-                experiment_id=experiment.id,
-                position=position,
-                configuration=point.configuration,
-                seed=point.seed,
-            )
-    session.add_all(members.values())
-    sweep.size = len(members)
-    session.flush()
-    return SweepSubmission(sweep, created=True, new_experiments=new)
+        return _submitted_before(existing)
+    chosen = list(distinct.values())
+    recorded = jobstore.submit_experiments(
+        session,
+        [jobstore.SpecToSubmit(p.spec, p.spec_hash, p.configuration) for _, p in chosen],
+        owner=owner,
+        default_queue=default_queue,
+        sweep_id=sweep.id,
+        mlflow_experiment_id=mlflow_experiment_id,
+        force=force,
+    )
+    # Distinct specs have distinct dedup keys, so distinct experiments: one member each.
+    members = [
+        Member(experiment_id, position, point.configuration, point.seed)
+        for (position, point), experiment_id in zip(chosen, recorded.experiment_ids, strict=True)
+    ]
+    session.execute(
+        insert(SweepMember),
+        [
+            {
+                "sweep_id": sweep.id,
+                "experiment_id": m.experiment_id,
+                "position": m.position,
+                "configuration": m.configuration,
+                "seed": m.seed,
+            }
+            for m in members
+        ],
+    )
+    return SweepSubmission(sweep, created=True, members=members, new_experiments=recorded.new)
+
+
+def _submitted_before(sweep: Sweep) -> SweepSubmission:
+    members = [Member(m.experiment_id, m.position, m.configuration, m.seed) for m in sweep.members]
+    return SweepSubmission(sweep, created=False, members=members)
 
 
 def mlflow_experiment_name(planned: SweepPlan) -> str:
@@ -262,7 +394,8 @@ def mlflow_experiment_name(planned: SweepPlan) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-# A sweep with its members, their experiments and jobs: everything progress() reads.
+# A sweep with its members, their experiments and jobs: what results(), cancel() and
+# reports read. Progress does not need it: ``tallies`` counts in SQL.
 _WITH_JOBS = (
     selectinload(Sweep.members).selectinload(SweepMember.experiment).selectinload(Experiment.jobs)
 )
@@ -273,14 +406,10 @@ def load(session: Session, sweep_id: str) -> Sweep | None:
 
 
 def list_sweeps(session: Session, *, limit: int, offset: int) -> tuple[list[Sweep], int]:
-    """A page of sweeps, newest first, and how many there are in all."""
+    """A page of sweeps (their own rows only), newest first, and how many there are."""
     count = session.scalar(select(func.count()).select_from(Sweep)) or 0
     page = session.scalars(
-        select(Sweep)
-        .options(_WITH_JOBS)
-        .order_by(Sweep.created_at.desc(), Sweep.id)
-        .limit(limit)
-        .offset(offset)
+        select(Sweep).order_by(Sweep.created_at.desc(), Sweep.id).limit(limit).offset(offset)
     )
     return list(page), count
 
@@ -310,6 +439,67 @@ class RunningJob:
     member: SweepMember
 
 
+@dataclass
+class KindTally:
+    """A sweep's jobs of one kind."""
+
+    jobs: int = 0
+    unfinished: int = 0  # queued or running
+    progress: float = 0.0  # the unfinished jobs' progress, summed
+    succeeded_s: float = 0.0  # seconds of the succeeded jobs with both timestamps, summed
+    succeeded: int = 0  # ... and how many they are
+
+
+@dataclass
+class SweepTally:
+    """What a sweep's progress is computed from: counted in Python from a loaded sweep
+    (``tally``) or in SQL for many sweeps at once (``tallies``); ``summarize`` reads it."""
+
+    jobs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
+    experiments: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
+    kinds: dict[str, KindTally] = field(default_factory=dict)
+    queues: set[str] = field(default_factory=set)
+    started_at: datetime | None = None  # the first start of any job
+    finished_at: datetime | None = None  # the last finish of a finished job
+    running: list[RunningJob] = field(default_factory=list)  # in member order
+
+    def add(
+        self,
+        kind: str,
+        state: str,
+        queue: str,
+        *,
+        jobs: int = 1,
+        progress: float = 0.0,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        succeeded_s: float | None = None,
+        succeeded: int = 0,
+    ) -> None:
+        """``jobs`` jobs of one kind, state and queue: their progress summed, first start,
+        last finish, and (succeeded) the seconds of ``succeeded`` of them summed."""
+        self.jobs[state] += jobs
+        self.queues.add(queue)
+        counted = self.kinds.setdefault(kind, KindTally())
+        counted.jobs += jobs
+        if state in jobstore.TERMINAL:
+            self.finished_at = _latest(self.finished_at, finished_at)
+        else:
+            counted.unfinished += jobs
+            counted.progress += progress
+        if started_at is not None and (self.started_at is None or started_at < self.started_at):
+            self.started_at = started_at
+        if succeeded_s is not None and succeeded:
+            counted.succeeded_s += succeeded_s
+            counted.succeeded += succeeded
+
+
+def _latest(current: datetime | None, other: datetime | None) -> datetime | None:
+    if other is None:
+        return current
+    return other if current is None or other > current else current
+
+
 @dataclass(frozen=True)
 class SweepProgress:
     status: str
@@ -323,39 +513,28 @@ class SweepProgress:
 
 
 def progress(sweep: Sweep, *, expected_s: dict[str, float], workers: int) -> SweepProgress:
-    """Counts, weighted progress and an ETA for a loaded sweep.
+    """Counts, weighted progress and an ETA for a loaded sweep (``summarize`` of its tally)."""
+    return summarize(tally(sweep), expected_s=expected_s, workers=workers)
+
+
+def summarize(counted: SweepTally, *, expected_s: dict[str, float], workers: int) -> SweepProgress:
+    """Counts, weighted progress and an ETA from a sweep's tally.
 
     ``expected_s``: expected seconds per job kind (``expected_durations``); ``workers``:
     live workers that share the remaining work. The ETA is the remaining expected work
     (a running job counts its unfinished fraction) divided among the workers."""
-    experiments = dict.fromkeys(STATES, 0)
-    jobs = dict.fromkeys(STATES, 0)
-    running: list[RunningJob] = []
+    fallback = _fallback(expected_s)
     done_work = total_work = remaining = 0.0
     unknown = False
-    started: list[datetime] = []
-    finished: list[datetime] = []
-    for member in sweep.members:
-        experiments[jobstore.experiment_status(member.experiment)] += 1
-        for job in member.experiment.jobs:
-            jobs[job.state] += 1
-            weight = expected_s.get(job.kind)
-            known = weight is not None
-            weight = weight if weight is not None else _fallback(expected_s)
-            total_work += weight
-            if job.started_at is not None:
-                started.append(job.started_at)
-            if job.state in jobstore.TERMINAL:
-                done_work += weight
-                if job.finished_at is not None:
-                    finished.append(job.finished_at)
-                continue
-            done_work += weight * job.progress
-            remaining += weight * (1.0 - job.progress)
-            unknown = unknown or not known
-            if job.state == JobState.RUNNING:
-                running.append(RunningJob(job, member))
-    status = sweep_status(jobs, experiments)
+    for kind in sorted(counted.kinds):
+        kind_tally = counted.kinds[kind]
+        weight = expected_s.get(kind, fallback)
+        total_work += weight * kind_tally.jobs
+        finished = kind_tally.jobs - kind_tally.unfinished
+        done_work += weight * (finished + kind_tally.progress)
+        remaining += weight * (kind_tally.unfinished - kind_tally.progress)
+        unknown = unknown or (kind_tally.unfinished > 0 and kind not in expected_s)
+    status = sweep_status(counted.jobs, counted.experiments)
     if status in ("succeeded", "failed", "cancelled"):
         eta: float | None = 0.0
     elif unknown or not expected_s:
@@ -364,13 +543,13 @@ def progress(sweep: Sweep, *, expected_s: dict[str, float], workers: int) -> Swe
         eta = round(remaining / max(1, workers), 1)
     return SweepProgress(
         status=status,
-        experiments=experiments,
-        jobs=jobs,
+        experiments=dict(counted.experiments),
+        jobs=dict(counted.jobs),
         progress=round(done_work / total_work, 4) if total_work else 1.0,
         eta_s=eta,
-        started_at=min(started, default=None),
-        finished_at=max(finished, default=None) if status in jobstore.TERMINAL else None,
-        running=sorted(running, key=lambda r: r.member.position),
+        started_at=counted.started_at,
+        finished_at=counted.finished_at if status in jobstore.TERMINAL else None,
+        running=list(counted.running),
     )
 
 
@@ -378,43 +557,197 @@ def _fallback(expected_s: dict[str, float]) -> float:
     return sum(expected_s.values()) / len(expected_s) if expected_s else 1.0
 
 
-def expected_durations(session: Session, sweep: Sweep) -> dict[str, float]:
-    """Mean seconds of succeeded jobs per kind: this sweep's own where it has finished one
-    of that kind (same models, same data), else every sweep's."""
-    own: dict[str, list[float]] = {}
+def tally(sweep: Sweep) -> SweepTally:
+    """Count a loaded sweep (``load``)."""
+    counted = SweepTally()
+    running: list[RunningJob] = []
     for member in sweep.members:
+        counted.experiments[jobstore.experiment_status(member.experiment)] += 1
         for job in member.experiment.jobs:
+            seconds = None
             if job.state == JobState.SUCCEEDED and job.started_at and job.finished_at:
                 seconds = (job.finished_at - job.started_at).total_seconds()
-                own.setdefault(job.kind, []).append(seconds)
-    expected = {kind: sum(values) / len(values) for kind, values in own.items()}
-    kinds = {job.kind for member in sweep.members for job in member.experiment.jobs}
-    missing = kinds - set(expected)
-    if missing:  # one aggregate query: a poll never loads the store's finished jobs
-        newest_first = func.row_number().over(
-            partition_by=Job.kind, order_by=Job.finished_at.desc()
-        )
-        recent = (
-            select(
-                Job.kind,
-                jobstore.seconds_between(session, Job.started_at, Job.finished_at).label("s"),
-                newest_first.label("rank"),
+            counted.add(
+                job.kind,
+                job.state,
+                job.queue,
+                progress=job.progress,
+                started_at=job.started_at,
+                finished_at=job.finished_at,
+                succeeded_s=seconds,
+                succeeded=int(seconds is not None),
             )
-            .where(
-                Job.kind.in_(missing),
-                Job.state == JobState.SUCCEEDED,
-                Job.started_at.is_not(None),
-                Job.finished_at.is_not(None),
-            )
-            .subquery()
+            if job.state == JobState.RUNNING:
+                running.append(RunningJob(job, member))
+    counted.running = sorted(running, key=lambda r: r.member.position)
+    return counted
+
+
+def tallies(session: Session, page: Sequence[Sweep]) -> dict[str, SweepTally]:
+    """Count many sweeps in SQL, without loading their members, experiments or jobs: one
+    aggregate over their jobs (by sweep, kind, state and queue); the experiments' statuses
+    (``jobstore.experiment_status`` as a CASE) of the sweeps whose jobs are not all in one
+    state (when they are, every experiment is: each has its train job); the running jobs.
+    A sweep's own durations are to the millisecond on SQLite (``seconds_between``)."""
+    counted = {sweep.id: SweepTally() for sweep in page}
+    if not counted:
+        return counted
+    seconds = jobstore.seconds_between(session, Job.started_at, Job.finished_at)
+    by_group = session.execute(
+        select(
+            SweepMember.sweep_id,
+            Job.kind,
+            Job.state,
+            Job.queue,
+            func.count(),
+            func.sum(Job.progress),
+            func.min(Job.started_at),
+            func.max(Job.finished_at),
+            func.sum(seconds),
+            func.count(seconds),
         )
-        averages = session.execute(
-            select(recent.c.kind, func.avg(recent.c.s))
-            .where(recent.c.rank <= RECENT_JOBS_PER_KIND)
-            .group_by(recent.c.kind)
+        .join(Job, Job.experiment_id == SweepMember.experiment_id)
+        .where(SweepMember.sweep_id.in_(list(counted)))
+        .group_by(SweepMember.sweep_id, Job.kind, Job.state, Job.queue)
+    )
+    for sweep_id, kind, state, queue, jobs, progress_sum, first, last, total_s, timed in by_group:
+        succeeded = state == JobState.SUCCEEDED
+        counted[sweep_id].add(
+            kind,
+            state,
+            queue,
+            jobs=jobs,
+            progress=float(progress_sum or 0.0),
+            started_at=first,
+            finished_at=last,
+            succeeded_s=float(total_s) if succeeded and total_s is not None else None,
+            succeeded=timed if succeeded else 0,
         )
-        expected |= {kind: float(seconds) for kind, seconds in averages}
+    mixed: list[str] = []
+    for sweep in page:
+        states = [state for state, jobs in counted[sweep.id].jobs.items() if jobs]
+        if len(states) > 1:
+            mixed.append(sweep.id)
+        else:  # an experiment's status is the state of all its jobs (none: queued)
+            counted[sweep.id].experiments[states[0] if states else JobState.QUEUED] += sweep.size
+    if mixed:
+        statuses = _experiment_statuses(SweepMember.sweep_id.in_(mixed))
+        for sweep_id, status, experiments in session.execute(statuses):
+            counted[sweep_id].experiments[status] += experiments
+    with_running = [sweep_id for sweep_id, c in counted.items() if c.jobs[JobState.RUNNING]]
+    if with_running:
+        running = session.execute(
+            select(Job, SweepMember)
+            .join(SweepMember, SweepMember.experiment_id == Job.experiment_id)
+            .where(SweepMember.sweep_id.in_(with_running), Job.state == JobState.RUNNING)
+            .order_by(SweepMember.position, Job.created_at, Job.id)
+        )
+        for job, member in running:
+            counted[member.sweep_id].running.append(RunningJob(job, member))
+    return counted
+
+
+def _experiment_statuses(of_page: ColumnElement[bool]) -> Select[tuple[str, str, int]]:
+    """(sweep id, experiment status, experiments): ``jobstore.experiment_status`` in SQL."""
+    per_state = [func.count(case((Job.state == state, 1))).label(state.value) for state in JobState]
+    per_experiment = (
+        select(SweepMember.sweep_id, *per_state)
+        .select_from(SweepMember)
+        .outerjoin(Job, Job.experiment_id == SweepMember.experiment_id)
+        .where(of_page)
+        .group_by(SweepMember.sweep_id, SweepMember.experiment_id)
+        .subquery()
+    )
+    has = per_experiment.c
+    status = case(
+        (has.failed > 0, JobState.FAILED.value),
+        (has.cancelled > 0, JobState.CANCELLED.value),
+        (has.running > 0, JobState.RUNNING.value),
+        (and_(has.succeeded > 0, has.queued == 0), JobState.SUCCEEDED.value),
+        (has.succeeded > 0, JobState.RUNNING.value),  # training done, analyses waiting
+        else_=JobState.QUEUED.value,
+    )
+    statuses = select(has.sweep_id, status.label("status")).subquery()
+    return select(statuses.c.sweep_id, statuses.c.status, func.count()).group_by(
+        statuses.c.sweep_id, statuses.c.status
+    )
+
+
+def expected_durations(session: Session, sweep: Sweep) -> dict[str, float]:
+    """Mean seconds of succeeded jobs per kind: this sweep's own where it has finished one
+    of that kind (same models, same data), else every sweep's (a loaded sweep)."""
+    return expected_durations_for(session, {sweep.id: tally(sweep)})[sweep.id]
+
+
+def expected_durations_for(
+    session: Session, counted: Mapping[str, SweepTally]
+) -> dict[str, dict[str, float]]:
+    """``expected_durations`` of many sweeps from their tallies: the store-wide averages
+    of the kinds some sweep has not finished a job of yet, in one aggregate query (a poll
+    never loads the store's finished jobs)."""
+    expected: dict[str, dict[str, float]] = {}
+    missing: set[str] = set()
+    for sweep_id, sweep_tally in counted.items():
+        own = {
+            kind: kind_tally.succeeded_s / kind_tally.succeeded
+            for kind, kind_tally in sweep_tally.kinds.items()
+            if kind_tally.succeeded
+        }
+        expected[sweep_id] = own
+        missing |= set(sweep_tally.kinds) - set(own)
+    if not missing:
+        return expected
+    recent = _recent_durations(session, missing)
+    for sweep_id, sweep_tally in counted.items():
+        own = expected[sweep_id]
+        own |= {
+            kind: recent[kind] for kind in sweep_tally.kinds if kind not in own and kind in recent
+        }
     return expected
+
+
+# Per job store: (succeeded jobs, mean seconds per kind of the newest of them).
+_RECENT: weakref.WeakKeyDictionary[Any, tuple[int, dict[str, float]]] = weakref.WeakKeyDictionary()
+
+
+def _recent_durations(session: Session, kinds: Iterable[str]) -> dict[str, float]:
+    """Mean seconds of the ``RECENT_JOBS_PER_KIND`` newest succeeded jobs of each kind.
+
+    A succeeded job never changes again and jobs are never removed, so the number of
+    succeeded jobs identifies the set they are taken from: the averages are computed
+    again only when it has grown, and a poll costs one count over an index, not a sort
+    of every finished job in the store."""
+    succeeded = session.scalar(
+        select(func.count()).select_from(Job).where(Job.state == JobState.SUCCEEDED)
+    )
+    store = session.get_bind()
+    cached = _RECENT.get(store)
+    if cached is None or cached[0] != succeeded:
+        cached = _RECENT[store] = (succeeded or 0, _recent_averages(session))
+    return {kind: cached[1][kind] for kind in kinds if kind in cached[1]}
+
+
+def _recent_averages(session: Session) -> dict[str, float]:
+    newest_first = func.row_number().over(partition_by=Job.kind, order_by=Job.finished_at.desc())
+    recent = (
+        select(
+            Job.kind,
+            jobstore.seconds_between(session, Job.started_at, Job.finished_at).label("s"),
+            newest_first.label("rank"),
+        )
+        .where(
+            Job.state == JobState.SUCCEEDED,
+            Job.started_at.is_not(None),
+            Job.finished_at.is_not(None),
+        )
+        .subquery()
+    )
+    averages = session.execute(
+        select(recent.c.kind, func.avg(recent.c.s))
+        .where(recent.c.rank <= RECENT_JOBS_PER_KIND)
+        .group_by(recent.c.kind)
+    )
+    return {kind: float(seconds) for kind, seconds in averages}
 
 
 # --------------------------------------------------------------------------- results

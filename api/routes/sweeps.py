@@ -7,7 +7,15 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from starlette.background import BackgroundTask
 
 from api import operations
-from api.deps import CeleryDep, DatabaseDep, SessionDep, SettingsDep, SweepDep, TrackingDep
+from api.deps import (
+    CeleryDep,
+    DatabaseDep,
+    SessionDep,
+    SettingsDep,
+    SweepDep,
+    SweepRowDep,
+    TrackingDep,
+)
 from api.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
@@ -73,7 +81,7 @@ def submit_sweep(
                 seed=m.seed,
                 created=m.experiment_id in new,
             )
-            for m in sweep.members
+            for m in submission.members
         ],
     )
 
@@ -87,13 +95,11 @@ def list_sweeps(
 ) -> SweepsPublic:
     """A page of sweeps, newest first, each with its progress."""
     page, count = sweeps.list_sweeps(session, limit=limit, offset=offset)
-    live = operations.live_workers(session, settings)
-    data = [operations.describe_sweep(session, settings, sweep, live) for sweep in page]
-    return SweepsPublic(data=data, count=count)
+    return SweepsPublic(data=operations.describe_sweeps(session, settings, page), count=count)
 
 
 @router.get("/{sweep_id}", responses=NOT_FOUND)
-def read_sweep(sweep: SweepDep, session: SessionDep, settings: SettingsDep) -> SweepPublic:
+def read_sweep(sweep: SweepRowDep, session: SessionDep, settings: SettingsDep) -> SweepPublic:
     """Experiments and jobs counted by state, weighted progress, an ETA (null until a job
     of each remaining kind has finished once), the running jobs, the report's state."""
     return operations.describe_sweep(session, settings, sweep)
@@ -156,9 +162,7 @@ def build_report(
     """Build the report now (again, if one exists): a new MLflow run. 409 while the sweep
     has unfinished jobs; it is built on its own when they finish."""
     operations.rebuild_report(session, settings, database, sweep)
-    reloaded = sweeps.load(session, sweep.id)
-    assert reloaded is not None
-    return operations.describe_sweep(session, settings, reloaded)
+    return operations.describe_sweep(session, settings, sweep)
 
 
 @router.get(
