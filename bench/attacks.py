@@ -114,7 +114,7 @@ def run(ctx: BenchContext) -> SectionResult:
     notes = [
         f"Batch {BATCH}, eval mode; Linf, alpha = 2.5 eps / k, random start. The reference is "
         "a plain PGD loop (bench/attacks.py); FGSM has none. Ratio = regcore's time / the "
-        f"reference's, per round; median [min-max] over {rounds} rounds."
+        f"reference's, per round; median [IQR] over {rounds} rounds."
     ]
     return SectionResult(rows, notes)
 

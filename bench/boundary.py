@@ -104,7 +104,7 @@ def run(ctx: BenchContext) -> SectionResult:
                     }
                 )
     notes = [
-        f"Half-width {HALF_WIDTH:g}; per round a rate, median [min-max] over {rounds} rounds; "
+        f"Half-width {HALF_WIDTH:g}; per round a rate, median [IQR] over {rounds} rounds; "
         "CPU: CPU time, one thread; CUDA: wall time."
     ]
     return SectionResult(rows, notes)

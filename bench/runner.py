@@ -147,13 +147,15 @@ def run_section(section: Section, ctx: BenchContext) -> dict[str, Any]:
 
 
 def format_value(value: Any) -> str:
-    """A table cell: a spread as ``median [min-max]``, numbers to 3 significant digits."""
+    """A table cell: a spread as ``median [q1-q3]`` (``[min-max]`` without quartiles),
+    numbers to 3 significant digits."""
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, dict) and "median" in value:
-        return f"{_number(value['median'])} [{_number(value['min'])}-{_number(value['max'])}]"
+        low, high = (value["q1"], value["q3"]) if "q1" in value else (value["min"], value["max"])
+        return f"{_number(value['median'])} [{_number(low)}-{_number(high)}]"
     if isinstance(value, int | float):
         return _number(value)
     if isinstance(value, list | dict):
@@ -181,6 +183,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['date']}; {info['cpu']}, {info['cores']} cores; "
         f"devices: {', '.join(info['devices'])}; torch {info['torch']}, "
         f"Python {info['python']}; commit {info['commit'] or 'unknown'}.",
+        "",
+        "A value `m [a-b]` is the median over the rounds with the interquartile range (IQR) of the "
+        "per-round values (their min and max are in results.json).",
     ]
     for name, entry in results["sections"].items():
         lines += ["", f"## {entry['title']} (`{name}`)", ""]

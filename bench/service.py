@@ -313,7 +313,7 @@ def run(ctx: BenchContext) -> SectionResult:
         f"Tiny job: LeNet, 1 epoch of digits (batch 32), no analyses; {jobs} jobs one at a "
         "time on an idle worker after a warm-up job. Latency: created_at -> started_at in "
         "the job store. Overhead: (finished_at - started_at) - train_seconds, median "
-        "[min-max]. Sweep: grids/digits.yaml through the service (first job recorded -> last "
+        "[IQR]. Sweep: grids/digits.yaml through the service (first job recorded -> last "
         "finished) against `regbench run grids/digits.yaml` (command start -> exit). Wall "
         "time; the machine may be shared.",
     ]

@@ -205,7 +205,7 @@ def run(ctx: BenchContext) -> SectionResult:
         "then the epoch-end hooks (hard SVB projection, spectral-norm refresh inside it); "
         f"W = {', '.join(f'{m} {w}' for m, w, _ in plans)}; rounds = "
         f"{', '.join(f'{m} {r}' for m, _, r in plans)}; order rotated each round; ratio "
-        "per round to `none`, median [min-max]. CPU: CPU time, one thread; CUDA: wall time.",
+        "per round to `none`, median [IQR]. CPU: CPU time, one thread; CUDA: wall time.",
         "LeNet trains on real MNIST batches; DDNet on random tensors of CIFAR-10 shape "
         "(CIFAR is not on this machine). Every regularizer at its defaults; beta_penalty "
         "with the centered-softplus activation it needs (its ratio includes that model). "

@@ -4,7 +4,7 @@ Training: ``regcore.train.train_step`` without regularizers (SGD with momentum, 
 Evaluation: ``regcore.train.evaluate`` (eval mode, no gradients, batches of 1000, as the
 loop evaluates its validation split). LeNet and the MLP see real MNIST; DDNet (CIFAR-10)
 and ResNet-18 (CIFAR-100, its CIFAR stem) random tensors of CIFAR's shape. The models
-take turns each round, in a rotated order; a rate per round, median [min-max].
+take turns each round, in a rotated order; a rate per round, median [IQR].
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def run(ctx: BenchContext) -> SectionResult:
                 )
     notes = [
         f"Training: batch {TRAIN_BATCH}, SGD with momentum, no regularizer; evaluation: "
-        f"eval mode without gradients, batches of {EVAL_BATCH}. Median [min-max] over "
+        f"eval mode without gradients, batches of {EVAL_BATCH}. Median [IQR] over "
         f"{rounds} rounds; CPU: CPU time, one thread; CUDA: wall time."
     ]
     return SectionResult(rows, notes)

@@ -95,4 +95,5 @@ def test_rounds_rotate_and_spreads_summarize() -> None:
     ]  # fmt: skip
     spread = Spread.of([3.0, 1.0, 2.0, 4.0, 5.0])
     assert (spread.median, spread.low, spread.high, spread.q1, spread.q3) == (3, 1, 5, 2, 4)
-    assert format_value(spread.as_json()) == "3 [1-5]"
+    assert format_value(spread.as_json()) == "3 [2-4]"
+    assert format_value({"median": 3.0, "min": 1.0, "max": 5.0}) == "3 [1-5]"
