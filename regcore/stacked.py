@@ -201,10 +201,15 @@ class _Stack:
     def __init__(self, members: list[_Member], training: TrainingSpec) -> None:
         self.members = members
         first = members[0].run
+        # channels-last where it is faster and cannot change the result (StackedModel)
+        differentiates_forward = any(
+            r.needs_input_grad for m in members for r in m.regularizers.values()
+        )
         self.model = stack_models(
             [m.run.model for m in members],
             [m.randomness for m in members],
             first.data.info.input_shape,
+            channels_last=first.device.type == "cpu" and not differentiates_forward,
         )
         self.optimizer = build_optimizer(nn.ModuleList([m.run.model for m in members]), training)
         self.optimizer.param_groups[0]["foreach"] = True  # one call for all members' tensors
@@ -491,7 +496,8 @@ def _evaluate_validation(stack: _Stack, metrics: list[dict[str, float]], batch_s
     present = [split for split in splits if split is not None]
     if len(present) < len(splits):
         return
-    results = evaluate_stacked(stack.model, present, batch_size)
+    # as many samples per forward pass as a run of its own (large batches are slower)
+    results = evaluate_stacked(stack.model, present, max(1, batch_size // len(present)))
     for values, (loss, accuracy) in zip(metrics, results, strict=True):
         values["val/loss"], values["val/accuracy"] = loss, accuracy
 

@@ -49,6 +49,7 @@ class AdversarialTraining(Regularizer):
     Params = AdversarialTrainingParams
     params: AdversarialTrainingParams
     autocast_safe = True  # PGD and CE_adv in bf16: first-order, checked in test_gpu_options
+    stack_note = "stacked seeds run its attack and adversarial forward member by member"
 
     def penalty(self, ctx: StepContext) -> torch.Tensor:
         p = self.params

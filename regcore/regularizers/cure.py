@@ -76,6 +76,7 @@ class CURE(Regularizer):
     Params = CUREParams
     params: CUREParams
     double_backward = True  # the penalty is a gradient's norm: fp32, no torch.compile
+    stack_note = "stacked seeds run its forward passes member by member"
 
     def penalty(self, ctx: StepContext) -> torch.Tensor:
         with eval_mode(ctx.model):

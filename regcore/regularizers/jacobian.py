@@ -58,15 +58,10 @@ from __future__ import annotations
 import torch
 from pydantic import Field, field_validator
 
-from regcore.jacobian import (
-    differentiable_forward,
-    frobenius_norm_sq_of_logits,
-    random_projection_frobenius_sq,
-    subsample_forward,
-)
+from regcore.jacobian import differentiable_forward, subsample_forward
 from regcore.registries import REGULARIZERS
 from regcore.registry import ComponentParams
-from regcore.regularizers.base import Regularizer, StepContext
+from regcore.regularizers.base import InputGradient, Regularizer, StepContext
 
 EXACT = -1
 
@@ -102,6 +97,10 @@ class Jacobian(Regularizer):
     Params = JacobianParams
     params: JacobianParams
     double_backward = True  # the penalty is a gradient's norm: fp32, no torch.compile
+    stack_note = (
+        "stacked seeds take their projections in one backward pass; subsample's own "
+        "forward passes run member by member"
+    )
 
     @property
     def needs_input_grad(self) -> bool:  # type: ignore[override]
@@ -109,16 +108,40 @@ class Jacobian(Regularizer):
         runs a forward of its own, so the training forward need not track its input."""
         return self.params.subsample is None
 
-    def penalty(self, ctx: StepContext) -> torch.Tensor:
+    # The penalty goes through ``input_gradient_requests``: u = v^T J for each projection
+    # v, so that stacked seeds (regcore.stacked) take them all in one backward pass.
+
+    def input_gradient_requests(self, ctx: StepContext) -> list[InputGradient]:
         k = self.params.subsample
         if k is None:  # the training forward itself: x (B, ...), logits (B, C)
             x, logits = differentiable_forward(ctx.model, ctx.inputs, ctx.logits)
         else:  # a forward pass of its own on k random samples: x (k, ...), logits (k, C)
             x, logits = subsample_forward(ctx.model, ctx.inputs, k)
-        if self.params.n_proj == EXACT:
-            norms_sq = frobenius_norm_sq_of_logits(logits, x, create_graph=True)  # (B or k,)
-        else:
-            norms_sq = random_projection_frobenius_sq(
-                logits, x, self.params.n_proj, create_graph=True
-            )  # (B or k,)
-        return 0.5 * self.params.weight * norms_sq.mean()
+        return [InputGradient(logits, x, v) for v in projections(logits, self.params.n_proj)]
+
+    def penalty_from_gradients(
+        self, ctx: StepContext, gradients: list[torch.Tensor]
+    ) -> torch.Tensor:
+        norms_sq = torch.stack([u.flatten(1).pow(2).sum(dim=1) for u in gradients]).sum(0)
+        if self.params.n_proj != EXACT:  # C * mean over projections: unbiased for ||J||_F^2
+            norms_sq = ctx.logits.shape[1] * norms_sq / self.params.n_proj
+        return 0.5 * self.params.weight * norms_sq.mean()  # norms_sq: (B or k,)
+
+
+def projections(logits: torch.Tensor, n_proj: int) -> list[torch.Tensor]:
+    """The vectors v (B, C) of the estimate, as ``random_projection_frobenius_sq`` and
+    ``frobenius_norm_sq_of_logits`` draw them: n_proj uniform on the unit sphere, from
+    torch's global generator; or, exact, the C one-hot vectors."""
+    batch, classes = logits.shape
+    if n_proj == EXACT:
+        vectors = []
+        for c in range(classes):
+            one_hot = torch.zeros_like(logits)  # (B, C)
+            one_hot[:, c] = 1.0
+            vectors.append(one_hot)
+        return vectors
+    vectors = []
+    for _ in range(n_proj):
+        v = torch.randn(batch, classes, dtype=logits.dtype, device=logits.device)  # (B, C)
+        vectors.append(v / v.norm(dim=1, keepdim=True))  # uniform on the sphere
+    return vectors

@@ -99,6 +99,7 @@ class JacobianDet(Regularizer):
     Params = JacobianDetParams
     params: JacobianDetParams
     double_backward = True  # the penalty is a gradient's norm: fp32, no torch.compile
+    stack_note = "stacked seeds run its Jacobians member by member"
 
     def penalty(self, ctx: StepContext) -> torch.Tensor | None:
         if ctx.step % self.params.every != 0:
