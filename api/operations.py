@@ -258,8 +258,8 @@ def queue_summary(session: Session, settings: Settings) -> QueuePublic:
     for queue, state, count in counted:
         by_state[state] = by_state.get(state, 0) + count
         by_queue.setdefault(queue, {})[state] = count
-    running = session.scalars(
-        select(Job).where(Job.state == JobState.RUNNING).order_by(Job.started_at)
+    running = list(
+        session.scalars(select(Job).where(Job.state == JobState.RUNNING).order_by(Job.started_at))
     )
     workers = live_workers(session, settings)
     return QueuePublic(

@@ -74,6 +74,13 @@ class BulkSubmission:
     new: list[NewExperiment]
 
 
+def stack_key(spec: ExperimentSpec) -> str | None:
+    """Experiments with equal keys may train as one stacked model (``regcore.stacked``)."""
+    from regcore.stacked import stack_key as key  # torch: only where specs are recorded
+
+    return key(spec)
+
+
 def queue_for(spec: ExperimentSpec, default_queue: str) -> str:
     """``resources.queue``: gpu or cpu, or the deployment's default for ``auto``."""
     return default_queue if spec.resources.queue == "auto" else spec.resources.queue
@@ -111,6 +118,7 @@ def submit_experiment(
         configuration=configuration,
         spec=spec.model_dump(mode="json"),
         spec_hash=spec_hash,
+        stack_key=stack_key(spec),
         dedup_key=dedup_key,
         mlflow_experiment_id=mlflow_experiment_id,
     )
@@ -176,6 +184,7 @@ def submit_experiments(
                 "configuration": item.configuration,
                 "spec": spec,
                 "spec_hash": item.spec_hash,
+                "stack_key": stack_key(item.spec),
                 "dedup_key": key,
                 "mlflow_experiment_id": mlflow_experiment_id,
                 "created_at": now + timedelta(microseconds=next(ticks)),
@@ -395,6 +404,95 @@ def claim(
     if result.rowcount != 1:
         return None
     return session.get(Job, job_id, populate_existing=True)
+
+
+def claim_companions(
+    session: Session,
+    job: Job,
+    *,
+    worker: str,
+    device: str | None,
+    stale_before: datetime,
+    max_attempts: int,
+    limit: int,
+) -> list[Job]:
+    """Queued train jobs that may train stacked with the claimed train job ``job``: of
+    the same sweep, on the same queue, with the same stack key (they differ only in
+    seeds and numeric params), oldest first; each claimed atomically, at most ``limit``.
+    A job released from a failed stack (``payload.stack`` false) never stacks again."""
+    experiment = job.experiment
+    if (
+        limit < 1
+        or job.kind != JobKind.TRAIN
+        or experiment.stack_key is None
+        or experiment.sweep_id is None
+        or not _may_stack(job)
+    ):
+        return []
+    candidates = session.scalars(
+        select(Job)
+        .join(Experiment, Experiment.id == Job.experiment_id)
+        .where(
+            Experiment.stack_key == experiment.stack_key,
+            Experiment.sweep_id == experiment.sweep_id,
+            Job.kind == JobKind.TRAIN,
+            Job.state == JobState.QUEUED,
+            Job.queue == job.queue,
+            Job.cancel_requested.is_(False),
+            Job.id != job.id,
+        )
+        .order_by(Job.created_at)
+        .limit(limit * 2)
+    )
+    wanted = [candidate.id for candidate in candidates if _may_stack(candidate)]
+    claimed = []
+    for job_id in wanted:
+        companion = claim(
+            session,
+            job_id,
+            worker=worker,
+            device=device,
+            stale_before=stale_before,
+            max_attempts=max_attempts,
+        )
+        if companion is not None:
+            claimed.append(companion)
+            if len(claimed) == limit:
+                break
+    return claimed
+
+
+def _may_stack(job: Job) -> bool:
+    return (job.payload or {}).get("stack", True) is not False
+
+
+def release(
+    session: Session,
+    job_id: str,
+    worker: str,
+    *,
+    reason: str,
+    count_attempt: bool,
+    stack: bool = True,
+) -> bool:
+    """running -> queued for a job this worker holds but will not finish: a companion of
+    a stack that stopped for another member's sake (``count_attempt`` false: not its
+    fault), or a member of a stack that failed as a whole (``stack`` false: it trains on
+    its own next time). Its checkpoint stays; the next attempt resumes from it."""
+    owned = and_(Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING)
+    values: dict[str, Any] = {
+        "state": JobState.QUEUED,
+        "worker": None,
+        "enqueued_at": None,
+        "heartbeat_at": None,
+        "message": reason,
+    }
+    if not count_attempt:
+        values["attempt"] = Job.attempt - 1
+    if not stack:
+        values["payload"] = {"stack": False}
+    result = session.execute(update(Job).where(owned).values(**values))
+    return result.rowcount == 1
 
 
 def heartbeat(

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     runner_dataset_cache_mb: int = Field(
         2048, ge=0, description="datasets a warm job process keeps on its device, in all"
     )
+    stack_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="a slot trains up to this many queued experiments of a sweep that "
+        "differ only in seeds and numeric params as one stacked model; 1: never",
+    )
     inline_analyses: bool = Field(
         True,
         description="run an experiment's analyses in its train job's slot right after "

@@ -112,6 +112,9 @@ class Experiment(Base):
     configuration: Mapped[str | None] = mapped_column(Text)  # the grid point's label
     spec: Mapped[dict[str, Any]]
     spec_hash: Mapped[str] = mapped_column(String(64), index=True)
+    # Experiments with one stack key may train as one stacked model (regcore.stacked):
+    # they differ only in seeds and numeric params. None: this one cannot stack.
+    stack_key: Mapped[str | None] = mapped_column(String(64), index=True)
     dedup_key: Mapped[str] = mapped_column(String(100), unique=True)
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
     from regcore.data import DataSplits
     from regcore.spec import ExperimentSpec
+    from regcore.train import Callbacks
     from service.tracking import MlflowTracker
 
 log = logging.getLogger("worker.child")
@@ -341,18 +342,82 @@ def json_safe(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {key: as_json_value(value) for key, value in metrics.items()}
 
 
-def run_train(
-    settings: Settings, db: Database, job: JobInfo, spec: ExperimentSpec, stop: StopFlag
-) -> dict[str, Any]:
-    from regcore.pipeline import run as run_pipeline
-    from regcore.train import Callbacks, load_checkpoint
+@dataclass
+class TrainMember:
+    """One train job, opened: its MLflow run (created or reopened), its progress, its
+    working directory and data; ``resumed`` says from which epoch, for messages."""
+
+    job: JobInfo
+    spec: ExperimentSpec
+    tracker: MlflowTracker
+    reporter: ProgressReporter
+    workdir: Path
+    data: DataSplits
+    resumed: str
+
+    @property
+    def train_spec(self) -> ExperimentSpec:
+        """Analyses are jobs of their own; the run keeps the experiment's spec hash."""
+        return self.spec.model_copy(update={"analyses": []})
+
+    def pinned_tracker(self) -> PinnedSpecHashTracker:
+        return PinnedSpecHashTracker(self.tracker, self.job.spec_hash)
+
+    def callbacks(self, stop: StopFlag) -> Callbacks:
+        from regcore.train import Callbacks
+
+        epochs, reporter, resumed = self.spec.training.epochs, self.reporter, self.resumed
+
+        def on_step(epoch: int, step: int, steps: int) -> None:
+            reporter.throttled((epoch - 1 + step / steps) / epochs)
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            shown = [
+                f"loss {metrics['train/loss']:.4g}",
+                f"accuracy {metrics['train/accuracy']:.3f}",
+            ]
+            if "val/accuracy" in metrics:
+                shown.append(f"val accuracy {metrics['val/accuracy']:.3f}")
+            reporter.write(epoch / epochs, f"epoch {epoch}/{epochs}: {', '.join(shown)}{resumed}")
+
+        return Callbacks(on_step, on_epoch, stop.should_cancel)
+
+    def succeeded(self, metrics: Mapping[str, Any], note: str = "") -> dict[str, Any]:
+        """Close the run; the report of a finished training."""
+        self.tracker.finish("FINISHED")
+        metrics = {**metrics, "spec_hash": self.job.spec_hash}
+        accuracy = metrics.get("test_accuracy")
+        summary = f"; test accuracy {accuracy:.4f}" if isinstance(accuracy, float) else ""
+        epochs = metrics.get("epochs", self.spec.training.epochs)
+        self.reporter.write(None, f"trained {epochs} epochs{self.resumed}{note}{summary}")
+        return {
+            "mlflow_run_id": self.tracker.run_id,
+            "mlflow_closed": True,
+            "metrics": json_safe(metrics),
+        }
+
+    def failed(self) -> dict[str, Any]:
+        """Mark the run FAILED (a cancel is marked KILLED by the supervisor)."""
+        report: dict[str, Any] = {"mlflow_run_id": self.tracker.run_id}
+        try:
+            self.tracker.finish("FAILED")
+            report["mlflow_closed"] = True
+        except Exception as close_error:  # the job's error matters more
+            log.warning("could not mark the MLflow run FAILED: %s", close_error)
+        return report
+
+
+def open_member(
+    settings: Settings, db: Database, job: JobInfo, spec: ExperimentSpec
+) -> TrainMember:
+    """Data (before MLflow: no empty runs), the MLflow run, and the epoch it resumes from:
+    a redelivered job's checkpointed epochs that its MLflow run lacks are logged now."""
+    from regcore.train import load_checkpoint
 
     reporter = ProgressReporter(db, job, settings.heartbeat_interval_s)
     workdir = settings.runs_dir / job.experiment_id
-    data = load_data(settings, spec)  # before MLflow: no empty runs
+    data = load_data(settings, spec)
     tracker, reopened = open_train_run(settings, db, job)
-    report: dict[str, Any] = {"mlflow_run_id": tracker.run_id}
-
     resumed_from = 0
     last = workdir / "last.pt"
     if last.exists():
@@ -362,50 +427,99 @@ def run_train(
             backfill_epochs(tracker, list(checkpoint["history"]))
         del checkpoint
         tracker.set_tags({"regbench.resumed_from_epoch": str(resumed_from)})
-        log.info("resuming from the checkpoint of epoch %d", resumed_from)
+        log.info("job %s resumes from the checkpoint of epoch %d", job.id, resumed_from)
     resumed = f" (resumed from epoch {resumed_from})" if resumed_from else ""
     epochs = spec.training.epochs
     first = min(resumed_from + 1, epochs)
     reporter.write(
         min(resumed_from / epochs, 1.0), f"training from epoch {first}/{epochs}{resumed}"
     )
+    return TrainMember(job, spec, tracker, reporter, workdir, data, resumed)
 
-    def on_step(epoch: int, step: int, steps: int) -> None:
-        reporter.throttled((epoch - 1 + step / steps) / epochs)
 
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        shown = [f"loss {metrics['train/loss']:.4g}", f"accuracy {metrics['train/accuracy']:.3f}"]
-        if "val/accuracy" in metrics:
-            shown.append(f"val accuracy {metrics['val/accuracy']:.3f}")
-        reporter.write(epoch / epochs, f"epoch {epoch}/{epochs}: {', '.join(shown)}{resumed}")
+def run_train(
+    settings: Settings, db: Database, job: JobInfo, spec: ExperimentSpec, stop: StopFlag
+) -> dict[str, Any]:
+    from regcore.pipeline import run as run_pipeline
+    from regcore.train import TrainingCancelledError
 
-    # Analyses are jobs of their own; the run keeps the experiment's spec hash.
-    train_spec = spec.model_copy(update={"analyses": []})
+    member = open_member(settings, db, job, spec)
     try:
         with stop.cooperatively():
             result = run_pipeline(
-                train_spec,
-                PinnedSpecHashTracker(tracker, job.spec_hash),
-                workdir=workdir,
-                data=data,
-                callbacks=Callbacks(on_step, on_epoch, stop.should_cancel),
+                member.train_spec,
+                member.pinned_tracker(),
+                workdir=member.workdir,
+                data=member.data,
+                callbacks=member.callbacks(stop),
             )
     except BaseException as exc:
-        from regcore.train import TrainingCancelledError
-
-        if not isinstance(exc, TrainingCancelledError | JobStoppedError):
-            try:  # a cancel is marked by the supervisor (KILLED)
-                tracker.finish("FAILED")
-                report["mlflow_closed"] = True
-            except Exception as close_error:  # the job's error matters more
-                log.warning("could not mark the MLflow run FAILED: %s", close_error)
+        cancelled = isinstance(exc, TrainingCancelledError | JobStoppedError)
+        report = {"mlflow_run_id": member.tracker.run_id} if cancelled else member.failed()
         raise RunError(exc, report) from exc
-    tracker.finish("FINISHED")
-    metrics = {**result.metrics, "spec_hash": job.spec_hash}
-    accuracy = metrics.get("test_accuracy")
-    summary = f"; test accuracy {accuracy:.4f}" if isinstance(accuracy, float) else ""
-    reporter.write(None, f"trained {result.metrics.get('epochs', epochs)} epochs{resumed}{summary}")
-    return {**report, "mlflow_closed": True, "metrics": json_safe(metrics)}
+    return member.succeeded(result.metrics)
+
+
+def run_stack(
+    settings: Settings, db: Database, job_ids: list[str], worker: str | None, stop: StopFlag
+) -> list[dict[str, Any]]:
+    """Train jobs whose experiments share a stack key as one stacked model
+    (``regcore.pipeline.run_stacked``): each keeps its own MLflow run, checkpoint,
+    progress and report. Returns one report per job, in order.
+
+    A cancel (or a signal) stops them all: each report says ``cancelled`` and the
+    supervisor decides which one was cancelled and which go back to the queue. A member
+    whose loss diverged fails with the reason; every other failure of the stack is
+    ``stack_failed``: those members go back to the queue to train on their own."""
+    from regcore.pipeline import run_stacked
+    from regcore.spec import ExperimentSpec
+    from regcore.train import TrainingCancelledError, TrainingDivergedError
+
+    jobs = [read_job(db, job_id, worker) for job_id in job_ids]
+    specs = [ExperimentSpec.model_validate(job.spec) for job in jobs]
+    for spec in specs:
+        check_device(spec)
+    members = [open_member(settings, db, job, spec) for job, spec in zip(jobs, specs, strict=True)]
+    seeds = ", ".join(str(spec.training.seed) for spec in specs)
+    log.info("training %d jobs stacked (seeds %s): %s", len(jobs), seeds, " ".join(job_ids))
+    try:
+        with stop.cooperatively():
+            results = run_stacked(
+                [member.train_spec for member in members],
+                [member.pinned_tracker() for member in members],
+                workdirs=[member.workdir for member in members],
+                datas=[member.data for member in members],
+                callbacks=[member.callbacks(stop) for member in members],
+            )
+    except BaseException as exc:
+        stop.cooperative = True
+        if isinstance(exc, TrainingCancelledError | JobStoppedError | KeyboardInterrupt):
+            log.info("stack stopped: %s", exc)
+            return [
+                {"status": "cancelled", "error": str(exc), "mlflow_run_id": m.tracker.run_id}
+                for m in members
+            ]
+        traceback.print_exception(exc)
+        diverged = getattr(exc, "member", None) if isinstance(exc, TrainingDivergedError) else None
+        reports = []
+        for index, member in enumerate(members):
+            if index == diverged:
+                reports.append({**member.failed(), "status": "failed", "error": str(exc)})
+            else:  # its run stays open: the job trains again, on its own, into it
+                reports.append(
+                    {
+                        "status": "failed",
+                        "stack_failed": True,
+                        "error": f"the stack it trained in failed: {describe_error(exc)}",
+                        "mlflow_run_id": member.tracker.run_id,
+                    }
+                )
+        return reports
+    note = f" (stacked with {len(members) - 1} more)"
+    return [
+        {"status": "succeeded", **member.succeeded(result.metrics, note)}
+        for member, result in zip(members, results, strict=True)
+    ]
 
 
 def run_analysis(
@@ -549,6 +663,34 @@ def run_one(
     return code
 
 
+def run_stack_one(
+    settings: Settings,
+    db: Database,
+    job_ids: list[str],
+    worker: str | None,
+    results: list[Path],
+    stop: StopFlag,
+) -> int:
+    """``run_one`` for a stack: one report per job; the exit code is 0 when every job
+    succeeded, 3 when the stack was stopped, else 1."""
+    stop.requested, stop.cooperative = False, False
+    log.info("running jobs %s stacked", " ".join(job_ids))
+    try:
+        reports = run_stack(settings, db, job_ids, worker, stop)
+    except BaseException as exc:  # before training: no member got anywhere
+        stop.cooperative = True
+        traceback.print_exception(exc)
+        failed = {"status": "failed", "stack_failed": True, "error": describe_error(exc)}
+        reports = [dict(failed) for _ in job_ids]
+    stop.cooperative = True
+    for path, report in zip(results, reports, strict=True):
+        write_report(path, report)
+    statuses = {report["status"] for report in reports}
+    if statuses == {"succeeded"}:
+        return EXIT_SUCCEEDED
+    return EXIT_CANCELLED if statuses == {"cancelled"} else EXIT_FAILED
+
+
 def warm_up(settings: Settings) -> None:
     """Pay the start-up costs once, before the first job: imports of torch, every
     regcore component and MLflow; the first optimizer (it pulls in torch._dynamo); the
@@ -622,11 +764,17 @@ def serve(requests_fd: int, responses_fd: int, stop: StopFlag) -> int:
             if not line:
                 return EXIT_SUCCEEDED
             request = json.loads(line)
-            result = Path(request["result"]) if request.get("result") else None
             log_path = Path(request["log"]) if request.get("log") else None
             with job_output(log_path):
-                code = run_one(settings, db, request["job_id"], request.get("worker"), result, stop)
-            answer({"job_id": request["job_id"], "code": code})
+                if "job_ids" in request:  # a stack: several train jobs as one model
+                    results = [Path(path) for path in request["results"]]
+                    worker = request.get("worker")
+                    code = run_stack_one(settings, db, request["job_ids"], worker, results, stop)
+                else:
+                    result = Path(request["result"]) if request.get("result") else None
+                    worker = request.get("worker")
+                    code = run_one(settings, db, request["job_id"], worker, result, stop)
+            answer({"job_id": request.get("job_id") or request["job_ids"][0], "code": code})
             if code != EXIT_SUCCEEDED:
                 return code
     finally:

@@ -14,9 +14,10 @@ memory passes ``runner_max_memory_mb``; the replacement starts at once, so it wa
 while the supervisor records the job that just ended. ``warm_runners = false`` gives
 the old cold start: a fresh child for every job.
 
-Protocol: one JSON line per request on the child's stdin-like request pipe,
-``{"job_id", "worker", "result", "log"}``; one JSON line per finished job on the
-response pipe, ``{"job_id", "code"}``; the child's result file says the rest
+Protocol: one JSON line per request on the child's request pipe,
+``{"job_id", "worker", "result", "log"}`` (or, for train jobs that train as one stacked
+model, ``{"job_ids", "worker", "results", "log"}``); one JSON line per finished request
+on the response pipe, ``{"job_id", "code"}``; the child's result files say the rest
 (``worker.supervisor.ChildReport``). The child writes ``{"ready": true}`` once warm.
 """
 
@@ -32,6 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from service.settings import Settings
 
@@ -57,7 +59,7 @@ class RunnerChild:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def send(self, request: dict[str, str]) -> None:
+    def send(self, request: dict[str, Any]) -> None:
         os.write(self.requests, (json.dumps(request) + "\n").encode())
         self.jobs += 1
 
@@ -187,7 +189,7 @@ class Slot:
         if self.warm and (self.child is None or not self.child.alive()):
             self._replace(None)
 
-    def start_job(self, request: dict[str, str]) -> RunnerChild:
+    def start_job(self, request: dict[str, Any]) -> RunnerChild:
         """Hand a job to the warm child (started now if there is none)."""
         child = self.child
         if child is None or not child.alive():

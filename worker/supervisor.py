@@ -68,6 +68,7 @@ class ChildReport:
 
     status: str | None = None  # succeeded | failed | cancelled
     error: str | None = None
+    stack_failed: bool = False  # a stack failed as a whole, not for this job's sake
     metrics: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     mlflow_closed: bool = False  # the child already marked the MLflow run FINISHED/FAILED
@@ -84,6 +85,7 @@ class ChildReport:
             metrics=dict(data.get("metrics") or {}),
             mlflow_run_id=data.get("mlflow_run_id"),
             mlflow_closed=bool(data.get("mlflow_closed")),
+            stack_failed=bool(data.get("stack_failed")),
         )
 
 
@@ -107,8 +109,10 @@ def supervise_job(
     enqueue: Enqueue | None = None,
     db: Database | None = None,
 ) -> str:
-    """Claim and run one job; returns its final state, ``skipped`` (nothing claimed) or
-    ``lost`` / ``interrupted`` (left running in the job store for the reaper)."""
+    """Claim and run one job (a train job with the queued train jobs of its sweep that
+    may train stacked with it, see ``jobstore.claim_companions``); returns the job's final
+    state, ``skipped`` (nothing claimed) or ``lost`` / ``interrupted`` (left running in
+    the job store for the reaper)."""
     db = db or database(settings)
     stale_before = utcnow() - timedelta(seconds=settings.heartbeat_stale_s)
     with db.session() as session:
@@ -120,36 +124,44 @@ def supervise_job(
             stale_before=stale_before,
             max_attempts=settings.max_attempts,
         )
-        session.commit()
         if job is None:
+            session.commit()
             log.info("job %s: nothing to claim (duplicate delivery, finished or cancelled)", job_id)
             return "skipped"
-        resources = (job.experiment.spec or {}).get("resources") or {}
-        run = JobRun(
-            settings=settings,
-            db=db,
-            job_id=job.id,
-            kind=job.kind,
-            experiment_id=job.experiment_id,
-            attempt=job.attempt,
+        companions = jobstore.claim_companions(
+            session,
+            job,
             worker=worker,
-            mlflow_run_id=job.mlflow_run_id or job.experiment.mlflow_run_id,
-            time_limit_s=_time_limit(settings, resources.get("time_limit_minutes")),
-            memory_limit_mb=resources["memory_gb"] * 1024 if resources.get("memory_gb") else None,
             device=device,
-            gpu_fraction=float(resources.get("gpu_fraction") or 1.0),
-            enqueue=enqueue,
+            stale_before=stale_before,
+            max_attempts=settings.max_attempts,
+            limit=settings.stack_size - 1,
         )
-    log.info("job %s (%s) attempt %d claimed by %s", job_id, run.kind, run.attempt, worker)
-    started = time.monotonic()
-    state = run.execute()
-    # The experiment's analyses, in this slot's warm process right after its training
+        session.commit()
+        runs = [
+            JobRun.of(claimed, settings=settings, db=db, worker=worker, device=device,
+                      enqueue=enqueue)
+            for claimed in (job, *companions)
+        ]  # fmt: skip
+    run = runs[0]
+    if companions:
+        log.info(
+            "job %s (train) attempt %d claimed by %s with %d more to train stacked: %s",
+            job_id, run.attempt, worker, len(companions), " ".join(r.job_id for r in runs[1:]),
+        )  # fmt: skip
+        state = StackRun(runs).execute()
+    else:
+        log.info("job %s (%s) attempt %d claimed by %s", job_id, run.kind, run.attempt, worker)
+        state = run.execute()
+    # The experiments' analyses, in this slot's warm process right after their training
     # (each claimed, watched and recorded as a job of its own). The Celery task's own
     # time limit allows one job limit more than a job's: past one limit, the rest go to
     # the broker.
-    for number, dependent in enumerate(run.inline):
+    inline = [dependent for member in runs for dependent in member.inline]
+    started = time.monotonic()
+    for number, dependent in enumerate(inline):
         if time.monotonic() - started > settings.job_time_limit_s:
-            run.send(run.inline[number:])
+            run.send(inline[number:])
             break
         supervise_job(
             dependent, settings=settings, worker=worker, device=device, enqueue=enqueue, db=db
@@ -180,38 +192,80 @@ class JobRun:
     inline: list[str] = field(default_factory=list)  # dependents to run next in this slot
     peak_rss_mb: float | None = None
 
+    @classmethod
+    def of(
+        cls,
+        job: Job,
+        *,
+        settings: Settings,
+        db: Database,
+        worker: str,
+        device: str | None,
+        enqueue: Enqueue | None,
+    ) -> JobRun:
+        """The run of a job just claimed (read inside the claim's session)."""
+        resources = (job.experiment.spec or {}).get("resources") or {}
+        memory_gb = resources.get("memory_gb")
+        return cls(
+            settings=settings,
+            db=db,
+            job_id=job.id,
+            kind=job.kind,
+            experiment_id=job.experiment_id,
+            attempt=job.attempt,
+            worker=worker,
+            mlflow_run_id=job.mlflow_run_id or job.experiment.mlflow_run_id,
+            time_limit_s=_time_limit(settings, resources.get("time_limit_minutes")),
+            memory_limit_mb=memory_gb * 1024 if memory_gb else None,
+            device=device,
+            gpu_fraction=float(resources.get("gpu_fraction") or 1.0),
+            enqueue=enqueue,
+        )
+
     @property
     def workdir(self) -> Path:
         """The experiment's working directory (checkpoints for resume), shared by its jobs."""
         return self.settings.runs_dir / self.experiment_id
 
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "logs" / f"{self.kind}-{self.job_id}-{self.attempt}.log"
+
+    @property
+    def result_path(self) -> Path:
+        return self.log_path.with_suffix(".json")
+
     def execute(self) -> str:
-        logs = self.workdir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        stem = f"{self.kind}-{self.job_id}-{self.attempt}"
-        log_path, result_path = logs / f"{stem}.log", logs / f"{stem}.json"
-        result_path.unlink(missing_ok=True)
+        log_path = self.log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.result_path.unlink(missing_ok=True)
         shares = DeviceShares(self.device) if (self.device or "").startswith("cuda") else None
         if shares is not None:
             waited = self.wait_for_share(shares)
             if waited is not None:
                 return self.record(waited, -signal.SIGTERM, ChildReport(), log_path)
         try:
-            return self._run_in_slot(result_path, log_path)
+            reason, code = self.run_in_slot(self.request())
+            return self.conclude(reason, code)
         finally:
             if shares is not None:
                 shares.release()
 
-    def _run_in_slot(self, result_path: Path, log_path: Path) -> str:
-        slot = current_slot(self.settings)
-        request = {
+    def request(self) -> dict[str, Any]:
+        """What the slot's job process is asked to run."""
+        return {
             "job_id": self.job_id,
             "worker": self.worker,
-            "result": str(result_path),
-            "log": str(log_path),
+            "result": str(self.result_path),
+            "log": str(self.log_path),
         }
+
+    def run_in_slot(self, request: dict[str, Any]) -> tuple[StopReason | None, int]:
+        """Run the request in the slot's warm process, heartbeating until it ends: (None,
+        its exit code), or until it must stop: (the reason, the stopped process's status)."""
+        slot = current_slot(self.settings)
         child = slot.start_job(request)
-        log.info("job %s: runner child %d (log %s)", self.job_id, child.pid, log_path)
+        log.info("job %s: runner child %d (log %s)", self.job_id, child.pid, request["log"])
         code: int | None = None
         reason: StopReason | None = None
         try:
@@ -222,9 +276,12 @@ class JobRun:
                 stop_process_group(child.process, STOP_GRACE_S)
                 code = child.process.returncode
             slot.job_ended(child, code, stopped)
-        report = ChildReport.read(result_path)
-        result_path.unlink(missing_ok=True)
-        return self.record(reason, code if code is not None else -signal.SIGKILL, report, log_path)
+        return reason, code if code is not None else -signal.SIGKILL
+
+    def conclude(self, reason: StopReason | None, code: int) -> str:
+        report = ChildReport.read(self.result_path)
+        self.result_path.unlink(missing_ok=True)
+        return self.record(reason, code, report, self.log_path)
 
     # ----------------------------------------------------------------- while it runs
 
@@ -243,12 +300,10 @@ class JobRun:
                 )
                 try:
                     with self.db.session() as session:
-                        stop = jobstore.heartbeat(
-                            session, self.job_id, self.worker, message=message
-                        )
-                        session.commit()
-                        if stop:
-                            return self._stop_reason(session)
+                        jobstore.heartbeat(session, self.job_id, self.worker, message=message)
+                        reason = self.beat(session)  # (a stack's: every member's)
+                        if reason is not None:
+                            return reason
                 except SQLAlchemyError as exc:
                     log.warning("job %s: heartbeat failed while waiting: %s", self.job_id, exc)
             time.sleep(SHARE_POLL_S)
@@ -280,9 +335,7 @@ class JobRun:
                 return StopReason.MEMORY, None
             try:
                 with self.db.session() as session:
-                    stop = jobstore.heartbeat(session, self.job_id, self.worker)
-                    session.commit()
-                    reason = self._stop_reason(session) if stop else None
+                    reason = self.beat(session)
             except SQLAlchemyError as exc:
                 # The job store is unreachable. Keep training while the job could not yet
                 # count as stale; past that another worker may own it: stop.
@@ -294,6 +347,12 @@ class JobRun:
             if reason is not None:
                 log.info("job %s: stopping the child (%s)", self.job_id, reason)
                 return reason, None
+
+    def beat(self, session: Any) -> StopReason | None:
+        """Write the heartbeat; a reason when the job must stop."""
+        stop = jobstore.heartbeat(session, self.job_id, self.worker)
+        session.commit()
+        return self._stop_reason(session) if stop else None
 
     def _stop_reason(self, session: Any) -> StopReason:
         job = session.get(Job, self.job_id, populate_existing=True)
@@ -424,6 +483,114 @@ class JobRun:
             log.warning(
                 "job %s: could not mark MLflow run %s %s: %s", self.job_id, run_id, status, exc
             )
+
+
+class StackRun(JobRun):
+    """Train jobs that share a stack key as one stacked model in one request to the slot
+    (``worker.child.run_stack``); each member is watched, heartbeaten and recorded as the
+    job it is. The first member leads: the stack's log is its log.
+
+    How a stack ends, member by member:
+    - it trained: each member is recorded succeeded, with its own metrics and run;
+    - a member's loss diverged: that member fails with the reason;
+    - a member was cancelled (or taken by the reaper): it is recorded so (or left alone),
+      and the others go back to the queue, their attempt not counted; their next
+      attempt resumes from their checkpoints, stacked again if they meet;
+    - the stack failed as a whole, or its process died: every member goes back to the
+      queue to train on its own (attempt counted), resuming from its checkpoint;
+    - the time or memory limit: every member fails with it.
+    """
+
+    def __init__(self, members: list[JobRun]) -> None:
+        lead = members[0]
+        memory = [m.memory_limit_mb for m in members]
+        super().__init__(
+            settings=lead.settings,
+            db=lead.db,
+            job_id=lead.job_id,
+            kind=lead.kind,
+            experiment_id=lead.experiment_id,
+            attempt=lead.attempt,
+            worker=lead.worker,
+            mlflow_run_id=lead.mlflow_run_id,
+            time_limit_s=max(m.time_limit_s for m in members),
+            memory_limit_mb=None if None in memory else sum(m or 0.0 for m in memory),
+            device=lead.device,
+            gpu_fraction=min(1.0, sum(m.gpu_fraction for m in members)),
+            enqueue=lead.enqueue,
+        )
+        self.members = members
+        self.stopping: dict[str, StopReason] = {}  # member job id -> why it must stop
+
+    def request(self) -> dict[str, Any]:
+        for member in self.members:
+            member.result_path.parent.mkdir(parents=True, exist_ok=True)
+            member.result_path.unlink(missing_ok=True)
+        return {
+            "job_ids": [m.job_id for m in self.members],
+            "worker": self.worker,
+            "results": [str(m.result_path) for m in self.members],
+            "log": str(self.log_path),
+        }
+
+    def beat(self, session: Any) -> StopReason | None:
+        for member in self.members:
+            if jobstore.heartbeat(session, member.job_id, self.worker):
+                self.stopping[member.job_id] = member._stop_reason(session)
+        session.commit()
+        reasons = set(self.stopping.values())
+        if not reasons:
+            return None
+        return StopReason.CANCEL if StopReason.CANCEL in reasons else StopReason.LOST
+
+    def record(
+        self, reason: StopReason | None, returncode: int, report: ChildReport, log_path: Path
+    ) -> str:
+        """Only for a stack stopped before it started (waiting for its GPU share)."""
+        return self.conclude(reason, returncode)
+
+    def conclude(self, reason: StopReason | None, code: int) -> str:
+        reports = []
+        for member in self.members:
+            reports.append(ChildReport.read(member.result_path))
+            member.result_path.unlink(missing_ok=True)
+        states = []
+        requeue: list[str] = []
+        for member, report in zip(self.members, reports, strict=True):
+            own = self.stopping.get(member.job_id)
+            if reason in (StopReason.CANCEL, StopReason.LOST) and own is None:
+                why = "a job it trained stacked with was cancelled or lost"
+                if self._release(member, why, count_attempt=False, stack=True):
+                    requeue.append(member.job_id)
+                states.append("requeued")
+            elif reason is not None:
+                states.append(member.record(own or reason, code, report, self.log_path))
+            elif report.status == "succeeded" and code == EXIT_SUCCEEDED:
+                states.append(member.record(None, EXIT_SUCCEEDED, report, self.log_path))
+            elif report.status is None or report.stack_failed:
+                why = report.error or _describe_exit(code, self.log_path)
+                if self._release(member, f"trains on its own: {why}", True, stack=False):
+                    requeue.append(member.job_id)
+                states.append("requeued")
+            else:
+                member_code = EXIT_CANCELLED if report.status == "cancelled" else EXIT_FAILED
+                states.append(member.record(None, member_code, report, self.log_path))
+        self.send(requeue)
+        return states[0]
+
+    def _release(self, member: JobRun, why: str, count_attempt: bool, stack: bool) -> bool:
+        with self.db.session() as session:
+            released = jobstore.release(
+                session,
+                member.job_id,
+                self.worker,
+                reason=f"requeued: {why}",
+                count_attempt=count_attempt,
+                stack=stack,
+            )
+            session.commit()
+        log.info("job %s: %s (%s)", member.job_id, "requeued" if released else "not ours", why)
+        return released
 
 
 def stop_process_group(child: subprocess.Popen[bytes], grace_s: float) -> None:

@@ -42,6 +42,24 @@ def test_queue_counts_jobs_and_shows_running_jobs_and_live_workers(api: Api) -> 
     assert waiting.id not in {j["experiment_id"] for j in queue["running"]}
 
 
+def test_queue_shows_each_workers_slots_and_what_runs_in_each(api: Api) -> None:
+    first, second, third = (api.add_experiment(analyses=[]) for _ in range(3))
+    with api.database.session() as session:
+        jobstore.worker_heartbeat(session, "cpu@node1", "node1", "cpu", "cpu", slots=3)
+        for experiment, slot in ((first, "cpu@node1:101"), (second, "cpu@node1:102")):
+            jobstore.claim(session, jobstore.train_job(experiment).id, worker=slot,
+                           device="cpu", stale_before=utcnow(), max_attempts=3)  # fmt: skip
+        jobstore.claim(session, jobstore.train_job(third).id, worker="cpu@node12:7",
+                       device="cpu", stale_before=utcnow(), max_attempts=3)  # fmt: skip
+        session.commit()
+    [worker] = api.client.get("/api/v1/queue").json()["workers"]
+    assert worker["slots"] == 3
+    busy = {job["slot"]: job["experiment_id"] for job in worker["busy"]}
+    # node12's slot is another worker's, though its name starts the same way
+    assert busy == {"cpu@node1:101": first.id, "cpu@node1:102": second.id}
+    assert {job["kind"] for job in worker["busy"]} == {"train"}
+
+
 def test_empty_queue(api: Api) -> None:
     assert api.client.get("/api/v1/queue").json() == {
         "by_state": {}, "by_queue": {}, "running": [], "workers": [],

@@ -171,6 +171,16 @@ QUEUE = {
             "hostname": "node1",
             "queues": ["gpu"],
             "device": "cuda:0",
+            "slots": 2,
+            "busy": [
+                {
+                    "slot": "gpu0@node1:4242",
+                    "job_id": "j1",
+                    "experiment_id": "e3a1b2c3d4",
+                    "kind": "train",
+                    "progress": 0.5,
+                }
+            ],
             "started_at": "2025-01-01T09:00:00Z",
             "heartbeat_at": "2025-01-01T10:06:00Z",
             "heartbeat_age_s": 2.0,
@@ -467,7 +477,16 @@ def test_status_without_a_sweep_lists_sweeps_running_jobs_and_workers(
     assert "train" in job and "50%" in job and "cuda:0" in job and "gpu0@node1" in job
     assert "3s ago" in job
     worker = next(cells(line) for line in lines if cells(line)[0] == "gpu0@node1")
-    assert worker == ["gpu0@node1", "node1", "gpu", "cuda:0", "2s ago"]
+    # 1 of its 2 slots runs a job: the slot's process, the job's kind, experiment, progress
+    assert worker == [
+        "gpu0@node1",
+        "node1",
+        "gpu",
+        "cuda:0",
+        "1/2 busy",
+        "4242: train e3a1b2c3 50%",
+        "2s ago",
+    ]
     assert server.requests[0].url.params["limit"] == "20"
 
 
