@@ -73,20 +73,21 @@ class MemberRandomness:
     """
 
     def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
+        # the generator of the training device itself (cuda:1 is not the current device's)
+        self.cuda: torch.device | None = device if device.type == "cuda" else None
         self._cpu, self._device = self._current()
         self._outer: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._depth = 0
 
     def _current(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return torch.get_rng_state(), torch.cuda.get_rng_state() if self.cuda else None
+        cuda = torch.cuda.get_rng_state(self.cuda) if self.cuda is not None else None
+        return torch.get_rng_state(), cuda
 
-    @staticmethod
-    def _install(state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-        cpu, device = state
+    def _install(self, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        cpu, cuda = state
         torch.set_rng_state(cpu)
-        if device is not None:
-            torch.cuda.set_rng_state(device)
+        if cuda is not None and self.cuda is not None:
+            torch.cuda.set_rng_state(cuda, self.cuda)
 
     def __enter__(self) -> MemberRandomness:
         self._depth += 1

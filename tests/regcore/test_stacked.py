@@ -27,7 +27,7 @@ from regcore.pipeline import run, run_stacked
 from regcore.registries import REGULARIZERS
 from regcore.regularizers.l2 import L2
 from regcore.spec import ExperimentSpec
-from regcore.stacked import stack_key, train_stacked
+from regcore.stacked import StackedMemberDivergedError, stack_key, train_stacked
 from regcore.stacking import MemberRandomness, StackingError, stack_models
 from regcore.tracking import MemoryTracker
 from regcore.train import (
@@ -247,7 +247,12 @@ def test_each_member_checkpoints_in_train_format(tmp_path: Path) -> None:
 
 
 def test_a_stacked_run_resumes_stacked_or_alone(tmp_path: Path) -> None:
-    specs = [make_spec(seed, REQUIRED["l2"]) for seed in (0, 1)]
+    """Adam with a step schedule: each member's moments and the lr come back."""
+    schedule = {"kind": "step", "milestones": [0.5], "gamma": 0.1}
+    specs = [
+        make_spec(seed, REQUIRED["l2"], optimizer="adam", lr=0.01, schedule=schedule)
+        for seed in (0, 1)
+    ]
     dirs = [tmp_path / "m0", tmp_path / "m1"]
     with pytest.raises(TrainingCancelledError):
         train_stacked(specs, workdirs=dirs, callbacks=[cancel_after(1), None])
@@ -303,8 +308,9 @@ def test_a_diverging_member_stops_the_stack_naming_it() -> None:
         make_spec(0, [{"name": "l2", "weight": 1e-3}], epochs=2),
         make_spec(1, [{"name": "l2", "weight": 1e8}], epochs=2),
     ]
-    with pytest.raises(TrainingDivergedError, match="stacked member 1, seed 1"):
+    with pytest.raises(TrainingDivergedError, match="stacked member 1, seed 1") as caught:
         train_stacked(specs)
+    assert isinstance(caught.value, StackedMemberDivergedError) and caught.value.member == 1
 
 
 # --------------------------------------------------------------------------- what stacks
