@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from typing import Any
 
 from celery import Task
@@ -57,9 +58,14 @@ def run_job(self: Task, job_id: str) -> str:
 @worker_process_init.connect
 def _warm_the_slot(**_kwargs: Any) -> None:
     """Each pool process is a slot: its job process starts warming up now, not when the
-    first job arrives; meanwhile this process imports what it needs once a job ends (the
-    sweep report's modules), so that the first job does not pay for it."""
+    first job arrives; meanwhile a thread here imports what this process needs once a
+    job ends (the sweep report's modules, seconds of matplotlib), so that neither the
+    first claim nor the first job's end waits for it."""
     current_slot(settings).prewarm()
+    threading.Thread(target=_import_report_modules, name="imports", daemon=True).start()
+
+
+def _import_report_modules() -> None:
     from service import reports, sweeps  # noqa: F401
 
 
