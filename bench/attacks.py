@@ -67,7 +67,7 @@ def cases(quick: bool) -> list[AttackCase]:
 
 
 def run(ctx: BenchContext) -> SectionResult:
-    rounds = 2 if ctx.quick else 5
+    rounds = 2 if ctx.quick else 3
     rows: list[dict[str, Any]] = []
     with single_thread():
         for device in ctx.devices:

@@ -66,13 +66,13 @@ def boundary_tasks(
 # Planes and resolution per model: (full run, quick run). A DDNet forward costs ~100x
 # LeNet's, so it classifies fewer points on one CPU thread.
 PLANS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
-    "lenet": ((4, 101), (2, 21)),
-    "ddnet": ((2, 31), (1, 11)),
+    "lenet": ((2, 101), (2, 21)),
+    "ddnet": ((1, 31), (1, 11)),
 }
 
 
 def run(ctx: BenchContext) -> SectionResult:
-    rounds = 2 if ctx.quick else 5
+    rounds = 2 if ctx.quick else 3
     names = ["lenet"] if ctx.quick else list(PLANS)
     plans = {name: PLANS[name][1 if ctx.quick else 0] for name in names}
     rows: list[dict[str, Any]] = []

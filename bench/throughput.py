@@ -36,8 +36,8 @@ EVAL_BATCH = 1000
 PLANS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
     "lenet": ((20, 5000), (2, 200)),
     "mlp": ((20, 5000), (2, 200)),
-    "ddnet": ((4, 1000), (1, 100)),
-    "resnet18": ((1, 200), (1, 20)),
+    "ddnet": ((2, 500), (1, 100)),
+    "resnet18": ((1, 100), (1, 20)),
 }
 
 
@@ -90,7 +90,7 @@ def evaluation_task(
 
 
 def run(ctx: BenchContext) -> SectionResult:
-    rounds = 2 if ctx.quick else 5
+    rounds = 2 if ctx.quick else 3
     names = ["lenet", "mlp"] if ctx.quick else list(PLANS)
     rows: list[dict[str, Any]] = []
     with single_thread():
