@@ -29,7 +29,8 @@ def _module(name: str) -> ModuleType:
 
 def submission(ctx: BenchContext) -> SectionResult:
     measure = _module("bench.submission")
-    specs, rounds, store, requests = (50, 1, 200, 5) if ctx.quick else (1000, 3, 10000, 30)
+    # specs: a multiple of the 4 regularizers bench/submission.py grids over
+    specs, rounds, store, requests = (48, 1, 200, 5) if ctx.quick else (1000, 3, 10000, 30)
     sweep_size = min(1000, store)
     rows: list[dict[str, Any]] = []
     for stack in measure.STACKS:
@@ -47,13 +48,14 @@ def submission(ctx: BenchContext) -> SectionResult:
             continue
         rate = {"median": accepted["specs_per_s"], "min": accepted["min"],
                 "max": accepted["max"], "n": accepted["rounds"]}  # fmt: skip
+        judged = not ctx.quick  # the targets are about 1,000-point grids and 10,000 stored
         rows += [
             {
                 "stack": stack,
                 "figure": "POST /sweeps acceptance (specs/s)",
                 "value": rate,
                 "target": f">= {ACCEPTANCE_TARGET:g}",
-                "meets": rate["median"] >= ACCEPTANCE_TARGET,
+                "meets": rate["median"] >= ACCEPTANCE_TARGET if judged else None,
                 "detail": f"{specs}-point grids, {rounds} rounds",
             },
             {
@@ -61,7 +63,7 @@ def submission(ctx: BenchContext) -> SectionResult:
                 "figure": "GET /sweeps?limit=20 p95 (ms)",
                 "value": read["list"]["p95_ms"],
                 "target": f"<= {LISTING_P95_TARGET_MS:g}",
-                "meets": read["list"]["p95_ms"] <= LISTING_P95_TARGET_MS,
+                "meets": read["list"]["p95_ms"] <= LISTING_P95_TARGET_MS if judged else None,
                 "detail": f"p50 {read['list']['p50_ms']:.1f} ms; {store} experiments stored, "
                 f"{requests} requests",
             },
