@@ -210,7 +210,11 @@ def run_experiment(service: Service, spec: dict[str, Any], timeout_s: float = 30
 
     def finished() -> dict[str, Any] | None:
         body = service.http.get(f"/api/v1/experiments/{experiment_id}").json()
-        return body if body["jobs"] and {j["state"] for j in body["jobs"]} <= FINISHED else None
+        states = {job["state"] for job in body["jobs"]}
+        if not states or not states <= FINISHED:
+            return None
+        # a succeeded experiment's metrics may be recorded a moment after its jobs' states
+        return body if body["metrics"] or states != {"succeeded"} else None
 
     body = _wait(finished, timeout_s, f"experiment {experiment_id}", service)
     failed = [j for j in body["jobs"] if j["state"] != "succeeded"]
