@@ -39,7 +39,8 @@ from bench.common import BenchContext, SectionResult, SectionUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results.json"
-DEFAULT_DATA_ROOT = ROOT.parent / "shared" / "datasets"
+# Real MNIST (torchvision layout): $REGBENCH_DATA_ROOT, as the GPU tests read it.
+DEFAULT_DATA_ROOT = Path(os.environ.get("REGBENCH_DATA_ROOT", ROOT.parent / "shared" / "datasets"))
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", help="comma-separated, e.g. cpu,cuda (default: cpu [+cuda])")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file; .md beside it")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
-                        help="holds MNIST/raw (torchvision layout)")  # fmt: skip
+                        help="holds MNIST/raw (default: $REGBENCH_DATA_ROOT or "
+                        "../shared/datasets)")  # fmt: skip
     args = parser.parse_args(argv)
 
     sections = select(args.only, args.quick)

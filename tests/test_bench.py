@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench.common import Spread, rotated
-from bench.runner import SECTIONS, format_value, select
+from bench.runner import DEFAULT_DATA_ROOT, SECTIONS, format_value, select
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_ROOT = ROOT.parent / "shared" / "datasets"
+DATA_ROOT = DEFAULT_DATA_ROOT
 CHEAP = ["step_cost", "throughput", "attacks", "boundary"]
 
 
@@ -34,6 +36,10 @@ def finite_spread(value: dict[str, Any], positive: bool = True) -> bool:
     return all(math.isfinite(v) and (v > 0 or not positive) for v in numbers)
 
 
+@pytest.mark.skipif(
+    not (DATA_ROOT / "MNIST" / "raw").is_dir(),
+    reason=f"real MNIST is not under {DATA_ROOT} (set REGBENCH_DATA_ROOT)",
+)
 def test_quick_run_writes_every_cheap_section(tmp_path: Path) -> None:
     results = run_bench(tmp_path, "--only", ",".join(CHEAP), "--data-root", str(DATA_ROOT))
 
