@@ -135,7 +135,7 @@ def supervise_job(
             device=device,
             stale_before=stale_before,
             max_attempts=settings.max_attempts,
-            limit=settings.stack_size - 1,
+            limit=settings.stack_limit(device) - 1,
         )
         session.commit()
         runs = [

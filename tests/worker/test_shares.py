@@ -77,3 +77,12 @@ def test_a_job_waiting_for_its_share_heartbeats_and_can_be_cancelled(embedded: B
         holder.kill()
         holder.wait()
         DeviceShares(device).path.unlink(missing_ok=True)
+
+
+def test_stacks_form_on_gpus_by_default_and_on_the_cpu_when_asked() -> None:
+    from service.settings import GPU_STACK_SIZE, Settings
+
+    default = Settings(_env_file=None)
+    assert (default.stack_limit("cpu"), default.stack_limit("cuda:3")) == (1, GPU_STACK_SIZE)
+    asked = Settings(_env_file=None, stack_size=5)
+    assert (asked.stack_limit("cpu"), asked.stack_limit("cuda:0")) == (5, 5)

@@ -23,7 +23,9 @@ COMPARED = ("test_accuracy", "test_loss", "train_loss")
 def submit_sweep(
     backend: Backend, specs: list[dict[str, Any]], *, force: bool = False
 ) -> list[str]:
-    """The specs as one sweep's experiments (stacking is within a sweep); train jobs sent."""
+    """The specs as one sweep's experiments (stacking is within a sweep); train jobs sent.
+    Workers started afterwards stack up to 8 (on the CPU they do not unless told)."""
+    backend.processes.env.setdefault("REGBENCH_STACK_SIZE", "8")
     with backend.db.session() as session:
         sweep = Sweep(name="stack", sweep_hash=new_id(), base={}, grid={}, size=len(specs))
         session.add(sweep)
