@@ -352,7 +352,7 @@ def check_stacked(stacked: StackedModel, input_shape: tuple[int, ...]) -> None:
     reference = next(stacked.members[0].parameters())
     generator = torch.Generator().manual_seed(0)  # not the global one: no member draws
     probes = [
-        torch.rand(PROBE_BATCH, *input_shape, generator=generator).to(reference.device)
+        torch.rand(PROBE_BATCH, *input_shape, generator=generator).to(reference)
         for _ in stacked.members
     ]
     was_training = stacked.training
