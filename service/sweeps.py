@@ -8,6 +8,12 @@ experiment per distinct spec; an identical spec already in the job store (from t
 sweep submitted before, or from any other submission) is reused, never run twice.
 Resubmitting the same sweep (same name and specs) returns the existing one.
 
+At scale: a point is validated field by field, each distinct field value once, and
+hashed once; its experiments are written in bulk (``jobstore.submit_experiments``).
+Progress is counted in SQL for a whole page of sweeps (``tallies``), never by loading
+their members; ``summarize`` turns a tally into counts, progress and an ETA, the same
+for a tally counted from a loaded sweep (``tally``).
+
 Functions take a Session and flush; the caller commits, as in ``jobstore``.
 """
 
