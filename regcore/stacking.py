@@ -10,7 +10,8 @@ channels), so an input batch is ``torch.cat(member_inputs, dim=1)``, (B, N*C, H,
 and the model's own ``forward`` runs unchanged on it. The leaf layers are replaced
 through ``STACKED_LAYERS`` (type -> builder):
 
-- convolutions: one grouped convolution (groups * N) over the concatenated weights;
+- convolutions: one grouped convolution (groups * N) over the concatenated weights (on
+  the CPU in NCHW, each member's own convolution: see ``StackedModel``);
 - linear layers: one batched matrix product over the stacked weights;
 - ``Normalize``: the members' statistics concatenated;
 - parameter-free elementwise or per-channel layers (activations, pooling, flatten):
@@ -113,7 +114,9 @@ class MemberRandomness:
 
 
 class StackedConv(nn.Module):
-    """N convolutions as one grouped convolution over the members' concatenated weights."""
+    """N convolutions as one grouped convolution over the members' concatenated weights;
+    on the CPU in NCHW, where oneDNN's grouped convolutions are 1.5-3x slower than
+    separate ones, each member's own convolution on its (contiguous) block instead."""
 
     _FUNCTIONS: ClassVar[dict[type[nn.Module], Callable[..., torch.Tensor]]] = {
         nn.Conv1d: F.conv1d,
@@ -130,9 +133,27 @@ class StackedConv(nn.Module):
         self.members = list(members)  # a plain list: the members' parameters stay theirs
         self.function = next(f for t, f in self._FUNCTIONS.items() if isinstance(first, t))
         self.stride, self.padding = first.stride, first.padding
-        self.dilation, self.groups = first.dilation, first.groups * len(members)
+        self.dilation, self.member_groups = first.dilation, first.groups
+        self.groups = first.groups * len(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous():  # NCHW
+            blocks = x.chunk(len(self.members), dim=1)  # N x (B, in, H, W)
+            return torch.cat(
+                [
+                    self.function(
+                        block.contiguous(),
+                        m.weight,
+                        m.bias,
+                        self.stride,
+                        self.padding,
+                        self.dilation,
+                        self.member_groups,
+                    )
+                    for m, block in zip(self.members, blocks, strict=True)
+                ],
+                dim=1,
+            )  # (B, N*out, H', W')
         weight = torch.cat([m.weight for m in self.members])  # (N*out, in/groups, *kernel)
         biases = [m.bias for m in self.members]
         bias = torch.cat(biases) if biases[0] is not None else None  # (N*out,)
@@ -309,13 +330,14 @@ class StackedModel(nn.Module):
     """N members evaluated as one: ``forward(inputs)`` takes the members' batches, N x
     (B, ...), and returns their logits (B, N, C); member i's are ``logits[:, i]``.
 
-    ``channels_last``: image batches go through in the channels-last memory format
-    (oneDNN's grouped convolutions on the CPU are 1.5-3x slower in NCHW than N separate
-    ones, and on par in channels-last: LeNet, one thread). Only where the layout cannot
-    change the result: max pooling breaks exact ties by memory order, and although the
-    gradient routed to either of two tied inputs trains the weights alike, the input
-    gradient that a double-backward penalty (jacobian, grad_reg) differentiates again
-    does not; so those keep the layout of a run of their own."""
+    ``channels_last``: image batches go through in the channels-last memory format, for
+    one grouped convolution per layer (on the CPU in NCHW, ``StackedConv`` runs each
+    member's own instead: oneDNN's grouped convolutions are 1.5-3x slower there, and on
+    par in channels-last; LeNet, one thread). Only where the layout cannot change the
+    result: max pooling breaks exact ties by memory order, and although the gradient
+    routed to either of two tied inputs trains the weights alike, the input gradient that
+    a double-backward penalty (jacobian, grad_reg) differentiates again does not; so
+    those keep the layout of a run of their own (and its very convolutions)."""
 
     def __init__(
         self,
