@@ -2,7 +2,8 @@
 
 Each stack is started as ``regbench serve`` starts it (``service.serve.stack_commands``:
 the API under uvicorn, ``regbench worker --reconcile`` with its warm job runner), on a
-fresh data directory and a queue of its own, and everything goes through HTTP:
+fresh data directory and a broker of its own (so its worker serves the usual queues and
+no other worker takes its jobs), and everything goes through HTTP:
 
 - submit-to-running: tiny training jobs (LeNet, one epoch of scikit-learn's digits) are
   POSTed one at a time to an idle worker (after a warm-up job); the latency is the job
@@ -48,7 +49,9 @@ SWEEP_FILE = ROOT / "grids" / "digits.yaml"
 POSTGRES_ADMIN_URL = os.environ.get(
     "REGBENCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("REGBENCH_BENCH_REDIS_URL")  # default: an empty db of 127.0.0.1
+# A Redis database for the bench alone (its worker serves the usual queues); default: an
+# empty database of the server on 127.0.0.1, flushed afterwards.
+REDIS_URL = os.environ.get("REGBENCH_BENCH_REDIS_URL")
 REDIS_RESERVED_DBS = {0, 11}  # people's own; the API tests'
 FINISHED = {"succeeded", "failed", "cancelled"}
 TINY_SPEC: dict[str, Any] = {
@@ -154,9 +157,8 @@ def service_stack(ctx: BenchContext, name: str) -> Iterator[Service]:
     data_dir = ctx.workdir / f"service-{name}"
     logs = data_dir / "logs"
     logs.mkdir(parents=True)
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
     with _stack_urls(name) as urls:
-        values = {"data_dir": str(data_dir), "default_queue": queue, **urls}
+        values = {"data_dir": str(data_dir), **urls}
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGBENCH_")}
         env |= {f"REGBENCH_{key.upper()}": value for key, value in values.items()}
         env["PYTHONUNBUFFERED"] = "1"
@@ -166,7 +168,6 @@ def service_stack(ctx: BenchContext, name: str) -> Iterator[Service]:
         port = _free_port()
         stack = Stack(env, logs)
         commands = stack_commands(settings, "127.0.0.1", port, None)
-        commands["worker"] += ["--queues", queue]
         try:
             for process, command in commands.items():
                 stack.start(process, command)
