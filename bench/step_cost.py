@@ -13,7 +13,9 @@ steps that ends on the last step of an epoch of 600 steps (a real MNIST epoch at
 hard SVB's projection and the spectral-norm refresh happen there). The amortized step
 is ((599 / (W - 1)) t_plain + t_end) / 600, what one step costs over a whole epoch. The
 configurations take turns within a round, the order rotated each round, and the ratio
-to ``none`` is taken per round; the table shows its median and range over the rounds.
+to ``none`` is taken per round; the table shows its median and interquartile range over
+the rounds (results.json also the min and max). The W batches are gathered once, before
+timing: the loop's per-step gather is the same for every configuration.
 """
 
 from __future__ import annotations
