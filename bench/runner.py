@@ -144,6 +144,17 @@ def run_section(section: Section, ctx: BenchContext) -> dict[str, Any]:
     return entry
 
 
+def strict_json(value: Any) -> Any:
+    """The results with nan and inf as null: results.json stays standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    return value
+
+
 # --------------------------------------------------------------------------- Markdown
 
 
@@ -237,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+    args.out.write_text(json.dumps(strict_json(results), indent=2, allow_nan=False) + "\n")
     table = markdown(results)
     args.out.with_suffix(".md").write_text(table)
     print(table)
