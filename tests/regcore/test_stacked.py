@@ -242,6 +242,18 @@ def small_bn_net(seed: int) -> nn.Module:
     ).double()
 
 
+def test_members_may_differ_in_their_jacobian_projections() -> None:
+    """1 and 3 random projections and the exact Jacobian (C products) in one stack: the
+    k-th products of the members that ask for one are taken together."""
+    specs = [
+        make_spec(seed, [{"name": "jacobian", "weight": weight, "n_proj": n_proj}])
+        for seed, weight, n_proj in ((0, 0.01, 1), (1, 0.02, 3), (2, 0.01, -1))
+    ]
+    assert len({stack_key(spec) for spec in specs}) == 1
+    for spec, result in zip(specs, train_stacked(specs), strict=True):
+        assert_same_run(result, train(spec), rtol=1e-4, atol=1e-5, probe=probe_inputs(spec))
+
+
 def test_batch_norm_members_keep_their_own_statistics() -> None:
     """Each member's batch norm normalizes with its own batch's statistics and updates
     its own running statistics: two training steps' gradients and statistics, and the
