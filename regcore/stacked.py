@@ -231,6 +231,9 @@ class _Stack:
             [m.randomness for m in members],
             first.data.info.input_shape,
             channels_last=first.device.type == "cpu" and not differentiates_forward,
+            member_memory_format=(
+                torch.channels_last if training.channels_last else torch.contiguous_format
+            ),
         )
         self.optimizer = build_optimizer(nn.ModuleList([m.run.model for m in members]), training)
         self.optimizer.param_groups[0]["foreach"] = True  # one call for all members' tensors

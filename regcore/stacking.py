@@ -200,7 +200,12 @@ class StackedNormalize(nn.Module):
 
 class MemberwiseLayer(nn.Module):
     """Each member's own module on its own block, inside its randomness: exact for any
-    layer (dropout masks, batch statistics, learnable activations), at N calls' cost."""
+    layer (dropout masks, batch statistics, learnable activations), at N calls' cost.
+
+    The block is made dense in the memory format of the member's own run
+    (``StackedModel``'s ``member_memory_format``): a random mask is drawn in memory order
+    (CUDA's dropout kernels even map random numbers to elements differently for strided
+    inputs), so the member must see the very layout its run would."""
 
     def __init__(
         self, members: Sequence[nn.Module], randomness: Sequence[MemberRandomness]
@@ -208,14 +213,16 @@ class MemberwiseLayer(nn.Module):
         super().__init__()
         self.members = list(members)
         self.randomness = list(randomness)
+        self.memory_format = torch.contiguous_format  # set by StackedModel for 4-d blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = []
         for member, randomness, block in zip(
             self.members, self.randomness, x.chunk(len(self.members), dim=1), strict=True
         ):
+            layout = self.memory_format if block.dim() == 4 else torch.contiguous_format
             with randomness:
-                outputs.append(member(block))  # (B, F_out, ...)
+                outputs.append(member(block.contiguous(memory_format=layout)))  # (B, F_out, ...)
         return torch.cat(outputs, dim=1)  # (B, N*F_out, ...)
 
 
@@ -330,6 +337,9 @@ class StackedModel(nn.Module):
     """N members evaluated as one: ``forward(inputs)`` takes the members' batches, N x
     (B, ...), and returns their logits (B, N, C); member i's are ``logits[:, i]``.
 
+    ``member_memory_format``: the layout of the members' own runs (channels-last if their
+    spec asks for it), in which ``MemberwiseLayer`` hands each member its block.
+
     ``channels_last``: image batches go through in the channels-last memory format, for
     one grouped convolution per layer (on the CPU in NCHW, ``StackedConv`` runs each
     member's own instead: oneDNN's grouped convolutions are 1.5-3x slower there, and on
@@ -344,6 +354,7 @@ class StackedModel(nn.Module):
         members: Sequence[nn.Module],
         randomness: Sequence[MemberRandomness],
         channels_last: bool = False,
+        member_memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         super().__init__()
         if len(members) != len(randomness) or not members:
@@ -351,6 +362,9 @@ class StackedModel(nn.Module):
         self.members = list(members)  # a plain list: the members' parameters stay theirs
         self.body = _skeleton(self.members, list(randomness), "")
         self.channels_last = channels_last
+        for module in self.body.modules():  # the layout a member's own run has
+            if isinstance(module, MemberwiseLayer):
+                module.memory_format = member_memory_format
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         x = torch.cat(list(inputs), dim=1)  # (B, N*C, ...)
@@ -401,9 +415,10 @@ def stack_models(
     randomness: Sequence[MemberRandomness],
     input_shape: tuple[int, ...],
     channels_last: bool = False,
+    member_memory_format: torch.memory_format = torch.contiguous_format,
 ) -> StackedModel:
     """The members as one ``StackedModel``, checked on a probe batch (``check_stacked``)."""
-    stacked = StackedModel(models, randomness, channels_last)
+    stacked = StackedModel(models, randomness, channels_last, member_memory_format)
     check_stacked(stacked, input_shape)
     return stacked
 
