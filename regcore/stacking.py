@@ -44,7 +44,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -277,10 +277,9 @@ def _stacks_as_one(members: Sequence[nn.Module]) -> bool:
     first = members[0]
     if isinstance(first, nn.Conv1d | nn.Conv2d | nn.Conv3d) and first.padding_mode != "zeros":
         return False
-    if type(first) in SHARED_TYPES or isinstance(first, SHARED_TYPES):
-        return all(m.extra_repr() == first.extra_repr() for m in members) and not any(
-            True for _ in first.parameters()
-        )
+    if isinstance(first, SHARED_TYPES):  # one module for all: configured alike, no state
+        same = all(m.extra_repr() == first.extra_repr() for m in members)
+        return same and next(first.parameters(), None) is None
     return True
 
 
@@ -423,17 +422,11 @@ def stack_models(
     return stacked
 
 
-def member_logits(logits: torch.Tensor) -> list[torch.Tensor]:
-    """(B, N, C) stacked logits -> N views (B, C)."""
-    return list(logits.unbind(dim=1))
-
-
-__all__: list[Any] = [
+__all__ = [
     "STACKED_LAYERS",
     "MemberRandomness",
     "StackedModel",
     "StackingError",
     "check_stacked",
-    "member_logits",
     "stack_models",
 ]
