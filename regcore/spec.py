@@ -10,15 +10,18 @@ The spec hash identifies the science of an experiment: it is stable across key
 order and across defaults written out or omitted, and ignores fields marked
 ``identity=False`` (labels, data locations, devices, resources). A field marked
 ``IDENTITY_UNLESS_DEFAULT`` counts only when set to something other than its default
-(``training.precision``), so adding it kept every earlier spec's hash.
+(``training.precision``), so adding it kept every earlier spec's hash. ``SpecHasher``
+gives the same hashes for many specs that share parts (a grid's points), writing each
+shared part's JSON once.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
 
@@ -320,8 +323,8 @@ class ExperimentSpec(_Strict):
         return _identity(self)
 
     def spec_hash(self) -> str:
-        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """sha256 of the identity as JSON with sorted keys and no spaces."""
+        return SpecHasher()(self)
 
     def flat_params(self) -> dict[str, str]:
         """Dotted keys -> values as text (``regularizers.0.weight``), for trackers."""
@@ -355,23 +358,66 @@ class SweepSpec(_Strict):
         return self.name or (base_name if isinstance(base_name, str) and base_name else "sweep")
 
 
+class SpecHasher:
+    """``spec_hash`` of many specs, bit-identical to each one's own, writing the JSON of a
+    part they share once.
+
+    The points of a grid share their validated parts (``service.sweeps.plan`` validates
+    each distinct field value once, and a spec keeps the part objects it is given): a
+    part's canonical JSON is kept by the part object itself (parts are frozen), and a
+    spec's is its identity fields' pieces joined as ``json.dumps(..., sort_keys=True)``
+    joins them. A grid of 4 regularizer lists x 250 seeds writes 4 lists, 250 training
+    sections and the rest once, instead of 1,000 whole specs.
+    """
+
+    def __init__(self) -> None:
+        self._pieces: dict[int, tuple[BaseModel, str]] = {}  # id(part) -> (part, its JSON)
+
+    def __call__(self, spec: ExperimentSpec) -> str:
+        items = sorted(_identity_items(spec))  # sorted top-level keys, as sort_keys sorts
+        fields = ",".join(f'"{name}":{self._piece(value)}' for name, value in items)
+        return hashlib.sha256(f"{{{fields}}}".encode()).hexdigest()
+
+    def _piece(self, value: Any) -> str:
+        if isinstance(value, list | tuple):
+            return f"[{','.join(self._piece(item) for item in value)}]"
+        if not isinstance(value, BaseModel):
+            return _canonical(_identity(value))
+        known = self._pieces.get(id(value))
+        if known is None or known[0] is not value:
+            known = self._pieces[id(value)] = (value, _canonical(_identity(value)))
+        return known[1]
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _identity_items(value: BaseModel) -> Iterator[tuple[str, Any]]:
+    """A model's fields that count for its identity: not ``identity=False``, and not an
+    ``IDENTITY_UNLESS_DEFAULT`` field at its default."""
+    for field_name, unless_default, default in _identity_fields(type(value)):
+        item = getattr(value, field_name)
+        if not (unless_default and item == default):
+            yield field_name, item
+
+
+@functools.cache
+def _identity_fields(model: type[BaseModel]) -> tuple[tuple[str, bool, Any], ...]:
+    """(name, counts only when not at its default, default) of a model's identity fields."""
+    fields = []
+    for field_name, field in model.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("identity") is not False:
+            fields.append((field_name, extra.get("identity") == "unless_default", field.default))
+    return tuple(fields)
+
+
 def _identity(value: Any) -> Any:
     if isinstance(value, Component):
         return {value.key: value.name, **_identity(value.params)}
     if isinstance(value, BaseModel):
-        out: dict[str, Any] = {}
-        for field_name, field in type(value).model_fields.items():
-            extra = field.json_schema_extra
-            if isinstance(extra, dict) and extra.get("identity") is False:
-                continue
-            if (
-                isinstance(extra, dict)
-                and extra.get("identity") == "unless_default"
-                and getattr(value, field_name) == field.default
-            ):
-                continue
-            out[field_name] = _identity(getattr(value, field_name))
-        return out
+        return {field_name: _identity(item) for field_name, item in _identity_items(value)}
     if isinstance(value, list | tuple):
         return [_identity(item) for item in value]
     if isinstance(value, dict):

@@ -14,7 +14,7 @@ or per worker step). They never talk to the broker: the API commits, then enqueu
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -76,9 +76,14 @@ class BulkSubmission:
 
 def stack_key(spec: ExperimentSpec) -> str | None:
     """Experiments with equal keys may train as one stacked model (``regcore.stacked``)."""
-    from regcore.stacked import stack_key as key  # torch: only where specs are recorded
+    return stack_keys()(spec)
 
-    return key(spec)
+
+def stack_keys() -> Callable[[ExperimentSpec], str | None]:
+    """``stack_key`` for a batch of specs, each part they share dumped once."""
+    from regcore.stacked import StackKeys  # torch: only where specs are recorded
+
+    return StackKeys()
 
 
 def queue_for(spec: ExperimentSpec, default_queue: str) -> str:
@@ -165,6 +170,7 @@ def submit_experiments(
     """
     keys = [f"{item.spec_hash}:{new_id()}" if force else item.spec_hash for item in specs]
     stored = {} if force else _experiments_by_dedup_key(session, keys)
+    stack_key_of = stack_keys()
     now = utcnow()
     ticks = itertools.count()  # microseconds after now: rows keep their order by created_at
     experiments: list[dict[str, Any]] = []
@@ -184,7 +190,7 @@ def submit_experiments(
                 "configuration": item.configuration,
                 "spec": spec,
                 "spec_hash": item.spec_hash,
-                "stack_key": stack_key(item.spec),
+                "stack_key": stack_key_of(item.spec),
                 "dedup_key": key,
                 "mlflow_experiment_id": mlflow_experiment_id,
                 "created_at": now + timedelta(microseconds=next(ticks)),

@@ -52,7 +52,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from regcore import grid as grids
 from regcore.compare import ComparisonRow, compare, result_metrics
-from regcore.spec import ExperimentSpec, SweepSpec
+from regcore.spec import ExperimentSpec, SpecHasher, SweepSpec
 from service import jobstore
 from service.tables import (
     Experiment,
@@ -140,9 +140,8 @@ def plan(document: SweepSpec, max_size: int) -> SweepPlan:
         valid.append((spec, grids.GridPoint(written, values).configuration))
     if errors:
         raise SweepInvalidError(list(errors.values())[:MAX_REPORTED_ERRORS])
-    points = [
-        PlannedPoint(spec, label, spec.training.seed, spec.spec_hash()) for spec, label in valid
-    ]
+    hasher = SpecHasher()  # the points share their parts: each part written once
+    points = [PlannedPoint(spec, label, spec.training.seed, hasher(spec)) for spec, label in valid]
     name = document.label()
     digest = hashlib.sha256(json.dumps([name, [point.spec_hash for point in points]]).encode())
     return SweepPlan(name, points, digest.hexdigest())
