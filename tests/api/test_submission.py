@@ -4,10 +4,18 @@ described exactly as each sweep on its own."""
 
 from __future__ import annotations
 
+import base64
+import json
+import sqlite3
+import time
+import uuid
+from contextlib import closing
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis
+from celery.contrib.testing.worker import start_worker
 
 from service import broker
 from service.settings import Settings
@@ -38,6 +46,86 @@ def test_enqueue_many_sends_every_job_in_order_in_batches(
         assert broker.enqueue_many(app, [], timeout_s=2.0) == []
     finally:
         app.close()
+
+
+def broker_messages(settings: Settings, queue: str) -> list[dict[str, Any]]:
+    """The messages waiting in ``queue``, oldest first, as the transport stores them."""
+    url = settings.celery_broker_url
+    if url.startswith("redis://"):
+        with redis.Redis.from_url(url) as client:  # LPUSHed: newest first
+            payloads = [raw.decode() for raw in reversed(client.lrange(queue, 0, -1))]
+    else:
+        with closing(sqlite3.connect(settings.data_dir / "broker.db")) as connection:
+            payloads = [
+                row[0]
+                for row in connection.execute(
+                    "SELECT m.payload FROM kombu_message m JOIN kombu_queue q "
+                    "ON m.queue_id = q.id WHERE q.name = ? ORDER BY m.id",
+                    (queue,),
+                )
+            ]
+    return [json.loads(payload) for payload in payloads]
+
+
+def as_sent_for(message: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """A message without what is its own: its task id (a fresh uuid, also its root id and
+    correlation id), its job (the argument), the transport's delivery tag (a fresh uuid);
+    what two messages of the task for different jobs have in common."""
+    headers = dict(message["headers"])
+    task_id = headers.pop("id")
+    assert uuid.UUID(task_id) and headers.pop("root_id") == task_id
+    assert headers.pop("argsrepr") == repr([job_id])
+    properties = dict(message["properties"])
+    assert properties.pop("correlation_id") == task_id
+    properties.pop("delivery_tag")
+    args, kwargs, embed = json.loads(base64.b64decode(message["body"]))
+    assert args == [job_id]
+    rest = {k: v for k, v in message.items() if k not in ("headers", "properties", "body")}
+    return {"headers": headers, "properties": properties, "body": [kwargs, embed], **rest}
+
+
+def test_a_bulk_message_is_the_message_celery_sends_for_its_job(any_settings: Settings) -> None:
+    """enqueue_many sends a queue's first job through send_task and copies the others from
+    it: every one is, byte for byte but its job id, what send_task sends for that job."""
+    app = broker.make_celery(any_settings)
+    queue = any_settings.default_queue
+    try:
+        broker.enqueue(app, "job-alone", queue, timeout_s=2.0)  # Celery's own send_task
+        jobs = [("job-first", queue), ("job-copied", queue), ("job-again", queue)]
+        assert broker.enqueue_many(app, jobs, timeout_s=2.0) == [job for job, _ in jobs]
+    finally:
+        app.close()
+    alone, *bulk = broker_messages(any_settings, queue)
+    assert alone["headers"]["task"] == broker.RUN_JOB_TASK
+    expected = as_sent_for(alone, "job-alone")
+    for message, (job_id, _) in zip(bulk, jobs, strict=True):
+        assert as_sent_for(message, job_id) == expected
+    task_ids = [message["headers"]["id"] for message in (alone, *bulk)]
+    assert len(set(task_ids)) == 4  # each message its own task id
+
+
+def test_a_celery_worker_runs_every_bulk_message_in_order(any_settings: Settings) -> None:
+    """A real Celery worker (in this process, the task name the API sends) takes the copied
+    messages as it takes send_task's: one task call per job, with its id."""
+    app = broker.make_celery(any_settings)
+    queue = any_settings.default_queue
+    received: list[tuple[str, str]] = []
+
+    @app.task(name=broker.RUN_JOB_TASK, bind=True, shared=False)  # this app only
+    def run_job(task: Any, job_id: str) -> None:
+        received.append((task.request.id, job_id))
+
+    ids = [f"job-{number}" for number in range(7)]
+    try:
+        assert broker.enqueue_many(app, [(job_id, queue) for job_id in ids], 2.0) == ids
+        with start_worker(app, pool="solo", perform_ping_check=False, queues=[queue]):
+            deadline = time.monotonic() + 60
+            while len(received) < len(ids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        app.close()
+    assert [job_id for _, job_id in received] == ids
+    assert len({task_id for task_id, _ in received}) == len(ids)
 
 
 def test_enqueue_many_with_the_broker_down_says_nothing_was_sent(
