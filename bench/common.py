@@ -12,9 +12,11 @@ of the per-round ratios shows how far to trust it.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +29,9 @@ from regcore.data import DataInfo, DatasetNotFoundError, DataSplits, load_datase
 from regcore.spec import DatasetSpec
 
 T = TypeVar("T")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "REGBENCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 class SectionUnavailable(RuntimeError):  # noqa: N818 (it is a reason, not a failure)
@@ -213,3 +218,25 @@ def ratio_spread(values: Sequence[float], reference: Sequence[float]) -> Spread:
 def rate_spread(amount: float, seconds: Sequence[float]) -> Spread:
     """Per-round rates amount / seconds (e.g. samples per second)."""
     return Spread.of([amount / s for s in seconds])
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database (REGBENCH_BENCH_POSTGRES_URL's server), dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    name = f"regbench_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        raise SectionUnavailable(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}") from exc
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -42,13 +42,16 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.common import BenchContext, SectionResult, SectionUnavailable, Spread
+from bench.common import (
+    BenchContext,
+    SectionResult,
+    SectionUnavailable,
+    Spread,
+    postgres_database,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = ROOT / "grids" / "digits.yaml"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "REGBENCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 # A Redis database for the bench alone (its worker serves the usual queues); default: an
 # empty database of the server on 127.0.0.1, flushed afterwards.
 REDIS_URL = os.environ.get("REGBENCH_BENCH_REDIS_URL")
@@ -91,28 +94,6 @@ def _port_open(host: str, port: int) -> bool:
 
 
 @contextmanager
-def _postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import OperationalError
-
-    name = f"regbench_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        raise SectionUnavailable(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}") from exc
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
 def _redis_database() -> Iterator[str]:
     """An empty Redis database (flushed afterwards), or the one REGBENCH_BENCH_REDIS_URL names."""
     import redis
@@ -143,7 +124,7 @@ def _stack_urls(name: str) -> Iterator[dict[str, str]]:
     if name == "embedded":
         yield {}
         return
-    with _postgres_database() as database_url, _redis_database() as broker_url:
+    with postgres_database() as database_url, _redis_database() as broker_url:
         yield {"database_url": database_url, "broker_url": broker_url}
 
 

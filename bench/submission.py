@@ -34,9 +34,10 @@ from typing import Any
 import redis
 import yaml
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import select, update
 
 from api.app import create_app
+from bench.common import postgres_database
 from regcore.spec import SweepSpec
 from service import jobstore, sweeps
 from service.db import Database
@@ -52,9 +53,6 @@ REGULARIZERS: list[list[dict[str, Any]]] = [
     [{"name": "jacobian", "weight": 0.01, "n_proj": 1}],
     [{"name": "label_smoothing", "eps": 0.1}],
 ]
-POSTGRES_ADMIN_URL = os.environ.get(
-    "REGBENCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 REDIS_URL = os.environ.get("REGBENCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 STACKS = ("embedded", "cluster")
 SWEEPS = "/api/v1/sweeps"
@@ -89,7 +87,7 @@ def stack(name: str) -> Iterator[Settings]:
             upgrade_database(settings.job_store_url)
             yield settings
             return
-        with _postgres_database() as database_url:
+        with postgres_database() as database_url:
             settings = Settings(
                 data_dir=Path(data_dir),
                 database_url=database_url,
@@ -104,20 +102,6 @@ def stack(name: str) -> Iterator[Settings]:
                     keys = list(client.scan_iter(match=f"*{queue}*"))
                     if keys:
                         client.delete(*keys)
-
-
-@contextmanager
-def _postgres_database() -> Iterator[str]:
-    name = f"regbench_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @contextmanager
