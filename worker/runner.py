@@ -168,9 +168,11 @@ def thread_env(settings: Settings) -> dict[str, str]:
 
     OpenMP's threads spin while they wait for work by default; on a node whose cores are
     busy with anything else (another slot, the API, a second job) the spinning threads
-    take the cores from the ones with work. Measured here on 2 busy cores: 3 epochs of
-    LeNet on digits took 16 s with 2 spinning threads, 2.4 s with passive waiting and
-    1.6 s with one thread. Passive waiting costs little on an idle node."""
+    take the cores from the ones with work. Measured on 2 cores, LeNet on digits: with
+    both cores busy, 3 epochs took 16 s with 2 spinning threads, 2.4 s with passive
+    waiting, 1.6 s with one thread; on idle cores passive waiting doubles a step (5 epochs:
+    1.47 s against 0.75 s). Passive is the default because its worst case is 2x, not 10x;
+    ``OMP_WAIT_POLICY`` in the worker's environment overrides it."""
     threads = str(torch_threads(settings))
     return {
         "OMP_NUM_THREADS": threads,
