@@ -9,8 +9,9 @@ at the newest migration: ``SchemaOutdatedError`` propagates with the command to 
 
 Errors keep one shape, ``{"detail": ...}``: 404 for unknown ids, 422 for invalid input
 (FastAPI's own answer, whose ``detail[].loc`` is the field path, such as
-``["body", "regularizers", 0, "name"]``), 401 without the API token when
-``REGBENCH_API_TOKEN`` is set (``/healthz`` and ``/metrics`` stay open), 400 for a bad
+``["body", "regularizers", 0, "name"]``), 401 for a wrong token, or none where one is
+needed (writes once users exist, reads too with ``REGBENCH_AUTH_READS``; ``/healthz``
+and ``/metrics`` stay open), 403 for a change to another user's work, 400 for a bad
 artifact path, 409 for analyses on a failed experiment, 413 for a body over
 ``MAX_BODY_BYTES``, 503 when the broker, the tracking store or the job store is
 unavailable, and a logged 500 with a short message for anything unexpected (never a
@@ -30,8 +31,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import require_token
-from api.operations import ConflictError, NotEnqueuedError
+from api.deps import authenticate
+from api.operations import ConflictError, ForbiddenError, NotEnqueuedError
 from api.routes import api_router, health, metrics
 from api.tracking import (
     ArtifactNotFoundError,
@@ -40,6 +41,7 @@ from api.tracking import (
     TrackingUnavailableError,
 )
 from regcore import __version__
+from service import users
 from service.broker import make_celery
 from service.db import Database
 from service.schema import assert_schema_current
@@ -62,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     app.state.settings = settings
-    app.include_router(api_router, prefix=API_PREFIX, dependencies=[Depends(require_token)])
+    app.include_router(api_router, prefix=API_PREFIX, dependencies=[Depends(authenticate)])
     app.include_router(health.router)
     app.include_router(metrics.router)
     for error, handler in _EXCEPTION_HANDLERS.items():
@@ -81,6 +83,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             database.dispose()
             raise
         app.state.database = database
+        await to_thread.run_sync(log_auth_mode, settings, database)
         app.state.celery = make_celery(settings)  # only to send job ids
         app.state.tracking = Tracking(settings)
         try:
@@ -90,6 +93,18 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             database.dispose()
 
     return lifespan
+
+
+def log_auth_mode(settings: Settings, database: Database) -> None:
+    if settings.api_token is not None:
+        logger.warning(
+            "REGBENCH_API_TOKEN is deprecated: make users with `regbench users add NAME`"
+        )
+    with database.session() as session:
+        line = users.auth_mode(settings, session)
+    # Open to everyone as an admin: worth a warning where a server is shared.
+    level = logging.INFO if line.startswith(users.WITH_USERS) else logging.WARNING
+    logger.log(level, "%s", line)
 
 
 # --------------------------------------------------------------------------- errors
@@ -153,6 +168,7 @@ _EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] 
     TrackingUnavailableError: _unavailable,
     OperationalError: _unavailable,
     ConflictError: _with_status(status.HTTP_409_CONFLICT),
+    ForbiddenError: _with_status(status.HTTP_403_FORBIDDEN),
     ArtifactPathError: _with_status(status.HTTP_400_BAD_REQUEST),
     ArtifactNotFoundError: _with_status(status.HTTP_404_NOT_FOUND),
     Exception: _unexpected,

@@ -17,10 +17,11 @@ from fastapi import Depends, Header, HTTPException, Path, Request, status
 from sqlalchemy.orm import Session, selectinload
 
 from api.tracking import Tracking
-from service import sweeps
+from service import sweeps, users
 from service.db import Database
 from service.settings import Settings
 from service.tables import Experiment, Sweep
+from service.users import Principal
 
 
 def get_settings(request: Request) -> Settings:
@@ -42,23 +43,6 @@ def get_tracking(request: Request) -> Tracking:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def require_token(
-    settings: SettingsDep,
-    authorization: Annotated[str | None, Header(description="Bearer <token>")] = None,
-) -> None:
-    """With ``REGBENCH_API_TOKEN`` set, every /api/v1 request must carry it (401 if not)."""
-    expected = settings.api_token.get_secret_value() if settings.api_token else ""
-    if not expected:
-        return
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong API token: send `Authorization: Bearer <token>`",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
 DatabaseDep = Annotated[Database, Depends(get_database)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 TrackingDep = Annotated[Tracking, Depends(get_tracking)]
@@ -71,6 +55,62 @@ def get_session(database: DatabaseDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def authenticate(
+    request: Request,
+    settings: SettingsDep,
+    session: SessionDep,
+    authorization: Annotated[str | None, Header(description="Bearer <token>")] = None,
+) -> Principal:
+    """Who the request acts as (see ``service.users``): the local user while no user
+    exists and no ``REGBENCH_API_TOKEN`` is set; else the token's user, and 401 for a
+    wrong token, or for none on a write (or on a read with ``REGBENCH_AUTH_READS``).
+    The token itself goes nowhere: not into a log line, an error or the database."""
+    shared = settings.api_token.get_secret_value() if settings.api_token else ""
+    if not shared and not users.any_users(session):
+        return Principal(settings.local_user, admin=True)
+    scheme, _, given = (authorization or "").partition(" ")
+    given = given.strip()
+    if authorization is not None:
+        if scheme.lower() != "bearer" or not given:
+            raise _unauthorized("malformed API token: send `Authorization: Bearer <token>`")
+        if shared and secrets.compare_digest(given.encode(), shared.encode()):
+            return Principal(users.API_TOKEN_USER, admin=True)
+        user = users.find_user(session, given)
+        if user is None:
+            raise _unauthorized("wrong API token (unknown or revoked)")
+        return Principal(user.name, admin=user.admin)
+    if request.method not in READ_METHODS:
+        raise _unauthorized(
+            "this request changes something: it needs an API token, sent as "
+            "`Authorization: Bearer <token>` (`regbench users add NAME` makes one)"
+        )
+    if settings.auth_reads or shared:
+        raise _unauthorized(
+            "missing API token: this server needs one for reads too; send "
+            "`Authorization: Bearer <token>`"
+        )
+    return Principal("anonymous", admin=False, authenticated=False)
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+def current_owner(principal: PrincipalDep) -> str:
+    """The name of the user the request acts as: the owner of what it submits."""
+    return principal.name
+
+
+OwnerDep = Annotated[str, Depends(current_owner)]
 
 
 def get_experiment(

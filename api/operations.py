@@ -30,7 +30,7 @@ from api.schemas import (
 )
 from api.tracking import ArtifactNotFoundError, Tracking, TrackingUnavailableError
 from regcore.spec import AnalysisSpec, ExperimentSpec, SweepSpec
-from service import jobstore, reports, sweeps
+from service import jobstore, reports, sweeps, users
 from service.broker import BrokerUnavailableError, enqueue_many
 from service.db import Database
 from service.reports import REPORT_FILES
@@ -45,6 +45,7 @@ from service.tables import (
     Worker,
     utcnow,
 )
+from service.users import Principal
 
 LIVE_WORKER_HEARTBEATS = 3  # a worker is live if seen within this many heartbeat intervals
 
@@ -84,6 +85,19 @@ class NotEnqueuedError(RuntimeError):
 
 class ConflictError(RuntimeError):
     """The request does not fit the experiment's state (409)."""
+
+
+class ForbiddenError(RuntimeError):
+    """The request would change another user's work (403)."""
+
+
+def require_change(principal: Principal, what: str, owner: str) -> None:
+    """ForbiddenError unless ``principal`` may change what ``owner`` owns."""
+    if not users.may_change(principal, owner):
+        raise ForbiddenError(
+            f"{what} belongs to {owner!r}: only its owner or an admin may change it "
+            f"(you are {principal.name!r}); reading it is allowed"
+        )
 
 
 # --------------------------------------------------------------------------- enqueue
@@ -137,6 +151,7 @@ def submit(
     settings: Settings,
     spec: ExperimentSpec,
     *,
+    owner: str,
     force: bool = False,
 ) -> jobstore.Submission:
     """Record a spec (or find its identical twin) in its MLflow experiment, commit, then
@@ -151,6 +166,7 @@ def submit(
     recorded = jobstore.submit_experiments(
         session,
         [jobstore.SpecToSubmit(spec, spec.spec_hash())],
+        owner=owner,
         default_queue=settings.default_queue,
         mlflow_experiment_id=mlflow_experiment_id,
         force=force,
@@ -280,6 +296,7 @@ def submit_sweep(
     settings: Settings,
     document: SweepSpec,
     *,
+    owner: str,
     force: bool = False,
 ) -> sweeps.SweepSubmission:
     """Expand and validate the grid (nothing is recorded if any point is invalid or the
@@ -295,6 +312,7 @@ def submit_sweep(
         planned,
         document,
         mlflow_experiment_id=mlflow_experiment_id,
+        owner=owner,
         default_queue=settings.default_queue,
         force=force,
     )
@@ -389,10 +407,18 @@ def sweep_results(sweep: Sweep) -> SweepResultsPublic:
     )
 
 
-def cancel_sweep(session: Session, sweep: Sweep) -> list[Job]:
-    changed = sweeps.cancel(session, sweep)
+def cancel_sweep(
+    session: Session, sweep: Sweep, principal: Principal
+) -> tuple[list[Job], list[str]]:
+    """Cancel the sweep's experiments that ``principal`` may change (403 if not the
+    sweep's owner or an admin): the jobs that changed, and the experiments left alone
+    because another user owns them (shared with one of their submissions)."""
+    require_change(principal, f"sweep {sweep.id}", sweep.owner)
+    changed, kept = sweeps.cancel(
+        session, sweep, lambda experiment: users.may_change(principal, experiment.owner)
+    )
     session.commit()
-    return changed
+    return changed, kept
 
 
 def report_run(sweep: Sweep) -> str:

@@ -86,7 +86,18 @@ class Settings(BaseSettings):
     max_sweep_size: int = Field(1000, ge=1, description="experiments one sweep may expand to")
     default_queue: str = Field("cpu", description="queue of jobs whose resources say auto")
     api_token: SecretStr | None = Field(
-        None, description="if set, /api/v1 requires `Authorization: Bearer <token>`"
+        None,
+        description="deprecated: one shared token, acting as the admin user 'admin'; when "
+        "set, every /api/v1 request needs a token (use `regbench users add` instead)",
+    )
+    auth_reads: bool = Field(
+        False, description="reads (GET) need a token too, once users exist; writes always do"
+    )
+    local_user: str = Field(
+        "local",
+        min_length=1,
+        max_length=100,
+        description="who every request runs as while no user exists (the embedded default)",
     )
 
     def stack_limit(self, device: str | None) -> int:

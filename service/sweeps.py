@@ -28,7 +28,7 @@ import itertools
 import json
 import math
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -325,11 +325,14 @@ def submit_sweep(
 ) -> SweepSubmission:
     """Record the sweep and its experiments (the caller commits, then enqueues the new
     experiments' runnable jobs). ``force``: a new sweep with new experiments throughout.
+    Sweeps are deduplicated per owner: another user's identical grid is a sweep of its
+    own, whose experiments are those already stored (they keep their first owner).
 
     The experiments go in through ``jobstore.submit_experiments`` (identical specs looked
     up at once, new rows in multi-row INSERTs), the members in one more."""
     sweep_hash = f"{planned.sweep_hash[:48]}:{new_id()[:15]}" if force else planned.sweep_hash
-    existing = session.scalar(select(Sweep).where(Sweep.sweep_hash == sweep_hash))
+    same_sweep = and_(Sweep.owner == owner, Sweep.sweep_hash == sweep_hash)
+    existing = session.scalar(select(Sweep).where(same_sweep))
     if existing is not None:
         return _submitted_before(existing)
     # Two points may share a spec (a label changed): even with force, one experiment per
@@ -351,7 +354,7 @@ def submit_sweep(
             session.add(sweep)
             session.flush()
     except IntegrityError:  # lost a race with the same sweep submitted at the same moment
-        existing = session.scalar(select(Sweep).where(Sweep.sweep_hash == sweep_hash))
+        existing = session.scalar(select(Sweep).where(same_sweep))
         if existing is None:
             raise
         return _submitted_before(existing)
@@ -835,13 +838,22 @@ def _csv_number(value: float) -> str:
 # --------------------------------------------------------------------------- cancel, reports
 
 
-def cancel(session: Session, sweep: Sweep) -> list[Job]:
-    """Cancel every experiment of the sweep (queued jobs now, running ones at their next
-    heartbeat). An experiment shared with another sweep is cancelled there too."""
+def cancel(
+    session: Session,
+    sweep: Sweep,
+    may_cancel: Callable[[Experiment], bool] = lambda experiment: True,
+) -> tuple[list[Job], list[str]]:
+    """Cancel the sweep's experiments that ``may_cancel`` allows (queued jobs now, running
+    ones at their next heartbeat); an experiment shared with another sweep is cancelled
+    there too. Returns the jobs that changed and the ids of the experiments left alone."""
     changed: list[Job] = []
+    kept: list[str] = []
     for member in sweep.members:
-        changed += jobstore.request_cancel(session, member.experiment)
-    return changed
+        if may_cancel(member.experiment):
+            changed += jobstore.request_cancel(session, member.experiment)
+        else:
+            kept.append(member.experiment_id)
+    return changed, kept
 
 
 def unfinished_member_jobs(sweep_id: Any) -> Any:

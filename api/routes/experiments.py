@@ -7,7 +7,15 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from api import operations
-from api.deps import CeleryDep, ExperimentDep, SessionDep, SettingsDep, TrackingDep
+from api.deps import (
+    CeleryDep,
+    ExperimentDep,
+    OwnerDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    TrackingDep,
+)
 from api.schemas import (
     AnalysesPublic,
     ArtifactPublic,
@@ -28,6 +36,12 @@ from regcore.spec import AnalysisSpec, ExperimentSpec
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "no such experiment"}}
+FORBIDDEN = {
+    status.HTTP_403_FORBIDDEN: {
+        "model": ErrorPublic,
+        "description": "another user's experiment: only its owner or an admin may change it",
+    }
+}
 NOT_ENQUEUED = {
     status.HTTP_503_SERVICE_UNAVAILABLE: {
         "model": NotEnqueuedPublic,
@@ -53,11 +67,15 @@ def submit_experiment(
     settings: SettingsDep,
     celery: CeleryDep,
     tracking: TrackingDep,
+    owner: OwnerDep,
     force: Annotated[bool, Query(description="a new experiment even if identical")] = False,
 ) -> SubmissionPublic:
-    """Record a spec and enqueue its train job: 201. An identical spec (same hash) gives
-    the existing experiment with 200, unless ``force``."""
-    submission = operations.submit(session, celery, tracking, settings, spec, force=force)
+    """Record a spec and enqueue its train job: 201; the caller owns it. An identical
+    spec (same hash) gives the existing experiment with 200, unless ``force``; it keeps
+    its first owner (anyone may read it; only that owner or an admin may cancel it)."""
+    submission = operations.submit(
+        session, celery, tracking, settings, spec, owner=owner, force=force
+    )
     if not submission.created:
         response.status_code = status.HTTP_200_OK
     return SubmissionPublic.of_experiment(
@@ -89,13 +107,14 @@ def read_experiment(experiment: ExperimentDep, settings: SettingsDep) -> Experim
     return ExperimentPublic.of_experiment(experiment, settings.mlflow_ui_url)
 
 
-@router.post("/{experiment_id}/cancel", responses=NOT_FOUND)
+@router.post("/{experiment_id}/cancel", responses={**NOT_FOUND, **FORBIDDEN})
 def cancel_experiment(
-    experiment: ExperimentDep, session: SessionDep, settings: SettingsDep
+    experiment: ExperimentDep, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> CancelPublic:
     """Queued jobs are cancelled now; running ones are asked to stop (their worker sees
     the flag at its next heartbeat). On a finished experiment this changes nothing and
-    still answers 200: cancelling is idempotent."""
+    still answers 200: cancelling is idempotent. Only the owner or an admin (403)."""
+    operations.require_change(principal, f"experiment {experiment.id}", experiment.owner)
     changed = operations.cancel(session, experiment)
     return CancelPublic.of_experiment(
         experiment, settings.mlflow_ui_url, cancelled_jobs=[job.id for job in changed]
@@ -107,6 +126,7 @@ def cancel_experiment(
     status_code=status.HTTP_201_CREATED,
     responses={
         **NOT_FOUND,
+        **FORBIDDEN,
         status.HTTP_409_CONFLICT: {"model": ErrorPublic, "description": "training failed"},
         **NOT_ENQUEUED,
     },
@@ -117,10 +137,12 @@ def add_analyses(
     session: SessionDep,
     settings: SettingsDep,
     celery: CeleryDep,
+    principal: PrincipalDep,
 ) -> AnalysesPublic:
     """Add analysis jobs on the experiment's checkpoint: when its train job succeeded
     they are enqueued now; while it is queued or running they wait for it; a failed or
-    cancelled train job gives 409."""
+    cancelled train job gives 409. Only the owner or an admin (403)."""
+    operations.require_change(principal, f"experiment {experiment.id}", experiment.owner)
     jobs = operations.add_analyses(session, celery, settings, experiment, analyses)
     return AnalysesPublic.of_experiment(
         experiment, settings.mlflow_ui_url, added_jobs=[job.id for job in jobs]

@@ -10,6 +10,8 @@ from api import operations
 from api.deps import (
     CeleryDep,
     DatabaseDep,
+    OwnerDep,
+    PrincipalDep,
     SessionDep,
     SettingsDep,
     SweepDep,
@@ -35,6 +37,12 @@ from service import sweeps
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
 NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "no such sweep"}}
+FORBIDDEN = {
+    status.HTTP_403_FORBIDDEN: {
+        "model": ErrorPublic,
+        "description": "another user's sweep: only its owner or an admin may change it",
+    }
+}
 
 
 @router.post(
@@ -56,14 +64,20 @@ def submit_sweep(
     settings: SettingsDep,
     celery: CeleryDep,
     tracking: TrackingDep,
+    owner: OwnerDep,
     force: Annotated[bool, Query(description="new experiments even for known specs")] = False,
 ) -> SweepSubmissionPublic:
     """Expand ``grid`` over ``base`` (a cartesian product over dotted paths) and record one
     experiment per point: 201. Specs already in the job store are reused, not run again;
     the same sweep submitted again answers 200 and adds nothing. A grid past
     ``REGBENCH_MAX_SWEEP_SIZE`` points, or with an invalid point, gives 422 and records
-    nothing; each error's ``loc`` points into the body (``grid``/``base``)."""
-    submission = operations.submit_sweep(session, celery, tracking, settings, document, force=force)
+    nothing; each error's ``loc`` points into the body (``grid``/``base``).
+
+    The caller owns the sweep, and the experiments it records; those it reuses keep
+    their first owner. The same grid from another user is another sweep."""
+    submission = operations.submit_sweep(
+        session, celery, tracking, settings, document, owner=owner, force=force
+    )
     if not submission.created:
         response.status_code = status.HTTP_200_OK
     sweep = submission.sweep
@@ -71,6 +85,7 @@ def submit_sweep(
     return SweepSubmissionPublic(
         id=sweep.id,
         name=sweep.name,
+        owner=sweep.owner,
         created=submission.created,
         size=sweep.size,
         new_experiments=len(new),
@@ -105,13 +120,21 @@ def read_sweep(sweep: SweepRowDep, session: SessionDep, settings: SettingsDep) -
     return operations.describe_sweep(session, settings, sweep)
 
 
-@router.post("/{sweep_id}/cancel", responses=NOT_FOUND)
-def cancel_sweep(sweep: SweepDep, session: SessionDep, settings: SettingsDep) -> SweepCancelPublic:
-    """Cancel every experiment of the sweep: queued jobs now, running ones at their next
-    heartbeat. Idempotent."""
-    changed = operations.cancel_sweep(session, sweep)
+@router.post("/{sweep_id}/cancel", responses={**NOT_FOUND, **FORBIDDEN})
+def cancel_sweep(
+    sweep: SweepDep, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+) -> SweepCancelPublic:
+    """Cancel the sweep's experiments: queued jobs now, running ones at their next
+    heartbeat. Idempotent. Only the sweep's owner or an admin (403); an experiment the
+    sweep shares with another user's submission (its owner) is left alone unless the
+    caller is an admin, and listed in ``kept_experiments``."""
+    changed, kept = operations.cancel_sweep(session, sweep, principal)
     described = operations.describe_sweep(session, settings, sweep)
-    return SweepCancelPublic(**described.model_dump(), cancelled_jobs=[job.id for job in changed])
+    return SweepCancelPublic(
+        **described.model_dump(),
+        cancelled_jobs=[job.id for job in changed],
+        kept_experiments=kept,
+    )
 
 
 @router.get(
@@ -153,14 +176,21 @@ def list_report(sweep: SweepDep, tracking: TrackingDep) -> ArtifactsPublic:
     "/{sweep_id}/report",
     responses={
         **NOT_FOUND,
+        **FORBIDDEN,
         status.HTTP_409_CONFLICT: {"model": ErrorPublic, "description": "unfinished jobs"},
     },
 )
 def build_report(
-    sweep: SweepDep, session: SessionDep, settings: SettingsDep, database: DatabaseDep
+    sweep: SweepDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    database: DatabaseDep,
+    principal: PrincipalDep,
 ) -> SweepPublic:
     """Build the report now (again, if one exists): a new MLflow run. 409 while the sweep
-    has unfinished jobs; it is built on its own when they finish."""
+    has unfinished jobs; it is built on its own when they finish. Only the sweep's owner
+    or an admin (403)."""
+    operations.require_change(principal, f"sweep {sweep.id}", sweep.owner)
     operations.rebuild_report(session, settings, database, sweep)
     return operations.describe_sweep(session, settings, sweep)
 
