@@ -73,6 +73,11 @@ def users_api(any_settings: Settings, tokens: Tokens) -> Iterator[Api]:
     yield from start_api(any_settings)
 
 
+def with_seed(seed: int) -> dict[str, Any]:
+    """SPEC with another seed: another experiment (names are not part of a spec's hash)."""
+    return {**SPEC, "training": {**SPEC["training"], "seed": seed}}
+
+
 def post(api: Api, path: str, who: str | None, tokens: Tokens, **kwargs: Any) -> httpx.Response:
     headers = tokens.header(who) if who else {}
     return api.client.post(path, headers=headers, **kwargs)
@@ -183,7 +188,8 @@ def test_only_the_owner_or_an_admin_cancels_an_experiment(users_api: Api, tokens
     assert cancelled.status_code == 200 and len(cancelled.json()["cancelled_jobs"]) == 3
     assert users_api.experiment(experiment_id)["status"] == "cancelled"
     # An admin cancels anyone's.
-    other = post(users_api, EXPERIMENTS, "bob", tokens, json={**SPEC, "name": "bobs"}).json()
+    other = post(users_api, EXPERIMENTS, "bob", tokens, json=with_seed(7)).json()
+    assert other["owner"] == "bob" and other["status"] == "queued"
     by_admin = post(users_api, f"{EXPERIMENTS}/{other['id']}/cancel", "root", tokens)
     assert by_admin.status_code == 200 and by_admin.json()["status"] == "cancelled"
 
@@ -250,9 +256,9 @@ def test_tokens_appear_in_no_response_and_no_log_line(
     (body or header) or log record (message, arguments, traceback)."""
     caplog.set_level(logging.DEBUG)
     responses: list[httpx.Response] = []
-    for who in ("ann", "bob", "root"):
+    for seed, who in enumerate(("ann", "bob", "root"), start=10):
         sweep = post(users_api, SWEEPS, who, tokens, json={**SWEEP, "name": f"s-{who}"})
-        experiment = post(users_api, EXPERIMENTS, who, tokens, json={**SPEC, "name": who})
+        experiment = post(users_api, EXPERIMENTS, who, tokens, json=with_seed(seed))
         responses += [sweep, experiment]
         for path in (f"{EXPERIMENTS}/{experiment.json()['id']}/cancel",
                      f"{SWEEPS}/{sweep.json()['id']}/cancel",
@@ -371,5 +377,5 @@ def test_the_deprecated_shared_token_acts_as_an_admin(
         assert me == {"name": "admin", "admin": True, "authenticated": True}
         cancelled = api.client.post(f"{EXPERIMENTS}/{anns['id']}/cancel", headers=as_admin)
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-        created = api.client.post(EXPERIMENTS, json={**SPEC, "name": "x"}, headers=as_admin)
+        created = api.client.post(EXPERIMENTS, json=SPEC, headers=as_admin, params={"force": True})
         assert created.json()["owner"] == "admin"
