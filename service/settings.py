@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TRACKING_SERVER_SCHEMES = ("http://", "https://", "databricks")
@@ -95,10 +95,15 @@ class Settings(BaseSettings):
     )
     local_user: str = Field(
         "local",
-        min_length=1,
-        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$",
         description="who every request runs as while no user exists (the embedded default)",
     )
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # docker-compose passes REGBENCH_API_TOKEN="" when API_TOKEN is unset: no token.
+        return None if value == "" else value
 
     def stack_limit(self, device: str | None) -> int:
         """Experiments one stack may hold on this device (see ``stack_size``)."""

@@ -167,3 +167,12 @@ def test_regbench_serve_runs_as_the_local_user_and_says_so(tmp_path: Path) -> No
             serve.wait(timeout=60)
     text = log.read_text()
     assert "auth: no users, so no tokens: every request runs as the local user 'local'" in text
+
+
+def test_an_empty_shared_token_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker-compose passes REGBENCH_API_TOKEN="" when API_TOKEN is unset."""
+    monkeypatch.setenv("REGBENCH_API_TOKEN", "")
+    assert Settings().api_token is None
+    monkeypatch.setenv("REGBENCH_API_TOKEN", "t")
+    token = Settings().api_token
+    assert token is not None and token.get_secret_value() == "t"
