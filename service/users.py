@@ -27,7 +27,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -98,8 +98,11 @@ def new_user_token(session: Session, name: str) -> str:
 
 def remove_user(session: Session, name: str) -> None:
     """Delete a user: their token stops working; their rows keep their name as owner."""
-    if session.execute(delete(User).where(User.name == name)).rowcount == 0:  # type: ignore[attr-defined]
+    user = session.get(User, name)
+    if user is None:
         raise UserError(f"no user {name!r}")
+    session.delete(user)
+    session.flush()
 
 
 def list_users(session: Session) -> list[User]:
