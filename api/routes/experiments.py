@@ -23,7 +23,8 @@ from api.schemas import (
     SubmissionPublic,
 )
 from api.tracking import ArtifactNotFoundError, remove_download
-from regcore.spec import AnalysisSpec, ExperimentSpec
+from regcore.spec import MAX_ANALYSES, AnalysisSpec, ExperimentSpec
+from service.limits import MAX_OFFSET
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -56,7 +57,9 @@ def submit_experiment(
     force: Annotated[bool, Query(description="a new experiment even if identical")] = False,
 ) -> SubmissionPublic:
     """Record a spec and enqueue its train job: 201. An identical spec (same hash) gives
-    the existing experiment with 200, unless ``force``."""
+    the existing experiment with 200, unless ``force``. More analyses than
+    ``REGBENCH_MAX_ANALYSES_PER_SPEC`` give 422; 429 when the submitter's queued jobs
+    would pass ``REGBENCH_MAX_QUEUED_JOBS_PER_USER``."""
     submission = operations.submit(session, celery, tracking, settings, spec, force=force)
     if not submission.created:
         response.status_code = status.HTTP_200_OK
@@ -73,7 +76,7 @@ def list_experiments(
         StatusFilter | None, Query(alias="status", description="only those in this state")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ExperimentsPublic:
     """A page of experiments, newest first; ``count`` is how many match in all."""
     page, count = operations.list_experiments(
@@ -113,14 +116,15 @@ def cancel_experiment(
 )
 def add_analyses(
     experiment: ExperimentDep,
-    analyses: Annotated[list[AnalysisSpec], Body(min_length=1)],
+    analyses: Annotated[list[AnalysisSpec], Body(min_length=1, max_length=MAX_ANALYSES)],
     session: SessionDep,
     settings: SettingsDep,
     celery: CeleryDep,
 ) -> AnalysesPublic:
     """Add analysis jobs on the experiment's checkpoint: when its train job succeeded
     they are enqueued now; while it is queued or running they wait for it; a failed or
-    cancelled train job gives 409."""
+    cancelled train job gives 409. At most ``REGBENCH_MAX_ANALYSES_PER_SPEC`` per call
+    (422); 429 when the submitter's queued jobs would pass their limit."""
     jobs = operations.add_analyses(session, celery, settings, experiment, analyses)
     return AnalysesPublic.of_experiment(
         experiment, settings.mlflow_ui_url, added_jobs=[job.id for job in jobs]
