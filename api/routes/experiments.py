@@ -36,6 +36,14 @@ NOT_ENQUEUED = {
         "anything is recorded, the tracking store) is unavailable",
     }
 }
+QUEUE_FULL = {
+    status.HTTP_429_TOO_MANY_REQUESTS: {
+        "model": ErrorPublic,
+        "description": "the submitter's queued and running jobs would pass "
+        "REGBENCH_MAX_QUEUED_JOBS_PER_USER; nothing was recorded",
+    }
+}
+ID_PATTERN = r"^[0-9A-Za-z_-]+$"  # ids are hex; nothing a database could choke on (NUL)
 StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -44,6 +52,7 @@ StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
     status_code=status.HTTP_201_CREATED,
     responses={
         status.HTTP_200_OK: {"model": SubmissionPublic, "description": "an identical spec"},
+        **QUEUE_FULL,
         **NOT_ENQUEUED,
     },
 )
@@ -71,7 +80,10 @@ def submit_experiment(
 @router.get("")
 def list_experiments(
     session: SessionDep,
-    sweep: Annotated[str | None, Query(description="only this sweep's experiments")] = None,
+    sweep: Annotated[
+        str | None,
+        Query(description="only this sweep's experiments", max_length=64, pattern=ID_PATTERN),
+    ] = None,
     state: Annotated[
         StatusFilter | None, Query(alias="status", description="only those in this state")
     ] = None,
@@ -111,6 +123,7 @@ def cancel_experiment(
     responses={
         **NOT_FOUND,
         status.HTTP_409_CONFLICT: {"model": ErrorPublic, "description": "training failed"},
+        **QUEUE_FULL,
         **NOT_ENQUEUED,
     },
 )

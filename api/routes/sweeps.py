@@ -16,6 +16,7 @@ from api.deps import (
     SweepRowDep,
     TrackingDep,
 )
+from api.routes.experiments import QUEUE_FULL
 from api.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
@@ -43,6 +44,7 @@ NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "n
     status_code=status.HTTP_201_CREATED,
     responses={
         status.HTTP_200_OK: {"model": SweepSubmissionPublic, "description": "the same sweep"},
+        **QUEUE_FULL,
         status.HTTP_503_SERVICE_UNAVAILABLE: {
             "model": NotEnqueuedPublic,
             "description": "recorded, but the broker (or, before anything is recorded, the "

@@ -67,13 +67,13 @@ class AttackAnalysisParams(ComponentParams):
     method: str = Field("pgd", description="a registered attack (see the catalog's attacks)")
     norm: Norm = Field("linf", description="distance of the budget, in pixel units")
     steps: int | None = Field(
-        None, ge=1, description="attack steps; none: the method's default", le=MAX_COUNT
+        None, ge=1, le=MAX_COUNT, description="attack steps; none: the method's default"
     )
     alpha: float | None = Field(
-        None, gt=0, description="step size; none: 2.5 * eps / steps", le=MAX_FLOAT
+        None, gt=0, le=MAX_FLOAT, description="step size; none: 2.5 * eps / steps"
     )
     random_start: bool | None = Field(None, description="none: the method's default")
-    restarts: int | None = Field(None, ge=1, description="none: the method's default", le=MAX_COUNT)
+    restarts: int | None = Field(None, ge=1, le=MAX_COUNT, description="none: the method's default")
     version: Literal["standard", "rand", "custom"] | None = Field(
         None, description="AutoAttack's version; none: its default (standard)"
     )
@@ -86,10 +86,10 @@ class AttackAnalysisParams(ComponentParams):
         "[0, 0.25, 0.5, 1, 2] (CIFAR-10: Linf 8/255, L2 0.5)",
     )
     samples: int = Field(
-        1000, ge=1, description="test examples attacked (all if fewer)", le=MAX_SAMPLES
+        1000, ge=1, le=MAX_SAMPLES, description="test examples attacked (all if fewer)"
     )
     batch_size: int = Field(
-        1000, ge=1, description="rows (examples x eps values) per pass", le=MAX_BATCH
+        1000, ge=1, le=MAX_BATCH, description="rows (examples x eps values) per pass"
     )
     steps_curve: list[Annotated[int, Field(ge=1, le=MAX_COUNT)]] = Field(
         [1, 2, 5, 10, 20, 40],
@@ -99,12 +99,12 @@ class AttackAnalysisParams(ComponentParams):
     steps_curve_eps: float | None = Field(
         None,
         gt=0,
+        le=MAX_FLOAT,
         allow_inf_nan=False,
         description="eps of the steps curve; none: median eps",
-        le=MAX_FLOAT,
     )
     seed: int = Field(
-        0, ge=0, description="draws the examples and random starts; shared", le=MAX_SEED
+        0, ge=0, le=MAX_SEED, description="draws the examples and random starts; shared"
     )
 
     @model_validator(mode="before")

@@ -46,10 +46,10 @@ from regcore.registry import MAX_BATCH, MAX_COUNT, MAX_FLOAT, MAX_LIST, MAX_SEED
 
 class BoundaryParams(ComponentParams):
     planes: int = Field(
-        50, ge=1, description="random planes, each through its own test point", le=MAX_COUNT
+        50, ge=1, le=MAX_COUNT, description="random planes, each through its own test point"
     )
     resolution: int = Field(
-        101, ge=3, description="R: grid points per side (odd: centre on grid)", le=MAX_COUNT
+        101, ge=3, le=MAX_COUNT, description="R: grid points per side (odd: centre on grid)"
     )
     half_width: list[Annotated[float, Field(gt=0, le=MAX_FLOAT)]] = Field(
         [40.0, 100.0],
@@ -61,11 +61,11 @@ class BoundaryParams(ComponentParams):
     clip: bool = Field(False, description="clip grid points to [0, 1]")
     split: Literal["test", "val", "train"] = "test"
     seed: int = Field(
-        0, ge=0, description="draws points and planes; shared by a comparison", le=MAX_SEED
+        0, ge=0, le=MAX_SEED, description="draws points and planes; shared by a comparison"
     )
-    batch_size: int = Field(16384, ge=1, description="grid points per forward pass", le=MAX_BATCH)
+    batch_size: int = Field(16384, ge=1, le=MAX_BATCH, description="grid points per forward pass")
     save_maps: int = Field(
-        8, ge=0, description="label maps kept (per half-width) for plots", le=MAX_COUNT
+        8, ge=0, le=MAX_COUNT, description="label maps kept (per half-width) for plots"
     )
 
 

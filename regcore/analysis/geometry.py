@@ -28,12 +28,12 @@ PerSampleLoss = Callable[[torch.Tensor], torch.Tensor]  # (B, ...) inputs -> (B,
 
 
 class GeometryParams(ComponentParams):
-    samples: int = Field(1000, ge=1, description="N test samples", le=MAX_SAMPLES)
-    iterations: int = Field(20, ge=1, description="power iterations for ||H||_2", le=MAX_COUNT)
+    samples: int = Field(1000, ge=1, le=MAX_SAMPLES, description="N test samples")
+    iterations: int = Field(20, ge=1, le=MAX_COUNT, description="power iterations for ||H||_2")
     batch_size: int = Field(100, ge=1, le=MAX_BATCH)
     split: Literal["test", "val", "train"] = "test"
     seed: int = Field(
-        0, ge=0, description="picks the samples and power-iteration starts", le=MAX_SEED
+        0, ge=0, le=MAX_SEED, description="picks the samples and power-iteration starts"
     )
 
 

@@ -167,17 +167,17 @@ def pgd(
 
 class PGDParams(AttackParams):
     steps: int = Field(
-        10, ge=1, description="gradient steps per restart (Madry MNIST: 40)", le=MAX_COUNT
+        10, ge=1, le=MAX_COUNT, description="gradient steps per restart (Madry MNIST: 40)"
     )
     alpha: float | None = Field(
         None,
         gt=0,
-        description="step size in pixel units; none: 2.5 * eps / steps per sample",
         le=MAX_FLOAT,
+        description="step size in pixel units; none: 2.5 * eps / steps per sample",
     )
     random_start: bool = Field(True, description="start from a uniform point of the eps-ball")
     restarts: int = Field(
-        1, ge=1, description="random restarts; a sample keeps its best", le=MAX_COUNT
+        1, ge=1, le=MAX_COUNT, description="random restarts; a sample keeps its best"
     )
 
 

@@ -63,17 +63,17 @@ class SplitParams(ComponentParams):
     split_seed: int | None = Field(
         None,
         ge=0,
-        description="seed of the train/validation split; default: training.seed",
         le=MAX_SEED,
+        description="seed of the train/validation split; default: training.seed",
     )
     train_size: int | None = Field(
-        None, ge=1, description="keep only this many training examples (quick runs)", le=MAX_SAMPLES
+        None, ge=1, le=MAX_SAMPLES, description="keep only this many training examples (quick runs)"
     )
     test_size: int | None = Field(
         None,
         ge=1,
-        description="keep only this many test examples (the same for every seed)",
         le=MAX_SAMPLES,
+        description="keep only this many test examples (the same for every seed)",
     )
 
 

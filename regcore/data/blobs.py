@@ -27,13 +27,13 @@ CENTRES = torch.tensor([[0.25, 0.25], [0.25, 0.75], [0.75, 0.25], [0.75, 0.75]])
 
 class BlobsParams(SplitParams):
     n_train: int = Field(
-        2000, ge=4, description="training points (before the validation split)", le=MAX_SAMPLES
+        2000, ge=4, le=MAX_SAMPLES, description="training points (before the validation split)"
     )
-    n_test: int = Field(1000, ge=4, description="test points", le=MAX_SAMPLES)
-    noise: float = Field(0.1, ge=0, description="std of each cluster, per coordinate", le=MAX_FLOAT)
+    n_test: int = Field(1000, ge=4, le=MAX_SAMPLES, description="test points")
+    noise: float = Field(0.1, ge=0, le=MAX_FLOAT, description="std of each cluster, per coordinate")
     clip: bool = Field(True, description="clip points to [0, 1]")
     data_seed: int = Field(
-        0, ge=0, description="seed of the points (not of the split)", le=MAX_SEED
+        0, ge=0, le=MAX_SEED, description="seed of the points (not of the split)"
     )
 
 

@@ -177,8 +177,8 @@ class ModelParams(ComponentParams):
     softplus_beta: float = Field(
         5.0,
         gt=0,
-        description="beta of softplus and initial beta of centered_softplus",
         le=MAX_FLOAT,
+        description="beta of softplus and initial beta of centered_softplus",
     )
     learn_beta: bool = Field(True, description="learn centered_softplus's beta, one per layer")
 

@@ -35,7 +35,7 @@ class ResNet18Params(ModelParams):
         "standard", description="lipschitz: gamma-Lipschitz batch norm (Srinivas et al. 2022)"
     )
     bn_gamma: float = Field(
-        1.0, gt=0, description="initial gamma of the Lipschitz batch norm", le=MAX_FLOAT
+        1.0, gt=0, le=MAX_FLOAT, description="initial gamma of the Lipschitz batch norm"
     )
 
     def new_batch_norm(self, channels: int) -> nn.Module:

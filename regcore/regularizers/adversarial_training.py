@@ -35,12 +35,12 @@ from regcore.regularizers.base import Regularizer, StepContext
 
 class AdversarialTrainingParams(ComponentParams):
     eps: float = Field(
-        8 / 255, ge=0, description="attack budget in pixel units (MNIST: 0.3)", le=MAX_FLOAT
+        8 / 255, ge=0, le=MAX_FLOAT, description="attack budget in pixel units (MNIST: 0.3)"
     )
     norm: Norm = "linf"
-    steps: int = Field(7, ge=1, description="PGD steps per training batch", le=MAX_COUNT)
+    steps: int = Field(7, ge=1, le=MAX_COUNT, description="PGD steps per training batch")
     alpha: float | None = Field(
-        None, gt=0, description="PGD step size; none: 2.5 * eps / steps", le=MAX_FLOAT
+        None, gt=0, le=MAX_FLOAT, description="PGD step size; none: 2.5 * eps / steps"
     )
     random_start: bool = True
     mix: float = Field(

@@ -31,7 +31,7 @@ from regcore.regularizers.cutout import require_images
 
 
 class AugmentParams(ComponentParams):
-    padding: int = Field(4, ge=0, description="largest shift in pixels (CIFAR: 4)", le=MAX_COUNT)
+    padding: int = Field(4, ge=0, le=MAX_COUNT, description="largest shift in pixels (CIFAR: 4)")
     flip: bool = Field(True, description="random horizontal flips; off for digits")
 
 

@@ -30,7 +30,7 @@ from regcore.regularizers.base import Regularizer, StepContext
 
 
 class BetaPenaltyParams(ComponentParams):
-    weight: float = Field(1e-2, ge=0, description="lambda_beta", le=MAX_WEIGHT)
+    weight: float = Field(1e-2, ge=0, le=MAX_WEIGHT, description="lambda_beta")
 
 
 def learnable_betas(model: nn.Module) -> list[nn.Parameter]:

@@ -22,8 +22,8 @@ class ConfidencePenaltyParams(ComponentParams):
     hinge_threshold: float | None = Field(
         None,
         ge=0,
-        description="Gamma of the hinge variant (nats); none: the plain penalty",
         le=MAX_FLOAT,
+        description="Gamma of the hinge variant (nats); none: the plain penalty",
     )
 
 

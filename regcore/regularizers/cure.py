@@ -43,12 +43,12 @@ from regcore.regularizers.base import Regularizer, StepContext
 
 
 class CUREParams(ComponentParams):
-    weight: float = Field(4.0, ge=0, description="lambda", le=MAX_WEIGHT)
+    weight: float = Field(4.0, ge=0, le=MAX_WEIGHT, description="lambda")
     h: float = Field(
         1.5,
         gt=0,
-        description="L2 length of the finite-difference step, in pixel units",
         le=MAX_FLOAT,
+        description="L2 length of the finite-difference step, in pixel units",
     )
 
 

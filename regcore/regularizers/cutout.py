@@ -33,7 +33,7 @@ from regcore.regularizers.base import Regularizer
 
 class CutoutParams(ComponentParams):
     size: int = Field(
-        8, ge=1, description="side of the square in pixels (CIFAR-10: 16)", le=MAX_COUNT
+        8, ge=1, le=MAX_COUNT, description="side of the square in pixels (CIFAR-10: 16)"
     )
     fill: Annotated[float, Field(ge=-MAX_FLOAT, le=MAX_FLOAT)] | Literal["mean"] = Field(
         "mean", description="'mean': the dataset's channel means (the paper's); or a pixel value"

@@ -35,7 +35,7 @@ from regcore.regularizers.base import Regularizer
 class GradClipParams(ComponentParams):
     mode: Literal["norm", "value"] = "norm"
     max_norm: float = Field(
-        1.0, gt=0, description="norm mode: the largest global gradient norm", le=MAX_FLOAT
+        1.0, gt=0, le=MAX_FLOAT, description="norm mode: the largest global gradient norm"
     )
     norm_type: Annotated[float, Field(gt=0, le=MAX_FLOAT)] | Literal["inf"] = Field(
         2.0, description='norm mode: p of the global p-norm ("inf": the largest entry)'
@@ -43,8 +43,8 @@ class GradClipParams(ComponentParams):
     max_value: float = Field(
         1.0,
         gt=0,
-        description="value mode: each entry is clamped to [-max_value, max_value]",
         le=MAX_FLOAT,
+        description="value mode: each entry is clamped to [-max_value, max_value]",
     )
 
 

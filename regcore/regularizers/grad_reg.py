@@ -26,7 +26,7 @@ from regcore.regularizers.base import InputGradient, Regularizer, StepContext
 
 
 class GradRegParams(ComponentParams):
-    weight: float = Field(0.01, ge=0, description="lambda", le=MAX_WEIGHT)
+    weight: float = Field(0.01, ge=0, le=MAX_WEIGHT, description="lambda")
 
 
 def input_gradients(

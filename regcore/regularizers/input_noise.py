@@ -14,7 +14,7 @@ from regcore.regularizers.base import Regularizer
 
 
 class InputNoiseParams(ComponentParams):
-    sigma: float = Field(0.1, gt=0, description="noise std in pixel units", le=MAX_FLOAT)
+    sigma: float = Field(0.1, gt=0, le=MAX_FLOAT, description="noise std in pixel units")
     clamp: bool = Field(True, description="clamp noisy inputs back into [0, 1]")
 
 

@@ -11,7 +11,7 @@ from regcore.regularizers.base import Regularizer, StepContext, l1_norm, weight_
 
 
 class L1Params(ComponentParams):
-    weight: float = Field(1e-5, ge=0, description="lambda", le=MAX_WEIGHT)
+    weight: float = Field(1e-5, ge=0, le=MAX_WEIGHT, description="lambda")
     exclude_bias_and_norm: bool = False
 
 

@@ -22,7 +22,7 @@ from regcore.regularizers.base import Regularizer, StepContext, squared_l2_norm,
 
 
 class L2Params(ComponentParams):
-    weight: float = Field(1e-4, ge=0, description="lambda", le=MAX_WEIGHT)
+    weight: float = Field(1e-4, ge=0, le=MAX_WEIGHT, description="lambda")
     mode: Literal["penalty", "decoupled"] = "penalty"
     exclude_bias_and_norm: bool = Field(
         False, description="leave biases, norm-layer parameters and activation betas alone"

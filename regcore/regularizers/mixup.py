@@ -32,8 +32,8 @@ class MixupParams(ComponentParams):
     alpha: float = Field(
         0.2,
         gt=0,
-        description="lam ~ Beta(alpha, alpha); the paper uses 0.1-0.4 on ImageNet",
         le=MAX_FLOAT,
+        description="lam ~ Beta(alpha, alpha); the paper uses 0.1-0.4 on ImageNet",
     )
 
 

@@ -31,7 +31,7 @@ from regcore.regularizers.svb import as_matrix, orthogonal_init_
 
 
 class SVBSoftParams(ComponentParams):
-    weight: float = Field(1e-4, ge=0, description="lambda", le=MAX_WEIGHT)
+    weight: float = Field(1e-4, ge=0, le=MAX_WEIGHT, description="lambda")
     layers: list[str] = Field(
         ["*"], description="glob patterns over module names (e.g. 'fc*'); conv and linear only"
     )

@@ -356,3 +356,21 @@ def test_offsets_past_the_database_integers_are_422(any_api: Api, path: str, off
     error = only_error(response)
     assert error["loc"] == ["query", "offset"]
     assert any_api.client.get(path, params={"offset": limits.MAX_OFFSET}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("get", f"{EXPERIMENTS}?sweep=%00", 422),
+        ("get", f"{EXPERIMENTS}?sweep=%ED%A0%80", 422),
+        ("get", f"{EXPERIMENTS}/%00", 404),
+        ("get", f"{EXPERIMENTS}/a%00b/metrics", 404),
+        ("post", f"{EXPERIMENTS}/a%00b/cancel", 404),
+        ("get", f"{SWEEPS}/%00", 404),
+        ("get", f"{SWEEPS}/a%00b/results", 404),
+        ("post", f"{SWEEPS}/a%00b/cancel", 404),
+    ],
+)
+def test_ids_with_nul_name_nothing(any_api: Api, method: str, path: str, status: int) -> None:
+    """PostgreSQL refuses NUL in text with an error: such an id or filter never reaches it."""
+    assert getattr(any_api.client, method)(path).status_code == status
