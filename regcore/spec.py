@@ -165,7 +165,7 @@ class AnalysisSpec(Component):
 # weights share those of the components' params (``regcore.registry``). A seed fits a
 # 32-bit signed integer: a sweep's members keep theirs in one.
 MAX_EPOCHS = 100_000
-MAX_LR = 1e3
+MAX_LR = 1e15
 MAX_MINUTES = 100_000  # a job's time limit (~69 days)
 MAX_MEMORY_GB = 100_000.0
 MAX_ANALYSES = 64  # per spec, the schema's ceiling (REGBENCH_MAX_ANALYSES_PER_SPEC <= this)

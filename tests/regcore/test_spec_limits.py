@@ -34,7 +34,7 @@ def test_yaml_non_finite_numbers_are_refused_with_the_path(value: str) -> None:
         ("training", "seed", MAX_SEED + 1),
         ("training", "epochs", 10**6),
         ("training", "batch_size", 2**21),
-        ("training", "lr", 1e4),
+        ("training", "lr", 1e16),
         ("training", "betas", [0.9, 1.5]),
         ("resources", "time_limit_minutes", 10**7),
         ("resources", "memory_gb", 1e9),
@@ -46,9 +46,9 @@ def test_out_of_range_spec_numbers_are_refused(section: str, field: str, value: 
     assert locs(exc)[0][:2] == (section, field)
 
 
-def test_the_largest_seed_is_accepted() -> None:
-    spec = ExperimentSpec.model_validate({**SPEC, "training": {"seed": MAX_SEED}})
-    assert spec.training.seed == MAX_SEED
+def test_the_largest_seed_and_a_diverging_learning_rate_are_accepted() -> None:
+    spec = ExperimentSpec.model_validate({**SPEC, "training": {"seed": MAX_SEED, "lr": 1e12}})
+    assert (spec.training.seed, spec.training.lr) == (MAX_SEED, 1e12)
 
 
 def test_lists_have_a_ceiling() -> None:
