@@ -70,6 +70,17 @@ def test_a_sweep_over_the_jobs_limit_is_422_naming_the_limit(store: Settings) ->
         assert api.client.post(SWEEPS, json=SWEEP).status_code == 201
 
 
+def test_the_default_jobs_limit_refuses_a_small_body_asking_for_many_jobs(api: Api) -> None:
+    """A few kilobytes asked for 1,000 points x (train + 15 analyses) = 16,000 jobs."""
+    analyses = [{"kind": "plots", "seed": seed} for seed in range(15)]
+    body = {"base": {**SPEC, "analyses": analyses}, "grid": {"training.seed": list(range(1000))}}
+    assert len(json.dumps(body)) < 10_000
+    error = only_error(api.client.post(SWEEPS, json=body))
+    assert error["loc"] == ["body", "grid"] and "16000 jobs" in error["msg"]
+    assert f"limit of {api.settings.max_jobs_per_request}" in error["msg"]
+    nothing_recorded(api)
+
+
 def test_analyses_per_spec_over_the_limit_are_422_in_a_spec_a_sweep_and_a_call(
     api: Api,
 ) -> None:
