@@ -8,6 +8,7 @@ settings object, one job-store ``Database``, one Celery app (used only to send),
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 from typing import Annotated
@@ -41,6 +42,14 @@ def get_tracking(request: Request) -> Tracking:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+# Ids are hex (``service.tables.new_id``): anything else names no row, and is not sent to
+# the database (PostgreSQL refuses NUL in text with an error, not an empty answer).
+_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+
+def _known_form(row_id: str) -> bool:
+    return _ID.fullmatch(row_id) is not None
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
@@ -117,7 +126,11 @@ def get_experiment(
     session: SessionDep,
     experiment_id: Annotated[str, Path(description="the experiment's id")],
 ) -> Experiment:
-    experiment = session.get(Experiment, experiment_id, options=[selectinload(Experiment.jobs)])
+    experiment = (
+        session.get(Experiment, experiment_id, options=[selectinload(Experiment.jobs)])
+        if _known_form(experiment_id)
+        else None
+    )
     if experiment is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment with id {experiment_id!r}")
     return experiment
@@ -129,7 +142,7 @@ ExperimentDep = Annotated[Experiment, Depends(get_experiment)]
 def get_sweep(
     session: SessionDep, sweep_id: Annotated[str, Path(description="the sweep's id")]
 ) -> Sweep:
-    sweep = sweeps.load(session, sweep_id)
+    sweep = sweeps.load(session, sweep_id) if _known_form(sweep_id) else None
     if sweep is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sweep with id {sweep_id!r}")
     return sweep
@@ -142,7 +155,7 @@ def get_sweep_row(
     session: SessionDep, sweep_id: Annotated[str, Path(description="the sweep's id")]
 ) -> Sweep:
     """The sweep's own row, its members not loaded (progress is counted in SQL)."""
-    sweep = session.get(Sweep, sweep_id)
+    sweep = session.get(Sweep, sweep_id) if _known_form(sweep_id) else None
     if sweep is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sweep with id {sweep_id!r}")
     return sweep

@@ -30,7 +30,7 @@ from api.schemas import (
 )
 from api.tracking import ArtifactNotFoundError, Tracking, TrackingUnavailableError
 from regcore.spec import AnalysisSpec, ExperimentSpec, SweepSpec
-from service import jobstore, reports, sweeps, users
+from service import jobstore, limits, reports, sweeps, users
 from service.broker import BrokerUnavailableError, enqueue_many
 from service.db import Database
 from service.reports import REPORT_FILES
@@ -155,19 +155,32 @@ def submit(
     force: bool = False,
 ) -> jobstore.Submission:
     """Record a spec (or find its identical twin) in its MLflow experiment, commit, then
-    enqueue its train job. A tracking store that is down records nothing (503).
+    enqueue its train job. A tracking store that is down records nothing (503). Over the
+    limits on analyses or jobs per request: LimitError (422); over the owner's queue:
+    QueueFullError (429); an identical twin adds nothing and is never refused.
 
     The MLflow experiment is resolved first (once per app, then cached), so no database
     write waits on MLflow. The same path as a sweep's: ``jobstore.submit_experiments``."""
+    jobs = 1 + len(spec.analyses)
+    limits.check_request(
+        len(spec.analyses),
+        jobs,
+        max_analyses=settings.max_analyses_per_spec,
+        max_jobs=settings.max_jobs_per_request,
+        loc=("body", "analyses"),
+    )
+    spec_hash = spec.spec_hash()
+    if force or not limits.stored_specs(session, [spec_hash]):
+        limits.check_queue(session, jobs, settings.max_queued_jobs_per_user, owner)
     try:
         mlflow_experiment_id = tracking.experiment_id(settings.mlflow_experiment)
     except TrackingUnavailableError as exc:
         raise TrackingUnavailableError(f"{exc}; nothing was recorded, submit again later") from exc
     recorded = jobstore.submit_experiments(
         session,
-        [jobstore.SpecToSubmit(spec, spec.spec_hash())],
-        owner=owner,
+        [jobstore.SpecToSubmit(spec, spec_hash)],
         default_queue=settings.default_queue,
+        owner=owner,
         mlflow_experiment_id=mlflow_experiment_id,
         force=force,
     )
@@ -191,7 +204,15 @@ def add_analyses(
     """Analysis jobs on the experiment's checkpoint. Its train job must have succeeded or
     still be on its way (queued, running); a failed or cancelled one never gives a
     checkpoint (409). The new jobs are enqueued now if training is done, else by the
-    worker when it is."""
+    worker when it is. One call adds at most ``max_analyses_per_spec`` (422), and none
+    past the caller's queue (429)."""
+    limits.check_request(
+        len(analyses),
+        len(analyses),
+        max_analyses=settings.max_analyses_per_spec,
+        max_jobs=settings.max_jobs_per_request,
+        loc=("body",),
+    )
     train = jobstore.train_job(experiment)
     if train.state in (JobState.FAILED, JobState.CANCELLED) or train.cancel_requested:
         state = "being cancelled" if train.state == JobState.RUNNING else train.state
@@ -199,6 +220,10 @@ def add_analyses(
             f"the train job of experiment {experiment.id} is {state}: analyses need its "
             "checkpoint; submit the spec again with force=true"
         )
+    # The jobs are the experiment's: they count in its owner's queue (an admin may add them).
+    limits.check_queue(
+        session, len(analyses), settings.max_queued_jobs_per_user, experiment.owner
+    )
     entries = [analysis.model_dump(mode="json") for analysis in analyses]
     jobs = jobstore.add_analysis_jobs(session, experiment, entries)
     session.commit()
@@ -300,9 +325,18 @@ def submit_sweep(
     force: bool = False,
 ) -> sweeps.SweepSubmission:
     """Expand and validate the grid (nothing is recorded if any point is invalid or the
-    grid is over the limit), resolve the sweep's MLflow experiment, record the sweep and
-    its new experiments, commit, then enqueue their train jobs in one go."""
-    planned = sweeps.plan(document, settings.max_sweep_size)
+    grid is over a limit: points, analyses per point, jobs in all), check the owner's
+    queue has room for the jobs of the new experiments, resolve the sweep's MLflow
+    experiment, record the sweep and its new experiments, commit, then enqueue their
+    train jobs in one go."""
+    planned = sweeps.plan(
+        document,
+        settings.max_sweep_size,
+        max_analyses=settings.max_analyses_per_spec,
+        max_jobs=settings.max_jobs_per_request,
+    )
+    adding = sweeps.new_jobs(session, planned, force=force)
+    limits.check_queue(session, adding, settings.max_queued_jobs_per_user, owner)
     try:
         mlflow_experiment_id = tracking.experiment_id(sweeps.mlflow_experiment_name(planned))
     except TrackingUnavailableError as exc:

@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session, selectinload
 from regcore import grid as grids
 from regcore.compare import ComparisonRow, compare, result_metrics
 from regcore.spec import ExperimentSpec, SpecHasher, SweepSpec
-from service import jobstore
+from service import jobstore, limits
 from service.tables import (
     Experiment,
     Job,
@@ -110,8 +110,17 @@ def grid_size(grid: dict[str, list[Any]]) -> int:
     return math.prod(len(values) for values in grid.values())
 
 
-def plan(document: SweepSpec, max_size: int) -> SweepPlan:
-    """Expand and validate; raises SweepTooLargeError or SweepInvalidError."""
+def plan(
+    document: SweepSpec,
+    max_size: int,
+    *,
+    max_analyses: int | None = None,
+    max_jobs: int | None = None,
+) -> SweepPlan:
+    """Expand and validate; raises SweepTooLargeError or SweepInvalidError, also for a
+    point listing more than ``max_analyses`` analyses (the error names where they were
+    written) or points that would make more than ``max_jobs`` jobs in all (a train job
+    and one per analysis each)."""
     size = grid_size(document.grid)
     if size > max_size:
         raise SweepTooLargeError(size, max_size)
@@ -134,12 +143,20 @@ def plan(document: SweepSpec, max_size: int) -> SweepPlan:
                     loc = _request_loc(tuple(error["loc"]), written, document.base, paths, chosen)
                     errors.setdefault((loc, error["msg"]), _error(loc, error["msg"], error["type"]))
                 continue
+        if max_analyses is not None and len(spec.analyses) > max_analyses:
+            loc = _request_loc(("analyses",), written, document.base, paths, chosen)
+            error = limits.too_many_analyses(len(spec.analyses), max_analyses, loc)
+            errors.setdefault((loc, error["msg"]), {**error, "loc": loc})
+            continue
         values = {
             path: document.grid[path][index] for path, index in zip(paths, chosen, strict=True)
         }
         valid.append((spec, grids.GridPoint(written, values).configuration))
     if errors:
         raise SweepInvalidError(list(errors.values())[:MAX_REPORTED_ERRORS])
+    jobs = sum(1 + len(spec.analyses) for spec, _ in valid)
+    if max_jobs is not None and jobs > max_jobs:
+        raise SweepInvalidError(limits.too_many_jobs(jobs, max_jobs, ("grid",)).errors)
     hasher = SpecHasher()  # the points share their parts: each part written once
     points = [PlannedPoint(spec, label, spec.training.seed, hasher(spec)) for spec, label in valid]
     name = document.label()
@@ -387,6 +404,18 @@ def submit_sweep(
         ],
     )
     return SweepSubmission(sweep, created=True, members=members, new_experiments=recorded.new)
+
+
+def new_jobs(session: Session, planned: SweepPlan, *, force: bool = False) -> int:
+    """Jobs submitting the plan would create: those of its specs not in the job store
+    (all with ``force``), none if the same sweep was submitted before."""
+    specs = {point.spec_hash: point.spec for point in planned.points}
+    if not force:
+        if session.scalar(select(Sweep.id).where(Sweep.sweep_hash == planned.sweep_hash)):
+            return 0
+        for stored in limits.stored_specs(session, list(specs)):
+            del specs[stored]
+    return sum(1 + len(spec.analyses) for spec in specs.values())
 
 
 def _submitted_before(sweep: Sweep) -> SweepSubmission:

@@ -31,7 +31,8 @@ from api.schemas import (
     SubmissionPublic,
 )
 from api.tracking import ArtifactNotFoundError, remove_download
-from regcore.spec import AnalysisSpec, ExperimentSpec
+from regcore.spec import MAX_ANALYSES, AnalysisSpec, ExperimentSpec
+from service.limits import MAX_OFFSET
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -49,6 +50,14 @@ NOT_ENQUEUED = {
         "anything is recorded, the tracking store) is unavailable",
     }
 }
+QUEUE_FULL = {
+    status.HTTP_429_TOO_MANY_REQUESTS: {
+        "model": ErrorPublic,
+        "description": "the submitter's queued and running jobs would pass "
+        "REGBENCH_MAX_QUEUED_JOBS_PER_USER; nothing was recorded",
+    }
+}
+ID_PATTERN = r"^[0-9A-Za-z_-]+$"  # ids are hex; nothing a database could choke on (NUL)
 StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -57,6 +66,7 @@ StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
     status_code=status.HTTP_201_CREATED,
     responses={
         status.HTTP_200_OK: {"model": SubmissionPublic, "description": "an identical spec"},
+        **QUEUE_FULL,
         **NOT_ENQUEUED,
     },
 )
@@ -72,7 +82,9 @@ def submit_experiment(
 ) -> SubmissionPublic:
     """Record a spec and enqueue its train job: 201; the caller owns it. An identical
     spec (same hash) gives the existing experiment with 200, unless ``force``; it keeps
-    its first owner (anyone may read it; only that owner or an admin may cancel it)."""
+    its first owner (anyone may read it; only that owner or an admin may cancel it). More
+    analyses than ``REGBENCH_MAX_ANALYSES_PER_SPEC`` give 422; 429 when the submitter's
+    queued jobs would pass ``REGBENCH_MAX_QUEUED_JOBS_PER_USER``."""
     submission = operations.submit(
         session, celery, tracking, settings, spec, owner=owner, force=force
     )
@@ -86,12 +98,15 @@ def submit_experiment(
 @router.get("")
 def list_experiments(
     session: SessionDep,
-    sweep: Annotated[str | None, Query(description="only this sweep's experiments")] = None,
+    sweep: Annotated[
+        str | None,
+        Query(description="only this sweep's experiments", max_length=64, pattern=ID_PATTERN),
+    ] = None,
     state: Annotated[
         StatusFilter | None, Query(alias="status", description="only those in this state")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ExperimentsPublic:
     """A page of experiments, newest first; ``count`` is how many match in all."""
     page, count = operations.list_experiments(
@@ -128,12 +143,13 @@ def cancel_experiment(
         **NOT_FOUND,
         **FORBIDDEN,
         status.HTTP_409_CONFLICT: {"model": ErrorPublic, "description": "training failed"},
+        **QUEUE_FULL,
         **NOT_ENQUEUED,
     },
 )
 def add_analyses(
     experiment: ExperimentDep,
-    analyses: Annotated[list[AnalysisSpec], Body(min_length=1)],
+    analyses: Annotated[list[AnalysisSpec], Body(min_length=1, max_length=MAX_ANALYSES)],
     session: SessionDep,
     settings: SettingsDep,
     celery: CeleryDep,
@@ -141,7 +157,9 @@ def add_analyses(
 ) -> AnalysesPublic:
     """Add analysis jobs on the experiment's checkpoint: when its train job succeeded
     they are enqueued now; while it is queued or running they wait for it; a failed or
-    cancelled train job gives 409. Only the owner or an admin (403)."""
+    cancelled train job gives 409. Only the owner or an admin (403). At most
+    ``REGBENCH_MAX_ANALYSES_PER_SPEC`` per call (422); 429 when the caller's queued jobs
+    would pass their limit."""
     operations.require_change(principal, f"experiment {experiment.id}", experiment.owner)
     jobs = operations.add_analyses(session, celery, settings, experiment, analyses)
     return AnalysesPublic.of_experiment(

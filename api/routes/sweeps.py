@@ -18,6 +18,7 @@ from api.deps import (
     SweepRowDep,
     TrackingDep,
 )
+from api.routes.experiments import QUEUE_FULL
 from api.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
@@ -33,6 +34,7 @@ from api.schemas import (
 from api.tracking import remove_download
 from regcore.spec import SweepSpec
 from service import sweeps
+from service.limits import MAX_OFFSET
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
@@ -50,6 +52,7 @@ FORBIDDEN = {
     status_code=status.HTTP_201_CREATED,
     responses={
         status.HTTP_200_OK: {"model": SweepSubmissionPublic, "description": "the same sweep"},
+        **QUEUE_FULL,
         status.HTTP_503_SERVICE_UNAVAILABLE: {
             "model": NotEnqueuedPublic,
             "description": "recorded, but the broker (or, before anything is recorded, the "
@@ -70,8 +73,12 @@ def submit_sweep(
     """Expand ``grid`` over ``base`` (a cartesian product over dotted paths) and record one
     experiment per point: 201. Specs already in the job store are reused, not run again;
     the same sweep submitted again answers 200 and adds nothing. A grid past
-    ``REGBENCH_MAX_SWEEP_SIZE`` points, or with an invalid point, gives 422 and records
-    nothing; each error's ``loc`` points into the body (``grid``/``base``).
+    ``REGBENCH_MAX_SWEEP_SIZE`` points or ``REGBENCH_MAX_JOBS_PER_REQUEST`` jobs (points
+    times each point's train job and analyses), a point with more than
+    ``REGBENCH_MAX_ANALYSES_PER_SPEC`` analyses, or an invalid point gives 422 and records
+    nothing; each error's ``loc`` points into the body (``grid``/``base``). 429 when the
+    new experiments' jobs would take the submitter past
+    ``REGBENCH_MAX_QUEUED_JOBS_PER_USER`` queued or running jobs.
 
     The caller owns the sweep, and the experiments it records; those it reuses keep
     their first owner. The same grid from another user is another sweep."""
@@ -106,7 +113,7 @@ def list_sweeps(
     session: SessionDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> SweepsPublic:
     """A page of sweeps, newest first, each with its progress."""
     page, count = sweeps.list_sweeps(session, limit=limit, offset=offset)
