@@ -221,9 +221,7 @@ def add_analyses(
             "checkpoint; submit the spec again with force=true"
         )
     # The jobs are the experiment's: they count in its owner's queue (an admin may add them).
-    limits.check_queue(
-        session, len(analyses), settings.max_queued_jobs_per_user, experiment.owner
-    )
+    limits.check_queue(session, len(analyses), settings.max_queued_jobs_per_user, experiment.owner)
     entries = [analysis.model_dump(mode="json") for analysis in analyses]
     jobs = jobstore.add_analysis_jobs(session, experiment, entries)
     session.commit()
