@@ -379,3 +379,23 @@ def test_the_deprecated_shared_token_acts_as_an_admin(
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
         created = api.client.post(EXPERIMENTS, json=SPEC, headers=as_admin, params={"force": True})
         assert created.json()["owner"] == "admin"
+
+
+def test_each_user_has_a_queue_limit_of_their_own(any_settings: Settings) -> None:
+    """REGBENCH_MAX_QUEUED_JOBS_PER_USER counts the caller's own jobs (2 per SPEC): ann's full queue
+    refuses ann (429) and not bob; analyses an admin adds count in the owner's queue."""
+    tokens = add_users(any_settings)
+    limited = any_settings.model_copy(update={"max_queued_jobs_per_user": 4})
+    for api in start_api(limited):
+        assert post(api, EXPERIMENTS, "ann", tokens, json=with_seed(0)).status_code == 201
+        first = post(api, EXPERIMENTS, "ann", tokens, json=with_seed(1))
+        assert first.status_code == 201
+        refused = post(api, EXPERIMENTS, "ann", tokens, json=with_seed(2))
+        assert refused.status_code == 429, refused.text
+        assert "'ann' has 4 queued or running jobs" in refused.json()["detail"]
+        assert post(api, EXPERIMENTS, "bob", tokens, json=with_seed(3)).status_code == 201
+        analyses = [{"kind": "calibration"}]
+        added = post(api, f"{EXPERIMENTS}/{first.json()['id']}/analyses", "root", tokens,
+                     json=analyses)  # fmt: skip
+        assert added.status_code == 429, added.text
+        assert "'ann'" in added.json()["detail"]
