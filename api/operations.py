@@ -34,7 +34,7 @@ from service import jobstore, reports, sweeps
 from service.broker import BrokerUnavailableError, enqueue_many
 from service.db import Database
 from service.reports import REPORT_FILES
-from service.settings import Settings
+from service.settings import DEFAULT_ARTIFACT_KEY, Settings
 from service.tables import (
     Experiment,
     Job,
@@ -145,7 +145,9 @@ def submit(
     The MLflow experiment is resolved first (once per app, then cached), so no database
     write waits on MLflow. The same path as a sweep's: ``jobstore.submit_experiments``."""
     try:
-        mlflow_experiment_id = tracking.experiment_id(settings.mlflow_experiment)
+        mlflow_experiment_id = tracking.experiment_id(
+            settings.mlflow_experiment, DEFAULT_ARTIFACT_KEY
+        )
     except TrackingUnavailableError as exc:
         raise TrackingUnavailableError(f"{exc}; nothing was recorded, submit again later") from exc
     recorded = jobstore.submit_experiments(
@@ -287,7 +289,9 @@ def submit_sweep(
     its new experiments, commit, then enqueue their train jobs in one go."""
     planned = sweeps.plan(document, settings.max_sweep_size)
     try:
-        mlflow_experiment_id = tracking.experiment_id(sweeps.mlflow_experiment_name(planned))
+        mlflow_experiment_id = tracking.experiment_id(
+            sweeps.mlflow_experiment_name(planned), sweeps.mlflow_artifact_key(planned)
+        )
     except TrackingUnavailableError as exc:
         raise TrackingUnavailableError(f"{exc}; nothing was recorded, submit again later") from exc
     submission = sweeps.submit_sweep(

@@ -235,8 +235,7 @@ def mlflow_experiment_id(client: MlflowClient, job: JobInfo, settings: Settings)
     name = settings.mlflow_experiment
     key = (settings.tracking_uri, name)
     if key not in _experiment_ids:
-        location = settings.mlflow_artifact_location(name)
-        _experiment_ids[key] = ensure_experiment(client, name, location)
+        _experiment_ids[key] = ensure_experiment(client, name, settings.default_artifact_location)
     return _experiment_ids[key]
 
 
@@ -282,6 +281,7 @@ def open_train_run(settings: Settings, db: Database, job: JobInfo) -> tuple[Mlfl
             experiment_id=mlflow_experiment_id(client, job, settings),
             run_name=job.configuration or job.experiment_name,
             tags=tags,
+            confine_to=settings.local_artifact_root,
             buffered=True,
         )
         reopened = False
@@ -415,7 +415,7 @@ def open_member(
     from regcore.train import load_checkpoint
 
     reporter = ProgressReporter(db, job, settings.heartbeat_interval_s)
-    workdir = settings.runs_dir / job.experiment_id
+    workdir = settings.run_workdir(job.experiment_id)
     data = load_data(settings, spec)
     tracker, reopened = open_train_run(settings, db, job)
     resumed_from = 0
@@ -476,7 +476,7 @@ def run_stack(
     from regcore.train import TrainingCancelledError, TrainingDivergedError
 
     jobs = [read_job(db, job_id, worker) for job_id in job_ids]
-    specs = [ExperimentSpec.model_validate(job.spec) for job in jobs]
+    specs = [ExperimentSpec.from_stored(job.spec) for job in jobs]
     for spec in specs:
         check_device(spec)
     members = [open_member(settings, db, job, spec) for job, spec in zip(jobs, specs, strict=True)]
@@ -544,7 +544,7 @@ def run_analysis(
         session.commit()
     reporter.write(0.0, f"{analysis.name}: loading the trained model")
 
-    workdir = settings.runs_dir / job.experiment_id
+    workdir = settings.run_workdir(job.experiment_id)
     model_path, history_path = workdir / "model.pt", workdir / "history.json"
     fetched = workdir / "fetched" / job.id
     if not model_path.exists():  # trained on another machine: take it from MLflow
@@ -587,7 +587,7 @@ def run_job(
     from regcore.spec import ExperimentSpec
 
     job = read_job(db, job_id, worker)
-    spec = ExperimentSpec.model_validate(job.spec)
+    spec = ExperimentSpec.from_stored(job.spec)
     check_device(spec)
     if job.kind == JobKind.TRAIN:
         return run_train(settings, db, job, spec, stop)
