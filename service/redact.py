@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 MASK = "***"
 SECRET_QUERY_KEYS = frozenset(
@@ -53,26 +53,26 @@ _QUERY_SECRET = re.compile(
 
 def mask_uri(uri: str) -> str:
     """The URI with its password and secret query parameters replaced by ``***``; the
-    scheme, user, host, port, path and other parameters stay, so it still says where."""
+    scheme, user, host, port, path and other parameters stay, so it still says where.
+    Only those parts are rewritten: the rest is the text as given (``sqlite:////a``)."""
     try:
         parts = urlsplit(uri)
     except ValueError:  # not parseable as a URL: mask what looks like a secret
         return mask_text(uri)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:{MASK}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
+    masked = uri
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        user = userinfo.split(":", 1)[0]
+        masked = masked.replace(f"//{parts.netloc}", f"//{user}:{MASK}@{host}", 1)
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
         if any(key.lower() in SECRET_QUERY_KEYS for key, _ in pairs):
             query = urlencode(
                 [(k, MASK if k.lower() in SECRET_QUERY_KEYS else v) for k, v in pairs],
                 safe="*",
             )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+            masked = masked.replace(f"?{parts.query}", f"?{query}", 1)
+    return masked
 
 
 def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
@@ -98,10 +98,11 @@ def uri_secrets(uri: str | None) -> set[str]:
         query = parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
         return found
-    if password:
-        found.add(password)
+    # A password equal to its user name (compose's development default, "regbench") is
+    # masked in URIs only: masked as bare text it would blank out every "regbench".
+    if password and password != parts.username:
         raw = parts.netloc.rpartition("@")[0].partition(":")[2]
-        found.add(raw)
+        found.update({password, raw, unquote(raw)})
     found.update(value for key, value in query if key.lower() in SECRET_QUERY_KEYS and value)
     return {secret for secret in found if secret}
 

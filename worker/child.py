@@ -52,6 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service import jobstore
 from service.db import Database
+from service.redact import install_log_redaction, mask_text
 from service.settings import Settings
 from service.tables import Experiment, Job, JobKind
 from worker.supervisor import EXIT_CANCELLED, EXIT_FAILED, EXIT_SUCCEEDED
@@ -499,7 +500,7 @@ def run_stack(
                 {"status": "cancelled", "error": str(exc), "mlflow_run_id": m.tracker.run_id}
                 for m in members
             ]
-        traceback.print_exception(exc)
+        print_exception(exc)
         diverged = getattr(exc, "member", None) if isinstance(exc, TrainingDivergedError) else None
         reports = []
         for index, member in enumerate(members):
@@ -611,13 +612,22 @@ def check_device(spec: ExperimentSpec) -> None:
         )
 
 
+def print_exception(exc: BaseException) -> None:
+    """The traceback to the job's log, with URI passwords and configured secrets masked
+    (an MLflow or store error quotes the URI it failed on)."""
+    text = "".join(traceback.format_exception(exc))
+    sys.stderr.write(mask_text(text, Settings().secrets))
+    sys.stderr.flush()
+
+
 def describe_error(exc: BaseException) -> str:
     from regcore.data import DatasetNotFoundError
     from regcore.train import TrainingDivergedError
 
     if isinstance(exc, TrainingDivergedError | DatasetNotFoundError | LookupError):
         return str(exc)  # already a sentence for the user
-    return f"{type(exc).__name__}: {exc}"
+    # Recorded on the job and shown by the API: an MLflow or store error may quote a URI.
+    return mask_text(f"{type(exc).__name__}: {exc}", Settings().secrets)
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
@@ -655,7 +665,7 @@ def run_one(
             report.update(status="cancelled", error=str(cause))
             code = EXIT_CANCELLED
         else:
-            traceback.print_exception(cause)
+            print_exception(cause)
             report.update(status="failed", error=describe_error(cause))
             code = EXIT_FAILED
     if result is not None:
@@ -679,7 +689,7 @@ def run_stack_one(
         reports = run_stack(settings, db, job_ids, worker, stop)
     except BaseException as exc:  # before training: no member got anywhere
         stop.cooperative = True
-        traceback.print_exception(exc)
+        print_exception(exc)
         failed = {"status": "failed", "stack_failed": True, "error": describe_error(exc)}
         reports = [dict(failed) for _ in job_ids]
     stop.cooperative = True
@@ -801,6 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s [job %(process)d] %(message)s"
     )
+    install_log_redaction(Settings().secrets)
     if args.serve:
         code = serve(args.requests, args.responses, stop)
     else:
