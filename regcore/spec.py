@@ -62,7 +62,7 @@ whose name may be outside today's safe set (names never reach a path, so it is h
 def _safe_name(value: str, info: ValidationInfo) -> str:
     if isinstance(info.context, Mapping) and info.context.get(STORED):
         return value
-    if len(value) > NAME_MAX_LENGTH or not _NAME.match(value):
+    if len(value) > NAME_MAX_LENGTH or not _NAME.fullmatch(value):  # not "$": "a\n"
         raise PydanticCustomError(
             "unsafe_name",
             "a name is 1 to {max_length} characters, starts with a letter or digit and "

@@ -179,7 +179,7 @@ class UnsafePathKeyError(ValueError):
 def confined(root: Path, key: str) -> Path:
     """``root / key`` for a key that is one plain path segment (an id or a hash), checked
     to stay under ``root``; raises UnsafePathKeyError otherwise."""
-    if not _PATH_KEY.match(key):
+    if not _PATH_KEY.fullmatch(key):  # not "$", which passes "id\n"
         raise UnsafePathKeyError(f"{key!r} is not a plain id: refused as a directory name")
     path = (root / key).resolve()
     if not path.is_relative_to(root.resolve()):  # a symlink placed under the root

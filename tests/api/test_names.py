@@ -25,6 +25,7 @@ UNSAFE = [
     "back\\slash",
     "nul\x00",
     "line\nbreak",
+    "trailing\n",
     "..",
     "a" * (NAME_MAX_LENGTH + 1),
 ]

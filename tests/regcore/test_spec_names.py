@@ -27,6 +27,7 @@ UNSAFE_NAMES = [
     "C:\\temp",
     "nul\x00byte",
     "new\nline",
+    "trailing newline\n",
     "tab\tname",
     "lone \ud800 surrogate",
     "café",

@@ -58,7 +58,7 @@ def test_a_local_run_writes_only_under_the_data_dir(tmp_path: Path) -> None:
     assert run.info.artifact_uri.startswith((settings.artifact_root / "default").as_uri())
 
 
-@pytest.mark.parametrize("key", ["..", ".", "", "a/b", "../x", "x\x00", "-x", "a b", "é"])
+@pytest.mark.parametrize("key", ["..", ".", "", "a/b", "../x", "x\x00", "-x", "a b", "é", "id\n"])
 def test_confined_refuses_anything_but_a_plain_id(tmp_path: Path, key: str) -> None:
     with pytest.raises(UnsafePathKeyError):
         confined(tmp_path, key)
