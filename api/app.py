@@ -49,6 +49,7 @@ from service import users
 from service.broker import make_celery
 from service.db import Database
 from service.limits import LimitError, QueueFullError
+from service.redact import install_log_redaction, mask_text
 from service.schema import assert_schema_current
 from service.settings import Settings, get_settings
 from service.sweeps import SweepInvalidError, SweepTooLargeError
@@ -62,6 +63,7 @@ logger = logging.getLogger("regbench.api")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else get_settings()
+    install_log_redaction(settings.secrets)  # no log line of this process shows them
     app = FastAPI(
         title="regbench",
         version=__version__,
@@ -121,12 +123,18 @@ def _detail(status_code: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status_code)
 
 
+def _masked(request: Request, exc: Exception) -> str:
+    """The error's text as it may be shown: URI passwords and the app's secrets masked."""
+    return mask_text(str(exc), request.app.state.settings.secrets)
+
+
 async def _not_enqueued(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, NotEnqueuedError)
-    logger.warning("%s", exc)
+    message = _masked(request, exc)
+    logger.warning("%s", message)
     response = _detail(
         status.HTTP_503_SERVICE_UNAVAILABLE,
-        str(exc),
+        message,
         **({"sweep_id": exc.sweep_id} if exc.sweep_id else {"experiment_id": exc.experiment_id}),
         job_ids=exc.job_ids,
     )
@@ -169,17 +177,17 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("%s %s: %s", request.method, request.url.path, exc)
+    logger.warning("%s %s: %s", request.method, request.url.path, _masked(request, exc))
     if isinstance(exc, OperationalError):
         message = "the job store is unavailable; try again later"
     else:
-        message = str(exc)
+        message = _masked(request, exc)
     return _detail(status.HTTP_503_SERVICE_UNAVAILABLE, message)
 
 
 def _with_status(code: int) -> Callable[[Request, Exception], Any]:
     async def handler(request: Request, exc: Exception) -> JSONResponse:
-        return _detail(code, str(exc))
+        return _detail(code, _masked(request, exc))
 
     return handler
 

@@ -34,7 +34,7 @@ from service import jobstore, limits, reports, sweeps, users
 from service.broker import BrokerUnavailableError, enqueue_many
 from service.db import Database
 from service.reports import REPORT_FILES
-from service.settings import Settings
+from service.settings import DEFAULT_ARTIFACT_KEY, Settings
 from service.tables import (
     Experiment,
     Job,
@@ -173,7 +173,9 @@ def submit(
     if force or not limits.stored_specs(session, [spec_hash]):
         limits.check_queue(session, jobs, settings.max_queued_jobs_per_user, owner)
     try:
-        mlflow_experiment_id = tracking.experiment_id(settings.mlflow_experiment)
+        mlflow_experiment_id = tracking.experiment_id(
+            settings.mlflow_experiment, DEFAULT_ARTIFACT_KEY
+        )
     except TrackingUnavailableError as exc:
         raise TrackingUnavailableError(f"{exc}; nothing was recorded, submit again later") from exc
     recorded = jobstore.submit_experiments(
@@ -336,7 +338,9 @@ def submit_sweep(
     adding = sweeps.new_jobs(session, planned, force=force)
     limits.check_queue(session, adding, settings.max_queued_jobs_per_user, owner)
     try:
-        mlflow_experiment_id = tracking.experiment_id(sweeps.mlflow_experiment_name(planned))
+        mlflow_experiment_id = tracking.experiment_id(
+            sweeps.mlflow_experiment_name(planned), sweeps.mlflow_artifact_key(planned)
+        )
     except TrackingUnavailableError as exc:
         raise TrackingUnavailableError(f"{exc}; nothing was recorded, submit again later") from exc
     submission = sweeps.submit_sweep(

@@ -23,6 +23,7 @@ from mlflow.entities import FileInfo
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from service.redact import mask_text
 from service.settings import Settings
 from service.tracking import ensure_experiment
 
@@ -105,18 +106,19 @@ class Tracking:
             httpx.get(url, timeout=timeout_s).raise_for_status()
         except httpx.HTTPError as exc:
             raise TrackingUnavailableError(
-                f"the MLflow server at {url} did not answer: {exc}"
+                mask_text(f"the MLflow server at {url} did not answer: {exc}")
             ) from exc
 
     # -- experiments
 
-    def experiment_id(self, name: str) -> str:
-        """The MLflow experiment ``name``, created on first use (once per name and app)."""
+    def experiment_id(self, name: str, location_key: str) -> str:
+        """The MLflow experiment ``name``, created on first use (once per name and app)
+        with its artifacts under ``location_key`` (an id, never the name)."""
         if name in self._experiments:
             return self._experiments[name]
         client = self.client
         with _tracking_errors(f"create the MLflow experiment {name!r}"):
-            location = self.settings.mlflow_artifact_location(name)
+            location = self.settings.mlflow_artifact_location(location_key)
             experiment_id = ensure_experiment(client, name, location)
         self._experiments[name] = experiment_id
         return experiment_id
@@ -203,9 +205,9 @@ def _tracking_errors(doing: str) -> Iterator[None]:
     except MlflowException as exc:
         if exc.error_code in NOT_FOUND_CODES:
             raise ArtifactNotFoundError(f"MLflow: {exc.message}") from exc
-        raise TrackingUnavailableError(f"could not {doing}: {exc.message}") from exc
+        raise TrackingUnavailableError(mask_text(f"could not {doing}: {exc.message}")) from exc
     except (OSError, httpx.HTTPError) as exc:
-        raise TrackingUnavailableError(f"could not {doing}: {exc}") from exc
+        raise TrackingUnavailableError(mask_text(f"could not {doing}: {exc}")) from exc
 
 
 def remove_download(directory: Path) -> None:

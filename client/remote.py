@@ -237,9 +237,13 @@ class RegbenchClient:
         return target
 
     def _unreachable(self, exc: httpx.TransportError) -> ServerError:
-        reason = str(exc) or type(exc).__name__
+        # Standard library only, and loaded on this error path alone: the client still
+        # starts without the service's modules.
+        from service.redact import mask_text, mask_uri
+
+        reason = mask_text(str(exc) or type(exc).__name__)
         return ServerError(
-            f"cannot reach the regbench server at {self.server} ({reason}); "
+            f"cannot reach the regbench server at {mask_uri(self.server)} ({reason}); "
             "start one with `regbench serve` or pass --server / REGBENCH_SERVER"
         )
 

@@ -27,10 +27,13 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -53,6 +56,49 @@ from regcore.registry import (
 
 class SpecError(ValueError):
     """A spec that cannot be read (bad YAML/JSON, not a mapping, missing file)."""
+
+
+# --------------------------------------------------------------------------- names
+
+NAME_MAX_LENGTH = 200  # the name columns of the job store are String(200)
+NAME_CHARACTERS = "ASCII letters, digits, space and . _ - + = , ( ) @"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._+=,()@-]*$"
+_NAME = re.compile(NAME_PATTERN)
+STORED = "stored"
+"""Validation context key: ``{STORED: True}`` reads a spec recorded by an earlier version,
+whose name may be outside today's safe set (names never reach a path, so it is harmless)."""
+
+
+def _safe_name(value: str, info: ValidationInfo) -> str:
+    if isinstance(info.context, Mapping) and info.context.get(STORED):
+        return value
+    if len(value) > NAME_MAX_LENGTH or not _NAME.fullmatch(value):  # not "$": "a\n"
+        raise PydanticCustomError(
+            "unsafe_name",
+            "a name is 1 to {max_length} characters, starts with a letter or digit and "
+            "holds only {characters}",
+            {"max_length": NAME_MAX_LENGTH, "characters": NAME_CHARACTERS},
+        )
+    return value
+
+
+SafeName = Annotated[
+    str,
+    AfterValidator(_safe_name),
+    Field(
+        min_length=1,
+        description=f"1 to {NAME_MAX_LENGTH} characters: {NAME_CHARACTERS}, "
+        "starting with a letter or digit",
+        json_schema_extra={"pattern": NAME_PATTERN, "maxLength": NAME_MAX_LENGTH},
+    ),
+]
+"""An experiment's or sweep's name: a label for people, never part of a path (artifact
+locations and working directories come from ids), yet kept to a small safe set so that
+no tool that shows or stores it meets a surprise (slashes, control characters, lone
+surrogates, NUL, over-long values)."""
+
+
+_NAME_ADAPTER: TypeAdapter[str] = TypeAdapter(SafeName)
 
 
 # --------------------------------------------------------------------------- components
@@ -304,7 +350,7 @@ class ResourcesSpec(_Strict):
 
 
 class ExperimentSpec(_Strict):
-    name: str = Field("experiment", min_length=1, json_schema_extra=NOT_IDENTITY)
+    name: SafeName = Field("experiment", json_schema_extra=NOT_IDENTITY)
     description: str = Field("", json_schema_extra=NOT_IDENTITY)
     dataset: DatasetSpec
     model: ModelSpec
@@ -334,6 +380,12 @@ class ExperimentSpec(_Strict):
         if not isinstance(data, Mapping):
             raise SpecError("a spec must be a mapping at the top level")
         return cls.model_validate(data)
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> ExperimentSpec:
+        """A spec the job store (or a checkpoint) recorded, maybe by an earlier version:
+        its name is read as it was written (see ``STORED``)."""
+        return cls.model_validate(data, context={STORED: True})
 
     @classmethod
     def from_file(cls, path: str | Path) -> ExperimentSpec:
@@ -369,7 +421,7 @@ class SweepSpec(_Strict):
     (``regcore.grid``). The grid's points are validated as ExperimentSpecs when the sweep
     is expanded (``service.sweeps.plan``), where an error can name the grid entry."""
 
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: SafeName | None = None
     base: dict[str, Any]
     grid: dict[str, list[Any]] = Field(
         description="dotted path -> non-empty list of values (a cartesian product)"
@@ -382,6 +434,22 @@ class SweepSpec(_Strict):
         if empty:
             raise ValueError(f"grid entries need at least one value: {', '.join(empty)}")
         return grid
+
+    @model_validator(mode="after")
+    def _safe_base_name(self, info: ValidationInfo) -> Self:
+        """The base spec's name labels the sweep even when the grid replaces it in every
+        point (where no point's validation would see it): it must be a safe name too."""
+        name = self.base.get("name")
+        if isinstance(name, str) and self.name is None:
+            try:
+                _NAME_ADAPTER.validate_python(name, context=info.context)
+            except ValidationError as exc:
+                error = exc.errors(include_url=False)[0]
+                raise ValidationError.from_exception_data(
+                    type(self).__name__,
+                    [_line_error(("base", "name"), error["type"], error["msg"], name)],
+                ) from None
+        return self
 
     def label(self) -> str:
         """The sweep's name: its own, else its base spec's."""

@@ -250,9 +250,9 @@ def db_current() -> None:
 
 
 def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from service.redact import mask_uri
 
-    return make_url(url).render_as_string(hide_password=True)
+    return mask_uri(url)
 
 
 @click.group()

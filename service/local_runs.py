@@ -19,7 +19,7 @@ from regcore.train import (
     TrainingDivergedError,
     load_checkpoint,
 )
-from service.settings import Settings
+from service.settings import Settings, UnsafePathKeyError
 from service.tracking import MlflowTracker
 
 
@@ -48,11 +48,12 @@ class LocalRunner:
         tracker = MlflowTracker(
             self.settings.tracking_uri,
             self.settings.mlflow_experiment,
-            artifact_root=self.settings.artifact_root,
+            artifact_location=self.settings.default_artifact_location,
+            confine_to=self.settings.local_artifact_root,
             run_name=spec.name,
             tags={"regbench.source": "local"},
         )
-        workdir = self.settings.runs_dir / tracker.run_id
+        workdir = self.settings.run_workdir(tracker.run_id)
         task = progress.add_task(label, total=spec.training.epochs, status="")
 
         def on_step(epoch: int, step: int, steps: int) -> None:
@@ -86,17 +87,20 @@ class LocalRunner:
 
     def analyze(self, run_id: str, analyses: list[AnalysisSpec]) -> dict[str, Any]:
         """Run analyses on a finished MLflow run's checkpoint, logging into that same run."""
+        try:
+            workdir = self.settings.run_workdir(run_id)  # a run id given on the command line
+        except UnsafePathKeyError as exc:
+            raise RunFailedError(f"not an MLflow run id: {exc}") from None
         tracker = MlflowTracker(
             self.settings.tracking_uri, self.settings.mlflow_experiment, run_id=run_id
         )
-        workdir = self.settings.runs_dir / run_id
         try:
             fetched = Path(tracker.download("checkpoints/model.pt", workdir / "fetched"))
             history_file = Path(tracker.download("history.json", workdir / "fetched"))
         except MlflowException as exc:
             raise RunFailedError(f"run {run_id} has no finished checkpoint: {exc}") from None
         checkpoint = load_checkpoint(fetched)
-        spec = ExperimentSpec.model_validate(checkpoint["spec"])
+        spec = ExperimentSpec.from_stored(checkpoint["spec"])
         metrics = analyze_checkpoint(
             spec,
             checkpoint["model"],

@@ -25,7 +25,7 @@ from service import sweeps
 from service.db import Database
 from service.settings import Settings
 from service.tables import Sweep, utcnow
-from service.tracking import ensure_experiment
+from service.tracking import check_run_location, ensure_experiment
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +108,14 @@ def _render_and_log(settings: Settings, session: Session, sweep: Sweep) -> str:
     )  # fmt: skip
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     experiment_id = sweep.mlflow_experiment_id or ensure_experiment(
-        client,
-        settings.mlflow_experiment,
-        settings.mlflow_artifact_location(settings.mlflow_experiment),
+        client, settings.mlflow_experiment, settings.default_artifact_location
     )
     run = client.create_run(
         experiment_id,
         run_name=f"report {sweep.name}",
         tags={SWEEP_TAG: sweep.id, RUN_KIND_TAG: "sweep-report"},
     )
+    check_run_location(client, run, settings.local_artifact_root)
     run_id = run.info.run_id
     try:
         with tempfile.TemporaryDirectory(prefix="regbench-report-") as directory:

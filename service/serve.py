@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 import httpx
 
+from service.redact import install_log_redaction
 from service.settings import Settings
 
 
@@ -67,7 +68,8 @@ def stack_commands(
     if mlflow_port is not None:
         commands["mlflow"] = [
             python, "-m", "mlflow", "server", "--workers", "1",
-            "--backend-store-uri", settings.tracking_uri,
+            # the store's URI (maybe with a password) goes in MLFLOW_BACKEND_STORE_URI:
+            # a command line is visible to every user of the machine
             "--default-artifact-root", settings.artifact_root.as_uri(),
             "--host", host, "--port", str(mlflow_port),
         ]  # fmt: skip
@@ -131,9 +133,11 @@ def serve(
     data.mkdir(parents=True, exist_ok=True)
     ui = None if no_mlflow_ui else f"http://{host}:{mlflow_port}"
     env = {**os.environ, "REGBENCH_DATA_DIR": str(data)}
+    install_log_redaction(settings.secrets)
     if ui is not None and not settings.mlflow_ui_url:
         env["REGBENCH_MLFLOW_UI_URL"] = ui
     settings = Settings(data_dir=data)
+    env["MLFLOW_BACKEND_STORE_URI"] = settings.tracking_uri
     upgrade_database(settings.job_store_url)
     prepare_tracking_store(settings)
 

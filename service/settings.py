@@ -10,6 +10,7 @@ Redis (``REGBENCH_BROKER_URL``) and an MLflow tracking server
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,8 +18,11 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from regcore.spec import MAX_ANALYSES
+from service.redact import uri_secrets
 
 TRACKING_SERVER_SCHEMES = ("http://", "https://", "databricks")
+DEFAULT_ARTIFACT_KEY = "default"
+_PATH_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 GPU_STACK_SIZE = 8  # experiments stacked on a GPU unless REGBENCH_STACK_SIZE says otherwise
 
 
@@ -159,15 +163,37 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
 
     @property
+    def secrets(self) -> set[str]:
+        """Every secret in this configuration (URI passwords and tokens, the API token):
+        what ``service.redact`` masks wherever text is shown."""
+        found = set().union(
+            *(
+                uri_secrets(uri)
+                for uri in (self.database_url, self.broker_url, self.mlflow_tracking_uri)
+            )
+        )
+        if self.api_token is not None:
+            found.add(self.api_token.get_secret_value())
+        return found
+
+    @property
     def tracking_is_server(self) -> bool:
         return self.tracking_uri.startswith(TRACKING_SERVER_SCHEMES)
 
-    def mlflow_artifact_location(self, experiment_name: str) -> str | None:
-        """Where a new MLflow experiment keeps its artifacts: under the data dir for a local
-        store (MLflow would use ./mlruns of the current directory); a server decides."""
+    def mlflow_artifact_location(self, key: str) -> str | None:
+        """Where a new MLflow experiment keeps its artifacts: ``<artifact_root>/<key>`` for
+        a local store (MLflow would use ./mlruns of the current directory); a server
+        decides. ``key`` comes from ids (``sweep-<sweep hash>``, ``default``), never from a
+        name: no name can lead a path out of the artifact root. (Experiments created by
+        earlier versions keep the locations they have.)"""
         if self.tracking_is_server:
             return None
-        return (self.artifact_root / experiment_name).as_uri()
+        return confined(self.artifact_root, key).as_uri()
+
+    @property
+    def default_artifact_location(self) -> str | None:
+        """The location of the default MLflow experiment (``mlflow_experiment``) if new."""
+        return self.mlflow_artifact_location(DEFAULT_ARTIFACT_KEY)
 
     @property
     def artifact_root(self) -> Path:
@@ -175,9 +201,34 @@ class Settings(BaseSettings):
         return (self.data_dir / "mlartifacts").resolve()
 
     @property
+    def local_artifact_root(self) -> Path | None:
+        """The root every artifact this node writes must stay under; None with a server."""
+        return None if self.tracking_is_server else self.artifact_root
+
+    @property
     def runs_dir(self) -> Path:
         """Working directories of runs: checkpoints for resume, spec, metrics."""
         return (self.data_dir / "runs").resolve()
+
+    def run_workdir(self, key: str) -> Path:
+        """The working directory of one run, named by an id (an experiment id, an MLflow
+        run id): refused for anything that is not a plain id."""
+        return confined(self.runs_dir, key)
+
+
+class UnsafePathKeyError(ValueError):
+    """A directory name that is not a plain id (letters, digits, ``_`` and ``-``)."""
+
+
+def confined(root: Path, key: str) -> Path:
+    """``root / key`` for a key that is one plain path segment (an id or a hash), checked
+    to stay under ``root``; raises UnsafePathKeyError otherwise."""
+    if not _PATH_KEY.fullmatch(key):  # not "$", which passes "id\n"
+        raise UnsafePathKeyError(f"{key!r} is not a plain id: refused as a directory name")
+    path = (root / key).resolve()
+    if not path.is_relative_to(root.resolve()):  # a symlink placed under the root
+        raise UnsafePathKeyError(f"{key!r} leads outside {root}")
+    return path
 
 
 @lru_cache

@@ -428,6 +428,12 @@ def mlflow_experiment_name(planned: SweepPlan) -> str:
     return f"sweep {planned.name} {planned.sweep_hash[:8]}"
 
 
+def mlflow_artifact_key(planned: SweepPlan) -> str:
+    """The directory of that experiment's artifacts in a local store: from the sweep's
+    hash (its identity), never from its name."""
+    return f"sweep-{planned.sweep_hash}"
+
+
 # --------------------------------------------------------------------------- reading
 
 

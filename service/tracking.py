@@ -21,8 +21,10 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -53,6 +55,36 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
         return experiment.experiment_id
 
 
+class ArtifactLocationError(RuntimeError):
+    """A run whose artifacts would be written outside the artifact root."""
+
+
+def check_run_location(client: MlflowClient, run: Run, root: Path | None) -> None:
+    """Refuse (and mark FAILED) a new run whose artifact directory is a local path outside
+    ``root``; nothing to check without a root (a tracking server keeps the artifacts)."""
+    if root is None:
+        return
+    location = local_path(run.info.artifact_uri)
+    if location is None or location.resolve().is_relative_to(root.resolve()):
+        return
+    client.set_terminated(run.info.run_id, "FAILED")
+    raise ArtifactLocationError(
+        f"MLflow run {run.info.run_id} would keep its artifacts outside {root}; its "
+        "experiment's artifact location was made from a name by an earlier version: "
+        "submit the work again under a new name"
+    )
+
+
+def local_path(uri: str) -> Path | None:
+    """The local directory of a ``file:`` URI or a plain path; None for any other scheme."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and uri[1:2] == ":"):  # C:\...
+        return Path(uri)
+    return None
+
+
 class MlflowTracker:
     """Implements ``regcore.tracking.Tracker`` on one MLflow run."""
 
@@ -61,7 +93,8 @@ class MlflowTracker:
         tracking_uri: str,
         experiment_name: str,
         *,
-        artifact_root: Path | None = None,
+        artifact_location: str | None = None,
+        confine_to: Path | None = None,
         run_id: str | None = None,
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
@@ -70,14 +103,21 @@ class MlflowTracker:
         buffered: bool = False,
         flush_every_s: float = DEFAULT_FLUSH_EVERY_S,
     ) -> None:
-        """``experiment_id``, when the caller knows it, saves the lookup by name."""
+        """``experiment_id``, when the caller knows it, saves the lookup by name;
+        ``artifact_location`` is where the experiment keeps artifacts if it is created here;
+        ``confine_to``: a new run whose artifacts would lie outside this directory is
+        refused (``ArtifactLocationError``), as an experiment made by an earlier version
+        from a hostile name could place them."""
         self.client = client or MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = experiment_id or self.ensure_experiment(experiment_name, artifact_root)
+        self.experiment_id = experiment_id or ensure_experiment(
+            self.client, experiment_name, artifact_location
+        )
         if run_id is None:
             run = self.client.create_run(
                 self.experiment_id, run_name=run_name, tags=dict(tags or {})
             )
             run_id = run.info.run_id
+            check_run_location(self.client, run, confine_to)
         self.run_id: str = run_id
         self._buffer_setup(buffered, flush_every_s)
 
@@ -103,10 +143,6 @@ class MlflowTracker:
         self._metrics: list[Metric] = []
         self._staging: Path | None = None  # artifacts waiting for the next flush
         self._last_flush = time.monotonic()
-
-    def ensure_experiment(self, name: str, artifact_root: Path | None) -> str:
-        location = (artifact_root / name).as_uri() if artifact_root is not None else None
-        return ensure_experiment(self.client, name, location)
 
     def log_params(self, params: Mapping[str, str]) -> None:
         self._params += [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]

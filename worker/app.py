@@ -22,12 +22,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from service import jobstore
 from service.broker import make_celery
 from service.db import Database
+from service.redact import install_log_redaction
 from service.schema import assert_schema_current
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 settings = Settings()
+install_log_redaction(settings.secrets)  # Celery's and our log lines never show them
 app = make_celery(settings)
 app.conf.imports = ("worker.tasks",)
 

@@ -52,6 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service import jobstore
 from service.db import Database
+from service.redact import install_log_redaction, mask_text
 from service.settings import Settings
 from service.tables import Experiment, Job, JobKind
 from worker.supervisor import EXIT_CANCELLED, EXIT_FAILED, EXIT_SUCCEEDED
@@ -235,8 +236,7 @@ def mlflow_experiment_id(client: MlflowClient, job: JobInfo, settings: Settings)
     name = settings.mlflow_experiment
     key = (settings.tracking_uri, name)
     if key not in _experiment_ids:
-        location = settings.mlflow_artifact_location(name)
-        _experiment_ids[key] = ensure_experiment(client, name, location)
+        _experiment_ids[key] = ensure_experiment(client, name, settings.default_artifact_location)
     return _experiment_ids[key]
 
 
@@ -282,6 +282,7 @@ def open_train_run(settings: Settings, db: Database, job: JobInfo) -> tuple[Mlfl
             experiment_id=mlflow_experiment_id(client, job, settings),
             run_name=job.configuration or job.experiment_name,
             tags=tags,
+            confine_to=settings.local_artifact_root,
             buffered=True,
         )
         reopened = False
@@ -415,7 +416,7 @@ def open_member(
     from regcore.train import load_checkpoint
 
     reporter = ProgressReporter(db, job, settings.heartbeat_interval_s)
-    workdir = settings.runs_dir / job.experiment_id
+    workdir = settings.run_workdir(job.experiment_id)
     data = load_data(settings, spec)
     tracker, reopened = open_train_run(settings, db, job)
     resumed_from = 0
@@ -476,7 +477,7 @@ def run_stack(
     from regcore.train import TrainingCancelledError, TrainingDivergedError
 
     jobs = [read_job(db, job_id, worker) for job_id in job_ids]
-    specs = [ExperimentSpec.model_validate(job.spec) for job in jobs]
+    specs = [ExperimentSpec.from_stored(job.spec) for job in jobs]
     for spec in specs:
         check_device(spec)
     members = [open_member(settings, db, job, spec) for job, spec in zip(jobs, specs, strict=True)]
@@ -499,7 +500,7 @@ def run_stack(
                 {"status": "cancelled", "error": str(exc), "mlflow_run_id": m.tracker.run_id}
                 for m in members
             ]
-        traceback.print_exception(exc)
+        print_exception(exc)
         diverged = getattr(exc, "member", None) if isinstance(exc, TrainingDivergedError) else None
         reports = []
         for index, member in enumerate(members):
@@ -544,7 +545,7 @@ def run_analysis(
         session.commit()
     reporter.write(0.0, f"{analysis.name}: loading the trained model")
 
-    workdir = settings.runs_dir / job.experiment_id
+    workdir = settings.run_workdir(job.experiment_id)
     model_path, history_path = workdir / "model.pt", workdir / "history.json"
     fetched = workdir / "fetched" / job.id
     if not model_path.exists():  # trained on another machine: take it from MLflow
@@ -587,7 +588,7 @@ def run_job(
     from regcore.spec import ExperimentSpec
 
     job = read_job(db, job_id, worker)
-    spec = ExperimentSpec.model_validate(job.spec)
+    spec = ExperimentSpec.from_stored(job.spec)
     check_device(spec)
     if job.kind == JobKind.TRAIN:
         return run_train(settings, db, job, spec, stop)
@@ -611,13 +612,22 @@ def check_device(spec: ExperimentSpec) -> None:
         )
 
 
+def print_exception(exc: BaseException) -> None:
+    """The traceback to the job's log, with URI passwords and configured secrets masked
+    (an MLflow or store error quotes the URI it failed on)."""
+    text = "".join(traceback.format_exception(exc))
+    sys.stderr.write(mask_text(text, Settings().secrets))
+    sys.stderr.flush()
+
+
 def describe_error(exc: BaseException) -> str:
     from regcore.data import DatasetNotFoundError
     from regcore.train import TrainingDivergedError
 
     if isinstance(exc, TrainingDivergedError | DatasetNotFoundError | LookupError):
         return str(exc)  # already a sentence for the user
-    return f"{type(exc).__name__}: {exc}"
+    # Recorded on the job and shown by the API: an MLflow or store error may quote a URI.
+    return mask_text(f"{type(exc).__name__}: {exc}", Settings().secrets)
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
@@ -655,7 +665,7 @@ def run_one(
             report.update(status="cancelled", error=str(cause))
             code = EXIT_CANCELLED
         else:
-            traceback.print_exception(cause)
+            print_exception(cause)
             report.update(status="failed", error=describe_error(cause))
             code = EXIT_FAILED
     if result is not None:
@@ -679,7 +689,7 @@ def run_stack_one(
         reports = run_stack(settings, db, job_ids, worker, stop)
     except BaseException as exc:  # before training: no member got anywhere
         stop.cooperative = True
-        traceback.print_exception(exc)
+        print_exception(exc)
         failed = {"status": "failed", "stack_failed": True, "error": describe_error(exc)}
         reports = [dict(failed) for _ in job_ids]
     stop.cooperative = True
@@ -801,6 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s [job %(process)d] %(message)s"
     )
+    install_log_redaction(Settings().secrets)
     if args.serve:
         code = serve(args.requests, args.responses, stop)
     else:

@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from service import jobstore
 from service.broker import BrokerUnavailableError, enqueue, make_celery
 from service.db import Database
+from service.redact import install_log_redaction
 from service.settings import Settings
 from service.tables import utcnow
 
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = Settings()
+    install_log_redaction(settings.secrets)
     if args.once:
         reconciler = Reconciler(settings, grace_s=args.grace)
         try:

@@ -225,7 +225,7 @@ class JobRun:
     @property
     def workdir(self) -> Path:
         """The experiment's working directory (checkpoints for resume), shared by its jobs."""
-        return self.settings.runs_dir / self.experiment_id
+        return self.settings.run_workdir(self.experiment_id)
 
     @property
     def log_path(self) -> Path:

@@ -5,7 +5,7 @@ broker and a tracking server are given ``broker_timeout_s``, so the probe stays 
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from celery import Celery
 from fastapi import APIRouter, Response, status
@@ -14,6 +14,7 @@ from sqlalchemy import text
 from api.deps import CeleryDep, DatabaseDep, SettingsDep, TrackingDep
 from api.schemas import ComponentHealthPublic, HealthPublic
 from service.db import Database
+from service.redact import mask_text
 
 router = APIRouter(tags=["health"])
 
@@ -31,12 +32,14 @@ def check_broker(celery: Celery, queue: str, timeout_s: float) -> None:
         connection.default_channel.queue_declare(queue=queue, passive=False)
 
 
-def probe(check: Callable[[], None]) -> ComponentHealthPublic:
+def probe(check: Callable[[], None], secrets: Iterable[str] = ()) -> ComponentHealthPublic:
+    """ok, or why not: the error's text with URI passwords and ``secrets`` masked (the
+    endpoint is open to anyone)."""
     start = time.perf_counter()
     try:
         check()
     except Exception as exc:  # any failure means "not ready"; say which
-        detail = f"{type(exc).__name__}: {exc}"
+        detail = mask_text(f"{type(exc).__name__}: {exc}", secrets)
         return ComponentHealthPublic(
             status="unavailable", detail=detail[:500], seconds=time.perf_counter() - start
         )
@@ -55,10 +58,11 @@ def health(
     tracking: TrackingDep,
 ) -> HealthPublic:
     timeout = settings.broker_timeout_s
+    secrets = settings.secrets
     components = {
-        "database": probe(lambda: check_database(database)),
-        "broker": probe(lambda: check_broker(celery, settings.default_queue, timeout)),
-        "tracking": probe(lambda: tracking.ping(timeout)),
+        "database": probe(lambda: check_database(database), secrets),
+        "broker": probe(lambda: check_broker(celery, settings.default_queue, timeout), secrets),
+        "tracking": probe(lambda: tracking.ping(timeout), secrets),
     }
     ready = all(component.status == "ok" for component in components.values())
     if not ready:

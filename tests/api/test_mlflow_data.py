@@ -25,7 +25,9 @@ def run(api: Api, tmp_path: Path) -> tuple[str, MlflowTracker]:
     experiment = api.add_experiment()
     settings = api.settings
     tracker = MlflowTracker(
-        settings.tracking_uri, settings.mlflow_experiment, artifact_root=settings.artifact_root
+        settings.tracking_uri,
+        settings.mlflow_experiment,
+        artifact_location=settings.default_artifact_location,
     )
     for epoch in (1, 2, 3):
         tracker.log_metrics({"train/loss": 1.0 / epoch, "val/accuracy": 0.5 + epoch / 10}, epoch)

@@ -424,6 +424,18 @@ def test_server_down_says_how_to_start_one_and_exits_1(grid_file: Path) -> None:
     assert "start one with `regbench serve` or pass --server / REGBENCH_SERVER" in message
 
 
+def test_a_password_in_the_server_url_is_never_printed(grid_file: Path) -> None:
+    port = closed_port()
+    url = f"http://me:Cl1ent-pa55word@127.0.0.1:{port}/?token=Cl1ent-t0ken"
+
+    result = regbench("submit", str(grid_file), "--server", url)
+
+    assert result.exit_code == 1
+    output = result.stdout + result.stderr
+    assert "Cl1ent-pa55word" not in output and "Cl1ent-t0ken" not in output
+    assert f"me:***@127.0.0.1:{port}" in " ".join(output.split())
+
+
 def test_a_server_error_shows_its_detail(server: FakeServer) -> None:
     server[f"GET /sweeps/{SWEEP_ID}"] = httpx.Response(
         503, json={"detail": "the job store is unavailable; try again later"}

@@ -15,7 +15,11 @@ def test_a_buffered_tracker_sends_nothing_until_it_flushes_then_everything(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     tracker = MlflowTracker(
-        uri, "buffered", artifact_root=tmp_path / "artifacts", buffered=True, flush_every_s=1e9
+        uri,
+        "buffered",
+        artifact_location=(tmp_path / "artifacts").as_uri(),
+        buffered=True,
+        flush_every_s=1e9,
     )
     params = {f"p{i}": str(i) for i in range(MAX_PARAMS_PER_BATCH + 30)}  # two batches' worth
     tracker.log_params(params)
@@ -44,7 +48,7 @@ def test_a_buffered_tracker_sends_nothing_until_it_flushes_then_everything(
 
 def test_an_unbuffered_tracker_sends_at_once(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = MlflowTracker(uri, "direct", artifact_root=tmp_path / "artifacts")
+    tracker = MlflowTracker(uri, "direct", artifact_location=(tmp_path / "artifacts").as_uri())
     tracker.log_metrics({"loss": 2.0}, step=1)
     assert MlflowClient(uri).get_run(tracker.run_id).data.metrics["loss"] == 2.0
 
