@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         60.0, gt=0, description="a running job silent this long is requeued by the reaper"
     )
     max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails")
+    job_store_retry_s: float = Field(
+        3600.0,
+        gt=0,
+        description="a worker keeps a finished job's result this long while the job store "
+        "is unreachable, retrying with back-off (the job never runs again meanwhile)",
+    )
     slots: int = Field(
         1, ge=1, le=64, description="jobs one worker runs at once on its device (--slots)"
     )
