@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         description="a worker keeps a finished job's result this long while the job store "
         "is unreachable, retrying with back-off (the job never runs again meanwhile)",
     )
+    tracking_retry_s: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="a job keeps training while its MLflow server is unreachable (metrics "
+        "and artifacts wait on local disk, under data_dir/spool); at its end it waits "
+        "this long for the server to take them",
+    )
     slots: int = Field(
         1, ge=1, le=64, description="jobs one worker runs at once on its device (--slots)"
     )
@@ -134,6 +141,11 @@ class Settings(BaseSettings):
     def artifact_root(self) -> Path:
         """Where a local MLflow store keeps artifacts (ignored by a tracking server)."""
         return (self.data_dir / "mlartifacts").resolve()
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where workers keep MLflow metrics and artifacts the server could not take yet."""
+        return (self.data_dir / "spool").resolve()
 
     @property
     def runs_dir(self) -> Path:
