@@ -399,11 +399,12 @@ class JobRun:
             # The child alone was killed (the kernel's OOM killer, an operator) before it
             # said a word; its last checkpoint is on disk. Again in a fresh child, from
             # that checkpoint, up to the attempt limit.
-            why = self._describe_kill(returncode, log_path)
+            why = self._describe_kill(returncode)
             if self.attempt < self.settings.max_attempts and self._release_killed(why):
                 return RETRY
             state = JobState.FAILED
-            error = f"{why}; gave up after {self.attempt} attempts (max_attempts)"
+            attempts = f"{self.attempt} attempt{'s' if self.attempt != 1 else ''}"
+            error = _with_log_tail(f"{why}; gave up after {attempts} (max_attempts)", log_path)
         elif returncode == EXIT_CANCELLED or report.status == "cancelled":
             # Stopped by a signal nobody here sent (node shutdown, preemption): the job is
             # not finished. Leave it running; the reaper requeues it and it resumes.
@@ -429,9 +430,10 @@ class JobRun:
         self._report_finished_sweeps()
         return state.value
 
-    def _describe_kill(self, returncode: int, log_path: Path) -> str:
-        """How the child died, saying whether memory ran out (the OOM killer's count in
-        its cgroup went up, or it was killed at its memory limit)."""
+    def _describe_kill(self, returncode: int) -> str:
+        """How the child died, saying whether memory ran out: the OOM killer's count in
+        the child's memory cgroup went up while it ran. (A job over its own memory limit
+        is stopped by ``watch`` and fails with ``StopReason.MEMORY`` instead.)"""
         signum = -returncode
         after = oom_kills(self.cgroup)
         seen = f"; last seen using {self.seen_rss_mb:.0f} MB" if self.seen_rss_mb else ""
@@ -448,20 +450,19 @@ class JobRun:
         elif signum == signal.SIGKILL and after is not None:
             what = f"job process killed by SIGKILL (no OOM kill in its memory cgroup){seen}"
         else:
-            what = _describe_exit(returncode, Path("/nonexistent")) + seen
-        return _with_log_tail(what, log_path)
+            what = _exit_headline(returncode) + seen
+        return what
 
     def _release_killed(self, why: str) -> bool:
         """running -> queued (attempt counted) for the retry this worker runs next."""
-        first_line = why.split("\n", 1)[0]
         with self.db.session() as session:
             released = jobstore.release(
                 session, self.job_id, self.worker,
-                reason=f"retrying from its checkpoint: {first_line}", count_attempt=True,
+                reason=f"retrying from its checkpoint: {why}", count_attempt=True,
             )  # fmt: skip
             session.commit()
         log.warning(
-            "job %s: %s; %s", self.job_id, first_line,
+            "job %s: %s; %s", self.job_id, why,
             "retrying in a fresh job process" if released else "no longer ours",
         )  # fmt: skip
         return released
@@ -710,13 +711,16 @@ def _transient(exc: SQLAlchemyError) -> bool:
 
 
 def _describe_exit(returncode: int, log_path: Path) -> str:
+    return _with_log_tail(_exit_headline(returncode), log_path)
+
+
+def _exit_headline(returncode: int) -> str:
     if returncode < 0:
         what = f"job process killed by {signal.Signals(-returncode).name}"
         if -returncode == signal.SIGKILL:
             what += " (out of memory?)"
-    else:
-        what = f"job process exited with status {returncode}"
-    return _with_log_tail(what, log_path)
+        return what
+    return f"job process exited with status {returncode}"
 
 
 def _with_log_tail(what: str, log_path: Path) -> str:

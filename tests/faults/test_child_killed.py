@@ -109,14 +109,11 @@ def test_an_oom_kill_says_so(tmp_path: Path) -> None:
         oom_kills_before=0,
         seen_rss_mb=1234.0,
     )
-    log = tmp_path / "job.log"
-    log.write_text("epoch 1\n")
-    plain = run._describe_kill(-signal.SIGKILL, log)
+    plain = run._describe_kill(-signal.SIGKILL)
     assert "no OOM kill" in plain and "out of memory" not in plain
 
     for name in ("memory.events", "memory.oom_control"):
         for path in root.rglob(name):
             path.write_text("oom 1\noom_kill 1\n")
-    oom = run._describe_kill(-signal.SIGKILL, log)
+    oom = run._describe_kill(-signal.SIGKILL)
     assert "out of memory (the kernel's OOM killer" in oom and "1234 MB" in oom
-    assert oom.endswith("epoch 1")  # the job's last output follows
