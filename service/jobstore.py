@@ -559,7 +559,12 @@ def finish(
             Job.cancel_requested.is_(False),
         )
         owned = or_(owned, requeued)
-    values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "error": error}
+    values: dict[str, Any] = {
+        "state": state,
+        "finished_at": utcnow(),
+        "error": error,
+        "worker": worker,  # (a requeued job's was cleared)
+    }
     if state == JobState.SUCCEEDED:
         values["progress"] = 1.0
     result = session.execute(update(Job).where(owned).values(**values))

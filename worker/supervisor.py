@@ -486,7 +486,7 @@ class JobRun:
             except SQLAlchemyError as exc:
                 if not _transient(exc) or time.monotonic() + delay > deadline:
                     log.error(
-                        "job %s: %s not recorded, the job store refused it: %s",
+                        "job %s: %s not recorded in the job store: %s",
                         self.job_id, state.value, exc,
                     )  # fmt: skip
                     raise
