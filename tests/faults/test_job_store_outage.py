@@ -1,5 +1,6 @@
 """PostgreSQL stopped just as a job finishes: the worker keeps the result until the job
-store takes it; the job never runs again, and its run logs every metric once."""
+store takes it; the job never runs again, and its run logs every metric once. Stopped
+mid-training: the job resumes from its checkpoint once the job store is back."""
 
 from __future__ import annotations
 
@@ -54,8 +55,37 @@ def test_postgres_down_as_the_job_finishes_keeps_the_result(
     assert_one_run_every_epoch_once(cluster, [experiment_id])
     assert "keeping its result" in cluster.processes.log("worker")
     reliability.record(
-        "PostgreSQL stopped for 15 s as a job finished",
+        f"PostgreSQL stopped for {OUTAGE_S:.0f} s as a job finished",
         "result kept by the worker and recorded when PostgreSQL returned; not re-run; "
+        "every epoch once in its MLflow run",
+        recovered,
+    )
+
+
+def test_postgres_down_mid_training_resumes_from_the_checkpoint(
+    faulty_cluster: Backend, own_postgres: PostgresServer, reliability: Outcome
+) -> None:
+    cluster = faulty_cluster
+    epochs = 6
+    experiment_id = cluster.submit(spec_with(SLOW_SPEC, training={"epochs": epochs}))
+    cluster.start_worker()
+    cluster.start_reconciler()
+    cluster.wait(lambda: "epoch 1/" in (cluster.train(experiment_id).message or ""), 120,
+                 "epoch 1")  # fmt: skip
+    own_postgres.stop()
+    time.sleep(OUTAGE_S)  # past the heartbeat's staleness: the worker stops the job
+    own_postgres.start()
+    restarted = time.monotonic()
+    train = cluster.wait_finished(experiment_id, timeout=120)["train"]
+    recovered = time.monotonic() - restarted
+
+    assert train.state == "succeeded", f"{train}\n{cluster.processes.logs()}"
+    assert cluster.experiment(experiment_id)["metrics"]["epochs"] == epochs
+    assert_one_run_every_epoch_once(cluster, [experiment_id])
+    reliability.record(
+        f"PostgreSQL stopped for {OUTAGE_S:.0f} s mid-training",
+        f"job stopped when its heartbeat went stale, requeued by the reaper when "
+        f"PostgreSQL returned, resumed from its checkpoint (attempt {train.attempt}); "
         "every epoch once in its MLflow run",
         recovered,
     )
