@@ -27,6 +27,7 @@ def test_messages_lost_by_redis_are_sent_again_within_a_minute(
     cluster.wait(lambda: "reconciling every" in cluster.processes.log("reconciler"), 60,
                  "the reconciler to start")  # fmt: skip
     time.sleep(2)  # a round or two with the messages in Redis
+    assert own_redis.queue_length("cpu") == len(experiments)  # nothing sent twice so far
     if fault == "flushed":
         own_redis.flush()
     else:
