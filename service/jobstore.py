@@ -539,12 +539,32 @@ def finish(
     *,
     error: str | None = None,
     metrics: dict[str, Any] | None = None,
+    attempt: int | None = None,
 ) -> bool:
-    """running -> succeeded | failed | cancelled, only by the worker that holds the job."""
+    """running -> succeeded | failed | cancelled, only by the worker that holds the job.
+
+    With ``attempt``, also a job the reaper put back in the queue since (its heartbeat
+    went stale while the job store was unreachable) that no worker has claimed again
+    (still queued at that attempt): the result of the attempt that did the work is kept,
+    and the job never runs again for an outage of the job store."""
     if not state.finished:
         raise ValueError(f"finish() needs a final state, got {state}")
     owned = and_(Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING)
-    values: dict[str, Any] = {"state": state, "finished_at": utcnow(), "error": error}
+    if attempt is not None:
+        requeued = and_(
+            Job.id == job_id,
+            Job.state == JobState.QUEUED,
+            Job.worker.is_(None),
+            Job.attempt == attempt,
+            Job.cancel_requested.is_(False),
+        )
+        owned = or_(owned, requeued)
+    values: dict[str, Any] = {
+        "state": state,
+        "finished_at": utcnow(),
+        "error": error,
+        "worker": worker,  # (a requeued job's was cleared)
+    }
     if state == JobState.SUCCEEDED:
         values["progress"] = 1.0
     result = session.execute(update(Job).where(owned).values(**values))

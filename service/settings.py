@@ -58,6 +58,19 @@ class Settings(BaseSettings):
         60.0, gt=0, description="a running job silent this long is requeued by the reaper"
     )
     max_attempts: int = Field(3, ge=1, description="deliveries of a job before it fails")
+    job_store_retry_s: float = Field(
+        3600.0,
+        gt=0,
+        description="a worker keeps a finished job's result this long while the job store "
+        "is unreachable, retrying with back-off (the job never runs again meanwhile)",
+    )
+    tracking_retry_s: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="a job keeps training while its MLflow server is unreachable (metrics "
+        "and artifacts wait on local disk, under data_dir/spool); at its end it waits "
+        "this long for the server to take them",
+    )
     slots: int = Field(
         1, ge=1, le=64, description="jobs one worker runs at once on its device (--slots)"
     )
@@ -204,6 +217,11 @@ class Settings(BaseSettings):
     def local_artifact_root(self) -> Path | None:
         """The root every artifact this node writes must stay under; None with a server."""
         return None if self.tracking_is_server else self.artifact_root
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where workers keep MLflow metrics and artifacts the server could not take yet."""
+        return (self.data_dir / "spool").resolve()
 
     @property
     def runs_dir(self) -> Path:

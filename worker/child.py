@@ -243,7 +243,13 @@ def mlflow_experiment_id(client: MlflowClient, job: JobInfo, settings: Settings)
 def reopen_run(settings: Settings, run_id: str) -> MlflowTracker:
     from service.tracking import MlflowTracker
 
-    return MlflowTracker.of_run(mlflow_client(settings), run_id, buffered=True)
+    return MlflowTracker.of_run(
+        mlflow_client(settings),
+        run_id,
+        buffered=True,
+        spool_root=settings.spool_dir,
+        retry_s=settings.tracking_retry_s,
+    )
 
 
 def open_train_run(settings: Settings, db: Database, job: JobInfo) -> tuple[MlflowTracker, bool]:
@@ -284,6 +290,8 @@ def open_train_run(settings: Settings, db: Database, job: JobInfo) -> tuple[Mlfl
             tags=tags,
             confine_to=settings.local_artifact_root,
             buffered=True,
+            spool_root=settings.spool_dir,
+            retry_s=settings.tracking_retry_s,
         )
         reopened = False
     with db.session() as session:  # stored before training: a redelivery reopens it
@@ -327,6 +335,7 @@ def backfill_epochs(tracker: MlflowTracker, history: list[dict[str, float]]) -> 
     """Log checkpointed epochs the killed attempt had no time to log (it dies between
     saving ``last.pt`` and logging that epoch at worst); never log an epoch twice."""
     logged = {metric.step for metric in tracker.client.get_metric_history(tracker.run_id, "lr")}
+    logged |= tracker.pending_steps("lr")  # spooled by the killed attempt, not yet delivered
     for row in history:
         epoch = int(row["epoch"])
         if epoch not in logged:
@@ -567,7 +576,7 @@ def run_analysis(
             history=history,
             data=load_data(settings, spec),
         )
-        tracker.flush()  # every metric is in MLflow before the job is recorded
+        tracker.deliver_all()  # every metric is in MLflow before the job is recorded
     finally:
         shutil.rmtree(fetched, ignore_errors=True)
     reporter.write(None, f"{analysis.name}: done")

@@ -123,6 +123,47 @@ class RunnerChild:
                 os.close(fd)
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def memory_cgroup(pid: int, root: Path = CGROUP_ROOT) -> Path | None:
+    """The directory of the memory cgroup process ``pid`` is in (cgroup v2 or v1); the
+    mount's root when the recorded path is not visible (a container's namespace)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2: one hierarchy
+            base, marker = root, "memory.events"
+        elif "memory" in controllers.split(","):  # cgroup v1: the memory controller's
+            base, marker = root / "memory", "memory.oom_control"
+        else:
+            continue
+        for candidate in (base / path.lstrip("/"), base):
+            if (candidate / marker).exists():
+                return candidate
+    return None
+
+
+def oom_kills(cgroup: Path | None) -> int | None:
+    """How many processes the kernel's OOM killer has killed in that cgroup (its
+    ``oom_kill`` counter: memory.events in v2, memory.oom_control in v1); None if unknown."""
+    if cgroup is None:
+        return None
+    for name in ("memory.events", "memory.oom_control"):
+        try:
+            text = (cgroup / name).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    return None
+
+
 def spawn_child(settings: Settings, log_file: Path | None = None) -> RunnerChild:
     """Start ``python -m worker.child --serve`` in its own session, with two pipes."""
     request_read, request_write = os.pipe()

@@ -35,22 +35,24 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from service import jobstore
 from service.broker import BrokerUnavailableError
 from service.db import Database
 from service.settings import Settings
 from service.tables import Job, JobKind, JobState, utcnow
-from worker.runner import RunnerChild, current_slot
+from worker.runner import RunnerChild, current_slot, memory_cgroup, oom_kills
 from worker.shares import DeviceShares
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 4.0  # SIGTERM -> SIGKILL; with a 5 s heartbeat a cancel takes < 10 s
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3  # the child's exit codes
+RETRY = "retry"  # the job's child was killed alone: the job runs again here, from its checkpoint
 LOG_TAIL_CHARS = 2000
 SHARE_POLL_S = 0.2  # how often a job waiting for its share of a GPU looks again
+RESULT_RETRY_FIRST_S, RESULT_RETRY_MAX_S = 0.25, 5.0  # back-off while the job store is down
 
 Enqueue = Callable[[str, str], None]  # (job id, queue); raises BrokerUnavailableError
 
@@ -153,6 +155,10 @@ def supervise_job(
     else:
         log.info("job %s (%s) attempt %d claimed by %s", job_id, run.kind, run.attempt, worker)
         state = run.execute()
+        if state == RETRY:  # claimed again (unless another worker took it meanwhile)
+            return supervise_job(
+                job_id, settings=settings, worker=worker, device=device, enqueue=enqueue, db=db
+            )
     # The experiments' analyses, in this slot's warm process right after their training
     # (each claimed, watched and recorded as a job of its own). The Celery task's own
     # time limit allows one job limit more than a job's: past one limit, the rest go to
@@ -191,6 +197,9 @@ class JobRun:
     enqueue: Enqueue | None = None
     inline: list[str] = field(default_factory=list)  # dependents to run next in this slot
     peak_rss_mb: float | None = None
+    seen_rss_mb: float | None = None  # the most the child was seen using at a heartbeat
+    cgroup: Path | None = None  # the child's memory cgroup: OOM kills are counted there
+    oom_kills_before: int | None = None
 
     @classmethod
     def of(
@@ -266,6 +275,8 @@ class JobRun:
         slot = current_slot(self.settings)
         child = slot.start_job(request)
         log.info("job %s: runner child %d (log %s)", self.job_id, child.pid, request["log"])
+        self.cgroup = memory_cgroup(child.pid)
+        self.oom_kills_before = oom_kills(self.cgroup)
         code: int | None = None
         reason: StopReason | None = None
         try:
@@ -328,7 +339,9 @@ class JobRun:
             if now < next_beat:
                 continue
             next_beat = now + interval
-            rss = child.rss_mb() if self.memory_limit_mb is not None else None
+            rss = child.rss_mb()
+            if rss is not None:
+                self.seen_rss_mb = max(self.seen_rss_mb or 0.0, rss)
             if rss is not None and self.memory_limit_mb is not None and rss > self.memory_limit_mb:
                 self.peak_rss_mb = rss
                 log.warning("job %s: %.0f MB resident, over its memory limit", self.job_id, rss)
@@ -382,6 +395,16 @@ class JobRun:
             )
         elif returncode == EXIT_SUCCEEDED and report.status == "succeeded":
             state, metrics = JobState.SUCCEEDED, report.metrics
+        elif returncode < 0 and report.status is None:
+            # The child alone was killed (the kernel's OOM killer, an operator) before it
+            # said a word; its last checkpoint is on disk. Again in a fresh child, from
+            # that checkpoint, up to the attempt limit.
+            why = self._describe_kill(returncode)
+            if self.attempt < self.settings.max_attempts and self._release_killed(why):
+                return RETRY
+            state = JobState.FAILED
+            attempts = f"{self.attempt} attempt{'s' if self.attempt != 1 else ''}"
+            error = _with_log_tail(f"{why}; gave up after {attempts} (max_attempts)", log_path)
         elif returncode == EXIT_CANCELLED or report.status == "cancelled":
             # Stopped by a signal nobody here sent (node shutdown, preemption): the job is
             # not finished. Leave it running; the reaper requeues it and it resumes.
@@ -389,11 +412,7 @@ class JobRun:
             return "interrupted"
         else:
             state, error = JobState.FAILED, report.error or _describe_exit(returncode, log_path)
-        with self.db.session() as session:
-            finished = jobstore.finish(
-                session, self.job_id, self.worker, state, error=error, metrics=metrics
-            )
-            session.commit()
+        finished = self._finish(state, error, metrics)
         if not finished:
             log.warning("job %s: no longer ours when it ended; not recorded", self.job_id)
             return "lost"
@@ -410,6 +429,80 @@ class JobRun:
                 self._close_mlflow_run(report.mlflow_run_id or self._current_run_id(), status)
         self._report_finished_sweeps()
         return state.value
+
+    def _describe_kill(self, returncode: int) -> str:
+        """How the child died, saying whether memory ran out: the OOM killer's count in
+        the child's memory cgroup went up while it ran. (A job over its own memory limit
+        is stopped by ``watch`` and fails with ``StopReason.MEMORY`` instead.)"""
+        signum = -returncode
+        after = oom_kills(self.cgroup)
+        seen = f"; last seen using {self.seen_rss_mb:.0f} MB" if self.seen_rss_mb else ""
+        if (
+            signum == signal.SIGKILL
+            and after is not None
+            and self.oom_kills_before is not None
+            and after > self.oom_kills_before
+        ):
+            what = (
+                f"job process killed by SIGKILL: out of memory (the kernel's OOM killer, "
+                f"oom_kill {self.oom_kills_before} -> {after} in {self.cgroup}){seen}"
+            )
+        elif signum == signal.SIGKILL and after is not None:
+            what = f"job process killed by SIGKILL (no OOM kill in its memory cgroup){seen}"
+        else:
+            what = _exit_headline(returncode) + seen
+        return what
+
+    def _release_killed(self, why: str) -> bool:
+        """running -> queued (attempt counted) for the retry this worker runs next."""
+        with self.db.session() as session:
+            released = jobstore.release(
+                session, self.job_id, self.worker,
+                reason=f"retrying from its checkpoint: {why}", count_attempt=True,
+            )  # fmt: skip
+            session.commit()
+        log.warning(
+            "job %s: %s; %s", self.job_id, why,
+            "retrying in a fresh job process" if released else "no longer ours",
+        )  # fmt: skip
+        return released
+
+    def _finish(self, state: JobState, error: str | None, metrics: dict[str, Any] | None) -> bool:
+        """Record the job's end, keeping the result across an outage of the job store:
+        retried with back-off for up to ``job_store_retry_s``. A job the reaper put back
+        in the queue meanwhile (its heartbeat went stale) is still ours to finish while
+        no worker has claimed it again (``jobstore.finish`` with the attempt)."""
+        deadline = time.monotonic() + self.settings.job_store_retry_s
+        delay = RESULT_RETRY_FIRST_S
+        failures = 0
+        while True:
+            try:
+                with self.db.session() as session:
+                    finished = jobstore.finish(
+                        session, self.job_id, self.worker, state,
+                        error=error, metrics=metrics, attempt=self.attempt,
+                    )  # fmt: skip
+                    session.commit()
+            except SQLAlchemyError as exc:
+                if not _transient(exc) or time.monotonic() + delay > deadline:
+                    log.error(
+                        "job %s: %s not recorded in the job store: %s",
+                        self.job_id, state.value, exc,
+                    )  # fmt: skip
+                    raise
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "job %s: the job store is unreachable; keeping its result (%s) and "
+                        "retrying for up to %.0f s: %s",
+                        self.job_id, state.value, self.settings.job_store_retry_s, exc,
+                    )  # fmt: skip
+                time.sleep(delay)
+                delay = min(delay * 2, RESULT_RETRY_MAX_S)
+                continue
+            if failures:
+                log.info("job %s: result recorded after %d failed tries", self.job_id, failures)
+            return finished
 
     def _report_finished_sweeps(self) -> None:
         """The worker that finishes a sweep's last job logs the sweep's report. Best
@@ -609,13 +702,28 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
+def _transient(exc: SQLAlchemyError) -> bool:
+    """A connection that failed or broke (the server is down or restarting), not a
+    statement the database refused."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 def _describe_exit(returncode: int, log_path: Path) -> str:
+    return _with_log_tail(_exit_headline(returncode), log_path)
+
+
+def _exit_headline(returncode: int) -> str:
     if returncode < 0:
         what = f"job process killed by {signal.Signals(-returncode).name}"
         if -returncode == signal.SIGKILL:
             what += " (out of memory?)"
-    else:
-        what = f"job process exited with status {returncode}"
+        return what
+    return f"job process exited with status {returncode}"
+
+
+def _with_log_tail(what: str, log_path: Path) -> str:
     try:
         tail = log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:].strip()
     except OSError:

@@ -119,6 +119,37 @@ def test_reaper_requeues_then_gives_up(database: Database) -> None:
         assert job.state == JobState.FAILED and "gave up after 3 attempts" in job.error
 
 
+def test_a_result_held_across_a_job_store_outage_is_recorded_unless_reclaimed(
+    database: Database,
+) -> None:
+    """The reaper requeued the job while its worker could not reach the job store: the
+    worker's result still lands while no other worker has claimed the job again."""
+    with database.session() as session:
+        experiment = jobstore.submit_experiment(session, spec(seed=1)).experiment
+        other = jobstore.submit_experiment(session, spec(seed=2)).experiment
+        first, second = jobstore.train_job(experiment).id, jobstore.train_job(other).id
+        session.commit()
+    for job_id in (first, second):
+        assert claim(database, job_id, "w1") is not None
+    with database.session() as session:
+        assert set(jobstore.requeue_stale(session, utcnow() + timedelta(seconds=1), 3)) == {
+            first,
+            second,
+        }
+        session.commit()
+    assert claim(database, second, "w2") is not None  # taken by another worker meanwhile
+    with database.session() as session:
+        done = {"accuracy": 0.9}
+        assert not jobstore.finish(session, first, "w1", JobState.SUCCEEDED)  # not running
+        assert jobstore.finish(session, first, "w1", JobState.SUCCEEDED, metrics=done, attempt=1)
+        assert not jobstore.finish(session, second, "w1", JobState.SUCCEEDED, attempt=1)
+        session.commit()
+        job = session.get(Job, first)
+        assert (job.state, job.worker, job.attempt) == (JobState.SUCCEEDED, "w1", 1)
+        assert job.experiment.metrics == done
+        assert session.get(Job, second).state == JobState.RUNNING
+
+
 def test_reconciler_finds_unclaimed_queued_jobs(database: Database) -> None:
     with database.session() as session:
         experiment = jobstore.submit_experiment(session, spec()).experiment

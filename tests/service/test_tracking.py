@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from service.tracking import MAX_PARAMS_PER_BATCH, MlflowTracker, _batches
@@ -67,3 +69,44 @@ def test_batches_respect_mlflow_caps() -> None:
     assert sum(len(b["tags"]) for b in batches) == 120
     assert [m.step for b in batches for m in b["metrics"]] == list(range(2500))
     assert len(batches) == 3  # 2,500 metrics need three; the params and tags ride along
+
+
+def test_what_an_unreachable_server_did_not_take_waits_on_disk_for_the_next_tracker(
+    tmp_path: Path,
+) -> None:
+    """A buffered tracker whose server is unreachable keeps training's metrics and files in
+    its spool (no error), gives up closing the run after ``retry_s`` saying where they
+    wait; a later tracker of the same run (the job's next attempt) delivers them first,
+    once each."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = MlflowTracker(uri, "spooled", artifact_root=tmp_path / "artifacts").run_id
+    spool_root = tmp_path / "spool"
+    with socket.socket() as probe:  # a port nobody listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    down = MlflowClient(f"http://127.0.0.1:{closed}")
+    cut_off = MlflowTracker.of_run(
+        down, run_id, buffered=True, flush_every_s=0, spool_root=spool_root, retry_s=0.5
+    )
+    cut_off.log_metrics({"loss": 1.0}, step=1)  # flushed at once: refused, spooled
+    written = tmp_path / "model.pt"
+    written.write_text("weights")
+    cut_off.log_artifact(written, "checkpoints")
+    cut_off.log_metrics({"loss": 0.5}, step=2)
+    assert cut_off.pending_steps("loss") == {1, 2}
+    with pytest.raises(TimeoutError, match=str(spool_root / run_id)):
+        cut_off.finish()
+    assert client.get_metric_history(run_id, "loss") == []
+
+    resumed = MlflowTracker.of_run(client, run_id, buffered=True, spool_root=spool_root)
+    assert resumed.pending_steps("loss") == {1, 2}  # a resumed job does not log them again
+    resumed.log_metrics({"loss": 0.25}, step=3)
+    resumed.finish()
+    history = client.get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == [
+        "checkpoints/model.pt"
+    ]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert not (spool_root / run_id).exists()

@@ -78,6 +78,8 @@ def test_a_crashed_cancelled_or_oversized_job_replaces_the_runner_and_the_next_r
         spec_with(slow, training={"seed": 5}, resources={"memory_gb": 0.01})
     )
     after = embedded.submit(FAST_SPEC)
+    # One attempt: a killed job would otherwise be retried from its checkpoint.
+    embedded.processes.env["REGBENCH_MAX_ATTEMPTS"] = "1"
     embedded.start_worker()
 
     # A crash (the kernel's out-of-memory killer, say): the job fails, the slot goes on.
