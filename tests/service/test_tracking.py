@@ -80,7 +80,8 @@ def test_what_an_unreachable_server_did_not_take_waits_on_disk_for_the_next_trac
     once each."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = MlflowTracker(uri, "spooled", artifact_root=tmp_path / "artifacts").run_id
+    location = (tmp_path / "artifacts").as_uri()
+    run_id = MlflowTracker(uri, "spooled", artifact_location=location).run_id
     spool_root = tmp_path / "spool"
     with socket.socket() as probe:  # a port nobody listens on: connections are refused
         probe.bind(("127.0.0.1", 0))

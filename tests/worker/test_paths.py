@@ -65,7 +65,9 @@ def test_a_hostile_sweep_name_writes_nothing_outside_the_data_dir(
     assert document.name == HOSTILE
     tracking = Tracking(settings)
     with embedded.db.session() as session:
-        submission = submit_sweep(session, embedded.celery, tracking, settings, document)
+        submission = submit_sweep(
+            session, embedded.celery, tracking, settings, document, owner="local"
+        )
         sweep = submission.sweep
         sweep_id, mlflow_experiment_id, sweep_hash = (
             sweep.id,
