@@ -284,7 +284,9 @@ def submit_sweep(
 ) -> sweeps.SweepSubmission:
     """Expand and validate the grid (nothing is recorded if any point is invalid or the
     grid is over the limit), resolve the sweep's MLflow experiment, record the sweep and
-    its new experiments, commit, then enqueue their train jobs in one go."""
+    its new experiments, commit, then enqueue their train jobs in one go. One commit:
+    the request records every row or none. A partial sweep (an older version's) is
+    completed, and the train jobs of the points added are enqueued."""
     planned = sweeps.plan(document, settings.max_sweep_size)
     try:
         mlflow_experiment_id = tracking.experiment_id(sweeps.mlflow_experiment_name(planned))
@@ -300,7 +302,7 @@ def submit_sweep(
     )
     session.commit()
     jobs = [job for new in submission.new_experiments for job in new.runnable]
-    send(session, celery, settings, jobs, sweep_id=submission.sweep.id)
+    send(session, celery, settings, [*jobs, *submission.unsent], sweep_id=submission.sweep.id)
     return submission
 
 
