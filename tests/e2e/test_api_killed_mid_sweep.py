@@ -12,6 +12,7 @@ from contextlib import closing
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
@@ -27,6 +28,8 @@ BASE: dict[str, Any] = {
     "analyses": [{"kind": "calibration"}, {"kind": "geometry"}],
 }
 JOBS_PER_POINT = 1 + len(BASE["analyses"])
+
+pytestmark = pytest.mark.slow  # two 1000-point sweeps and three API processes per store
 
 
 def body(name: str, first_seed: int) -> dict[str, Any]:
