@@ -6,7 +6,8 @@ reported with a path into the request (``grid.regularizers.1.0.weight`` for a gr
 value, ``base.training.lr`` for the base). ``submit_sweep`` records the sweep and one
 experiment per distinct spec; an identical spec already in the job store (from this
 sweep submitted before, or from any other submission) is reused, never run twice.
-Resubmitting the same sweep (same name and specs) returns the existing one.
+Resubmitting the same sweep (same name and specs) returns the existing one, with
+the points it lacks added if an older version left it partial.
 
 At scale: a point is validated field by field, each distinct field value once, and
 hashed once; its experiments are written in bulk (``jobstore.submit_experiments``).
@@ -445,8 +446,11 @@ def _submitted_before(
                 _, recorded = _record_points(session, sweep, missing, recording)
                 sweep.size = len(points)
                 session.flush()
-        except IntegrityError:  # the same repair by a submission at the same moment: its
-            missing = []  # members are the ones read below
+        except IntegrityError:  # the same repair by a submission at the same moment
+            session.expire(sweep, ["members"])
+            if len(sweep.members) < len(points):  # not that: something else broke
+                raise
+            missing = []
         else:
             new = recorded.new
             created = {experiment.id for experiment in new}
