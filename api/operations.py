@@ -328,7 +328,9 @@ def submit_sweep(
     grid is over a limit: points, analyses per point, jobs in all), check the owner's
     queue has room for the jobs of the new experiments, resolve the sweep's MLflow
     experiment, record the sweep and its new experiments, commit, then enqueue their
-    train jobs in one go."""
+    train jobs in one go. One commit: the request records every row or none. A partial
+    sweep (an older version's) is completed, and the train jobs of the points added are
+    enqueued."""
     planned = sweeps.plan(
         document,
         settings.max_sweep_size,
@@ -354,7 +356,7 @@ def submit_sweep(
     )
     session.commit()
     jobs = [job for new in submission.new_experiments for job in new.runnable]
-    send(session, celery, settings, jobs, sweep_id=submission.sweep.id)
+    send(session, celery, settings, [*jobs, *submission.unsent], sweep_id=submission.sweep.id)
     return submission
 
 

@@ -6,7 +6,8 @@ reported with a path into the request (``grid.regularizers.1.0.weight`` for a gr
 value, ``base.training.lr`` for the base). ``submit_sweep`` records the sweep and one
 experiment per distinct spec; an identical spec already in the job store (from this
 sweep submitted before, or from any other submission) is reused, never run twice.
-Resubmitting the same sweep (same name and specs) returns the existing one.
+Resubmitting the same sweep (same name and specs) returns the existing one, with
+the points it lacks added if an older version left it partial.
 
 At scale: a point is validated field by field, each distinct field value once, and
 hashed once; its experiments are written in bulk (``jobstore.submit_experiments``).
@@ -57,6 +58,7 @@ from service import jobstore, limits
 from service.tables import (
     Experiment,
     Job,
+    JobKind,
     JobState,
     ReportStatus,
     Sweep,
@@ -328,6 +330,10 @@ class SweepSubmission:
     created: bool  # False: the same sweep was submitted before; this is that one
     members: list[Member]  # in grid order
     new_experiments: list[jobstore.NewExperiment] = field(default_factory=list)
+    # (job id, queue): train jobs recorded before but never enqueued, of the points a
+    # resubmission added to a partial sweep (``repaired``); enqueue them with the new ones
+    unsent: list[tuple[str, str]] = field(default_factory=list)
+    repaired: int = 0  # points added to a partial sweep left by an older version
 
 
 def submit_sweep(
@@ -341,22 +347,29 @@ def submit_sweep(
     force: bool = False,
 ) -> SweepSubmission:
     """Record the sweep and its experiments (the caller commits, then enqueues the new
-    experiments' runnable jobs). ``force``: a new sweep with new experiments throughout.
-    Sweeps are deduplicated per owner: another user's identical grid is a sweep of its
-    own, whose experiments are those already stored (they keep their first owner).
+    experiments' runnable jobs and ``unsent``). ``force``: a new sweep with new
+    experiments throughout. Sweeps are deduplicated per owner: another user's identical
+    grid is a sweep of its own, whose experiments are those already stored (they keep
+    their first owner).
 
-    The experiments go in through ``jobstore.submit_experiments`` (identical specs looked
-    up at once, new rows in multi-row INSERTs), the members in one more."""
+    Every row goes in within the caller's one transaction, so a request records all of
+    them or none (``service.db`` makes that hold on SQLite too). The experiments go in
+    through ``jobstore.submit_experiments`` (identical specs looked up at once, new rows
+    in multi-row INSERTs), the members in one more. The same sweep submitted again is
+    returned as it is; if it has fewer members than its grid (a partial sweep, left by a
+    version that committed the sweep row on its own), the missing points are added."""
     sweep_hash = f"{planned.sweep_hash[:48]}:{new_id()[:15]}" if force else planned.sweep_hash
     same_sweep = and_(Sweep.owner == owner, Sweep.sweep_hash == sweep_hash)
-    existing = session.scalar(select(Sweep).where(same_sweep))
-    if existing is not None:
-        return _submitted_before(existing)
     # Two points may share a spec (a label changed): even with force, one experiment per
     # spec in a sweep, at the first point's position.
     distinct: dict[str, tuple[int, PlannedPoint]] = {}
     for position, point in enumerate(planned.points):
         distinct.setdefault(point.spec_hash, (position, point))
+    chosen = list(distinct.values())
+    recording = _Recording(owner, default_queue, mlflow_experiment_id, force)
+    existing = session.scalar(select(Sweep).where(same_sweep))
+    if existing is not None:
+        return _submitted_before(session, existing, chosen, recording)
     sweep = Sweep(
         name=planned.name,
         owner=owner,
@@ -374,21 +387,41 @@ def submit_sweep(
         existing = session.scalar(select(Sweep).where(same_sweep))
         if existing is None:
             raise
-        return _submitted_before(existing)
-    chosen = list(distinct.values())
+        return _submitted_before(session, existing, chosen, recording)
+    members, recorded = _record_points(session, sweep, chosen, recording)
+    return SweepSubmission(sweep, created=True, members=members, new_experiments=recorded.new)
+
+
+@dataclass(frozen=True)
+class _Recording:
+    """How a submission records its experiments (``jobstore.submit_experiments``)."""
+
+    owner: str
+    default_queue: str
+    mlflow_experiment_id: str | None
+    force: bool
+
+
+def _record_points(
+    session: Session,
+    sweep: Sweep,
+    points: Sequence[tuple[int, PlannedPoint]],
+    recording: _Recording,
+) -> tuple[list[Member], jobstore.BulkSubmission]:
+    """The points' experiments (new or identical twins) and the sweep's members for them."""
     recorded = jobstore.submit_experiments(
         session,
-        [jobstore.SpecToSubmit(p.spec, p.spec_hash, p.configuration) for _, p in chosen],
-        owner=owner,
-        default_queue=default_queue,
+        [jobstore.SpecToSubmit(p.spec, p.spec_hash, p.configuration) for _, p in points],
+        owner=recording.owner,
+        default_queue=recording.default_queue,
         sweep_id=sweep.id,
-        mlflow_experiment_id=mlflow_experiment_id,
-        force=force,
+        mlflow_experiment_id=recording.mlflow_experiment_id,
+        force=recording.force,
     )
     # Distinct specs have distinct dedup keys, so distinct experiments: one member each.
     members = [
         Member(experiment_id, position, point.configuration, point.seed)
-        for (position, point), experiment_id in zip(chosen, recorded.experiment_ids, strict=True)
+        for (position, point), experiment_id in zip(points, recorded.experiment_ids, strict=True)
     ]
     session.execute(
         insert(SweepMember),
@@ -403,24 +436,88 @@ def submit_sweep(
             for m in members
         ],
     )
-    return SweepSubmission(sweep, created=True, members=members, new_experiments=recorded.new)
+    return members, recorded
 
 
 def new_jobs(session: Session, planned: SweepPlan, *, force: bool = False) -> int:
     """Jobs submitting the plan would create: those of its specs not in the job store
-    (all with ``force``), none if the same sweep was submitted before."""
+    (all with ``force``); a sweep submitted before adds only what a partial one lacks."""
     specs = {point.spec_hash: point.spec for point in planned.points}
     if not force:
-        if session.scalar(select(Sweep.id).where(Sweep.sweep_hash == planned.sweep_hash)):
-            return 0
         for stored in limits.stored_specs(session, list(specs)):
             del specs[stored]
     return sum(1 + len(spec.analyses) for spec in specs.values())
 
 
-def _submitted_before(sweep: Sweep) -> SweepSubmission:
+def _submitted_before(
+    session: Session,
+    sweep: Sweep,
+    points: Sequence[tuple[int, PlannedPoint]],
+    recording: _Recording,
+) -> SweepSubmission:
+    """The sweep as recorded, with the points it lacks added (a partial sweep, left by an
+    older version killed or failing mid-request, answered "size 0" for ever otherwise).
+
+    Its experiments recorded without their members (orphans) are found again by their
+    spec and their never-enqueued train jobs returned in ``unsent``; the rest are new."""
+    present = set(
+        session.scalars(select(SweepMember.position).where(SweepMember.sweep_id == sweep.id))
+    )
+    missing = [(position, point) for position, point in points if position not in present]
+    new: list[jobstore.NewExperiment] = []
+    unsent: list[tuple[str, str]] = []
+    if missing:
+        mlflow_experiment_id = sweep.mlflow_experiment_id or recording.mlflow_experiment_id
+        recording = _Recording(
+            recording.owner, recording.default_queue, mlflow_experiment_id, force=False
+        )
+        try:
+            with session.begin_nested():
+                _, recorded = _record_points(session, sweep, missing, recording)
+                sweep.size = len(points)
+                session.flush()
+        except IntegrityError:  # the same repair by a submission at the same moment
+            session.expire(sweep, ["members"])
+            if len(sweep.members) < len(points):  # not that: something else broke
+                raise
+            missing = []
+        else:
+            new = recorded.new
+            created = {experiment.id for experiment in new}
+            reused = [i for i in recorded.experiment_ids if i not in created]
+            unsent = _never_enqueued_train_jobs(session, reused)
+        session.expire(sweep, ["members"])
     members = [Member(m.experiment_id, m.position, m.configuration, m.seed) for m in sweep.members]
-    return SweepSubmission(sweep, created=False, members=members)
+    return SweepSubmission(
+        sweep,
+        created=False,
+        members=members,
+        new_experiments=new,
+        unsent=unsent,
+        repaired=len(missing),
+    )
+
+
+def _never_enqueued_train_jobs(
+    session: Session, experiment_ids: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(job id, queue) of the experiments' train jobs still queued and never sent."""
+    found: list[tuple[str, str]] = []
+    for start in range(0, len(experiment_ids), jobstore.BULK_LOOKUP):
+        chunk = list(experiment_ids[start : start + jobstore.BULK_LOOKUP])
+        rows = session.execute(
+            select(Job.id, Job.queue)
+            .where(
+                Job.experiment_id.in_(chunk),
+                Job.kind == JobKind.TRAIN,
+                Job.state == JobState.QUEUED,
+                Job.enqueued_at.is_(None),
+                Job.cancel_requested.is_(False),
+            )
+            .order_by(Job.created_at)
+        )
+        found += [(job_id, queue) for job_id, queue in rows]
+    return found
 
 
 def mlflow_experiment_name(planned: SweepPlan) -> str:

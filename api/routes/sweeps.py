@@ -72,7 +72,8 @@ def submit_sweep(
 ) -> SweepSubmissionPublic:
     """Expand ``grid`` over ``base`` (a cartesian product over dotted paths) and record one
     experiment per point: 201. Specs already in the job store are reused, not run again;
-    the same sweep submitted again answers 200 and adds nothing. A grid past
+    the same sweep submitted again answers 200 and adds nothing (but the points a partial
+    sweep lacks, left by an older version, which it records and enqueues). A grid past
     ``REGBENCH_MAX_SWEEP_SIZE`` points or ``REGBENCH_MAX_JOBS_PER_REQUEST`` jobs (points
     times each point's train job and analyses), a point with more than
     ``REGBENCH_MAX_ANALYSES_PER_SPEC`` analyses, or an invalid point gives 422 and records

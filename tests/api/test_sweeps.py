@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from service import jobstore
+from regcore.spec import SweepSpec
+from service import jobstore, sweeps
 from service.reports import RUN_KIND_TAG, SWEEP_TAG
 from service.settings import Settings
-from service.tables import Experiment, Job, JobState, utcnow
+from service.tables import Experiment, Job, JobState, Sweep, utcnow
 from tests.api.conftest import SPEC, Api, broker_job_ids, start_api
 from tests.api.test_app import DEAD_BROKER
 from worker.reconciler import Reconciler
@@ -109,6 +110,53 @@ def test_resubmitting_the_same_sweep_creates_nothing(any_api: Api) -> None:
     forced = any_api.client.post(SWEEPS, json=SWEEP, params={"force": "true"})
     assert forced.status_code == 201 and forced.json()["new_experiments"] == 4
     assert any_api.client.get("/api/v1/experiments").json()["count"] == 8
+
+
+def test_a_partial_sweep_is_completed_and_enqueued_by_the_next_submission(any_api: Api) -> None:
+    """A sweep row with one experiment and no member, as an older version left a sweep
+    when killed mid-request: submitting it again used to answer "200, size 0" for ever."""
+    planned = sweeps.plan(SweepSpec.model_validate(SWEEP), any_api.settings.max_sweep_size)
+    first = planned.points[0]
+    with any_api.database.session() as session:
+        partial = Sweep(
+            name=planned.name,
+            sweep_hash=planned.sweep_hash,
+            base=SWEEP["base"],
+            grid=SWEEP["grid"],
+            size=4,
+        )
+        session.add(partial)
+        session.flush()
+        orphan = jobstore.submit_experiments(
+            session,
+            [jobstore.SpecToSubmit(first.spec, first.spec_hash, first.configuration)],
+            default_queue=any_api.queue,
+            sweep_id=partial.id,
+        ).experiment_ids[0]
+        session.commit()
+        sweep_id = partial.id
+    assert broker_job_ids(any_api.settings, any_api.queue) == []
+    response = any_api.client.post(SWEEPS, json=SWEEP)
+    assert response.status_code == 200, response.text
+    sweep = response.json()
+    assert sweep["id"] == sweep_id and sweep["created"] is False
+    assert sweep["size"] == 4 and sweep["new_experiments"] == 3
+    points = [(p["configuration"], p["seed"]) for p in sweep["experiments"]]
+    assert points == [(c, seed) for c in CONFIGURATIONS for seed in (0, 1)]
+    assert sweep["experiments"][0]["id"] == orphan and not sweep["experiments"][0]["created"]
+    trains = []
+    for point in sweep["experiments"]:
+        experiment = any_api.experiment(point["id"])
+        trains.append(next(j for j in experiment["jobs"] if j["kind"] == "train"))
+    assert sorted(broker_job_ids(any_api.settings, any_api.queue)) == sorted(
+        train["id"] for train in trains
+    )
+    assert all(train["enqueued_at"] is not None for train in trains)
+    state = any_api.client.get(f"{SWEEPS}/{sweep_id}").json()
+    assert state["size"] == 4 and state["experiments"]["queued"] == 4
+    again = any_api.client.post(SWEEPS, json=SWEEP)  # complete: nothing more
+    assert again.status_code == 200 and again.json()["new_experiments"] == 0
+    assert len(broker_job_ids(any_api.settings, any_api.queue)) == 4
 
 
 def test_a_grid_past_the_limit_is_422_with_the_limit_and_records_nothing(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import statistics
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from regcore.compare import compare
@@ -325,6 +327,135 @@ def test_grid_points_with_identical_specs_collapse_to_one_member(database: Datab
         assert count(session, SweepMember) == 2 and count(session, Experiment) == 2
     forced = submit(database, doc, force=True)  # new experiments, still one per spec
     assert forced.sweep.size == 2 and len(forced.new_experiments) == 2
+
+
+# --------------------------------------------------------------------------- atomic, repaired
+
+
+def test_a_late_failure_records_nothing_of_the_sweep(database: Database) -> None:
+    """The last point fails at the very end (its member's seed fits no INTEGER column, as
+    a seed of 2**64 did before seeds were bounded): the sweep, experiments and jobs
+    written before it go too. SQLite used to keep them (its savepoints committed)."""
+    doc = document()
+    planned = sweeps.plan(doc, 1000)
+    late = dataclasses.replace(planned.points[-1], seed=2**64)
+    broken = dataclasses.replace(planned, points=[*planned.points[:-1], late])
+    with database.session() as session, pytest.raises((DBAPIError, OverflowError)):
+        sweeps.submit_sweep(session, broken, doc, mlflow_experiment_id="7")
+    with database.session() as session:
+        assert count(session, Sweep) == count(session, SweepMember) == 0
+        assert count(session, Experiment) == count(session, Job) == 0
+    whole = submit(database, doc)  # the same sweep, valid: recorded in full
+    assert whole.created and len(whole.members) == 6 and len(whole.new_experiments) == 6
+
+
+def partial_sweep(
+    db: Database, doc: SweepSpec, *, experiments: int, members: int
+) -> tuple[str, list[str]]:
+    """A sweep as an older version left it when killed or failing mid-request: its row,
+    the first ``experiments`` points' experiments (and jobs), and only ``members`` of
+    them linked. Returns the sweep's id and the experiments' ids."""
+    planned = sweeps.plan(doc, 1000)
+    with db.session() as session:
+        sweep = Sweep(
+            name=planned.name,
+            sweep_hash=planned.sweep_hash,
+            base=doc.base,
+            grid=doc.grid,
+            size=len(planned.points),
+            mlflow_experiment_id="7",
+        )
+        session.add(sweep)
+        session.flush()
+        points = planned.points[:experiments]
+        recorded = jobstore.submit_experiments(
+            session,
+            [jobstore.SpecToSubmit(p.spec, p.spec_hash, p.configuration) for p in points],
+            sweep_id=sweep.id,
+            mlflow_experiment_id="7",
+        )
+        for position, (point, experiment_id) in enumerate(
+            zip(points[:members], recorded.experiment_ids, strict=False)
+        ):
+            session.add(
+                SweepMember(
+                    sweep_id=sweep.id,
+                    experiment_id=experiment_id,
+                    position=position,
+                    configuration=point.configuration,
+                    seed=point.seed,
+                )
+            )
+        session.commit()
+        return sweep.id, recorded.experiment_ids
+
+
+@pytest.mark.parametrize(("experiments", "members"), [(0, 0), (1, 0), (3, 2)])
+def test_a_partial_sweep_is_completed_by_the_next_submission(
+    database: Database, experiments: int, members: int
+) -> None:
+    doc = document()
+    planned = sweeps.plan(doc, 1000)
+    sweep_id, recorded = partial_sweep(database, doc, experiments=experiments, members=members)
+    orphans = recorded[members:]  # recorded without their member, never enqueued
+    again = submit(database, doc)
+    assert not again.created and again.sweep.id == sweep_id
+    assert again.repaired == 6 - members and again.sweep.size == 6
+    assert [(m.position, m.configuration, m.seed) for m in again.members] == [
+        (i, p.configuration, p.seed) for i, p in enumerate(planned.points)
+    ]
+    assert [m.experiment_id for m in again.members][:experiments] == recorded
+    assert len(again.new_experiments) == 6 - experiments
+    with database.session() as session:
+        sweep = load(session, sweep_id)
+        trains = {m.experiment_id: jobstore.train_job(m.experiment) for m in sweep.members}
+        assert [m.experiment.spec_hash for m in sweep.members] == [
+            p.spec_hash for p in planned.points
+        ]
+        assert all(m.experiment.mlflow_experiment_id == "7" for m in sweep.members)
+        assert (count(session, Sweep), count(session, SweepMember)) == (1, 6)
+        assert (count(session, Experiment), count(session, Job)) == (6, 12)
+    # To enqueue: the new experiments' train jobs and the orphans' (the members it had
+    # already are the reconciler's, as for any job never enqueued).
+    runnable = [job for new in again.new_experiments for job in new.runnable]
+    assert sorted([*runnable, *again.unsent]) == sorted(
+        (trains[i].id, trains[i].queue) for i in [*orphans, *(n.id for n in again.new_experiments)]
+    )
+    assert {job_id for job_id, _ in again.unsent} == {trains[i].id for i in orphans}
+    complete = submit(database, doc)  # complete now: a submission adds nothing
+    assert complete.repaired == 0 and complete.new_experiments == [] and complete.unsent == []
+    assert [m.experiment_id for m in complete.members] == [m.experiment_id for m in again.members]
+
+
+def test_concurrent_repairs_of_one_partial_sweep_complete_it_once(database: Database) -> None:
+    doc = document()
+    sweep_id, _ = partial_sweep(database, doc, experiments=1, members=0)
+    barrier = threading.Barrier(2)
+    outcomes: list[sweeps.SweepSubmission | BaseException] = []
+
+    def repair() -> None:
+        try:
+            with database.session() as session:
+                planned = sweeps.plan(doc, 1000)
+                barrier.wait(timeout=10)
+                outcomes.append(
+                    sweeps.submit_sweep(session, planned, doc, mlflow_experiment_id="7")
+                )
+                session.commit()
+        except BaseException as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=repair) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(isinstance(o, sweeps.SweepSubmission) for o in outcomes), outcomes
+    assert len(outcomes) == 2
+    with database.session() as session:
+        assert [m.position for m in load(session, sweep_id).members] == list(range(6))
+        assert (count(session, Sweep), count(session, SweepMember)) == (1, 6)
+        assert (count(session, Experiment), count(session, Job)) == (6, 12)
 
 
 # --------------------------------------------------------------------------- results
