@@ -120,6 +120,7 @@ def test_a_partial_sweep_is_completed_and_enqueued_by_the_next_submission(any_ap
     with any_api.database.session() as session:
         partial = Sweep(
             name=planned.name,
+            owner="local",  # the submitter: every request runs as the local user here
             sweep_hash=planned.sweep_hash,
             base=SWEEP["base"],
             grid=SWEEP["grid"],
