@@ -73,11 +73,21 @@ def get_session(database: DatabaseDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+def findable(row_id: str) -> bool:
+    """Whether a row may have this id. PostgreSQL text cannot hold NUL: no id has one, and
+    a query with one fails (a 500) instead of finding nothing."""
+    return "\x00" not in row_id
+
+
 def get_experiment(
     session: SessionDep,
     experiment_id: Annotated[str, Path(description="the experiment's id")],
 ) -> Experiment:
-    experiment = session.get(Experiment, experiment_id, options=[selectinload(Experiment.jobs)])
+    experiment = (
+        session.get(Experiment, experiment_id, options=[selectinload(Experiment.jobs)])
+        if findable(experiment_id)
+        else None
+    )
     if experiment is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment with id {experiment_id!r}")
     return experiment
@@ -89,7 +99,7 @@ ExperimentDep = Annotated[Experiment, Depends(get_experiment)]
 def get_sweep(
     session: SessionDep, sweep_id: Annotated[str, Path(description="the sweep's id")]
 ) -> Sweep:
-    sweep = sweeps.load(session, sweep_id)
+    sweep = sweeps.load(session, sweep_id) if findable(sweep_id) else None
     if sweep is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sweep with id {sweep_id!r}")
     return sweep
@@ -102,7 +112,7 @@ def get_sweep_row(
     session: SessionDep, sweep_id: Annotated[str, Path(description="the sweep's id")]
 ) -> Sweep:
     """The sweep's own row, its members not loaded (progress is counted in SQL)."""
-    sweep = session.get(Sweep, sweep_id)
+    sweep = session.get(Sweep, sweep_id) if findable(sweep_id) else None
     if sweep is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sweep with id {sweep_id!r}")
     return sweep

@@ -7,19 +7,18 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from api import operations
-from api.deps import CeleryDep, ExperimentDep, SessionDep, SettingsDep, TrackingDep
+from api.deps import CeleryDep, ExperimentDep, SessionDep, SettingsDep, TrackingDep, findable
+from api.responses import NOT_ENQUEUED, bad_path, conflict, not_found
 from api.schemas import (
     AnalysesPublic,
     ArtifactPublic,
     ArtifactsPublic,
     CancelPublic,
-    ErrorPublic,
     ExperimentPublic,
     ExperimentsPublic,
     ExperimentSummary,
     MetricPointPublic,
     MetricsPublic,
-    NotEnqueuedPublic,
     SubmissionPublic,
 )
 from api.tracking import ArtifactNotFoundError, remove_download
@@ -27,14 +26,7 @@ from regcore.spec import AnalysisSpec, ExperimentSpec
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
-NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "no such experiment"}}
-NOT_ENQUEUED = {
-    status.HTTP_503_SERVICE_UNAVAILABLE: {
-        "model": NotEnqueuedPublic,
-        "description": "recorded and queued in the job store, but the broker (or, before "
-        "anything is recorded, the tracking store) is unavailable",
-    }
-}
+NOT_FOUND = not_found("no such experiment")
 StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -76,6 +68,8 @@ def list_experiments(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ExperimentsPublic:
     """A page of experiments, newest first; ``count`` is how many match in all."""
+    if sweep is not None and not findable(sweep):
+        return ExperimentsPublic(data=[], count=0)  # no sweep has that id
     page, count = operations.list_experiments(
         session, sweep=sweep, status=state, limit=limit, offset=offset
     )
@@ -107,7 +101,7 @@ def cancel_experiment(
     status_code=status.HTTP_201_CREATED,
     responses={
         **NOT_FOUND,
-        status.HTTP_409_CONFLICT: {"model": ErrorPublic, "description": "training failed"},
+        **conflict("its training failed or was cancelled"),
         **NOT_ENQUEUED,
     },
 )
@@ -156,8 +150,8 @@ def list_artifacts(experiment: ExperimentDep, tracking: TrackingDep) -> Artifact
     response_class=FileResponse,
     responses={
         status.HTTP_200_OK: {"content": {"application/octet-stream": {}}},
-        status.HTTP_400_BAD_REQUEST: {"model": ErrorPublic, "description": "a bad path"},
-        status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "no such artifact"},
+        **bad_path(),
+        **not_found("no such experiment or artifact"),
     },
 )
 def download_artifact(experiment: ExperimentDep, path: str, tracking: TrackingDep) -> FileResponse:

@@ -16,11 +16,10 @@ from api.deps import (
     SweepRowDep,
     TrackingDep,
 )
+from api.responses import NOT_ENQUEUED, bad_path, conflict, not_found
 from api.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
-    ErrorPublic,
-    NotEnqueuedPublic,
     SweepCancelPublic,
     SweepPointPublic,
     SweepPublic,
@@ -34,7 +33,7 @@ from service import sweeps
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
-NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "no such sweep"}}
+NOT_FOUND = not_found("no such sweep")
 
 
 @router.post(
@@ -42,11 +41,7 @@ NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "n
     status_code=status.HTTP_201_CREATED,
     responses={
         status.HTTP_200_OK: {"model": SweepSubmissionPublic, "description": "the same sweep"},
-        status.HTTP_503_SERVICE_UNAVAILABLE: {
-            "model": NotEnqueuedPublic,
-            "description": "recorded, but the broker (or, before anything is recorded, the "
-            "tracking store) is unavailable",
-        },
+        **NOT_ENQUEUED,
     },
 )
 def submit_sweep(
@@ -140,7 +135,7 @@ def read_results(
     return Response(results.model_dump_json(), media_type="application/json")
 
 
-@router.get("/{sweep_id}/report", responses=NOT_FOUND)
+@router.get("/{sweep_id}/report", responses=not_found("no such sweep, or no report yet"))
 def list_report(sweep: SweepDep, tracking: TrackingDep) -> ArtifactsPublic:
     """The report's files (report.png, report.html, results.csv, results.json); 404 with
     the reason until the sweep has finished and its report is logged."""
@@ -153,7 +148,7 @@ def list_report(sweep: SweepDep, tracking: TrackingDep) -> ArtifactsPublic:
     "/{sweep_id}/report",
     responses={
         **NOT_FOUND,
-        status.HTTP_409_CONFLICT: {"model": ErrorPublic, "description": "unfinished jobs"},
+        **conflict("unfinished jobs"),
     },
 )
 def build_report(
@@ -170,8 +165,8 @@ def build_report(
     response_class=FileResponse,
     responses={
         status.HTTP_200_OK: {"content": {"text/html": {}, "image/png": {}}},
-        status.HTTP_400_BAD_REQUEST: {"model": ErrorPublic, "description": "a bad path"},
-        status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "no such file"},
+        **bad_path(),
+        **not_found("no such sweep, no report yet, or no such file"),
     },
 )
 def download_report(sweep: SweepDep, path: str, tracking: TrackingDep) -> FileResponse:
