@@ -65,3 +65,19 @@ def conflict(what: str) -> Responses:
 
 def bad_path(what: str = "a bad path") -> Responses:
     return {status.HTTP_400_BAD_REQUEST: {"model": ErrorPublic, "description": what}}
+
+
+def forbidden(what: str) -> Responses:
+    """For a route that answers 403 (another user's work)."""
+    return {status.HTTP_403_FORBIDDEN: {"model": ErrorPublic, "description": what}}
+
+
+def too_many(what: str) -> Responses:
+    """For a route that answers 429 (a per-user limit), with ``Retry-After``."""
+    return {
+        status.HTTP_429_TOO_MANY_REQUESTS: {
+            "model": ErrorPublic,
+            "description": what,
+            "headers": {"Retry-After": {"schema": {"type": "string"}}},
+        }
+    }
