@@ -10,11 +10,15 @@ at the newest migration: ``SchemaOutdatedError`` propagates with the command to 
 Errors keep one shape, ``{"detail": ...}``: 404 for unknown ids, 422 for invalid input
 (FastAPI's own answer, whose ``detail[].loc`` is the field path, such as
 ``["body", "regularizers", 0, "name"]``; also for a body that is not UTF-8 JSON), 401
-without the API token when ``REGBENCH_API_TOKEN`` is set (``/healthz`` and ``/metrics``
-stay open), 400 for a bad artifact path, 409 for analyses on a failed experiment, 413 for
-a body over ``MAX_BODY_BYTES``, 503 when the broker, the tracking store or the job store is
-unavailable (with ``Retry-After``), and a logged 500 with a short message for anything
-unexpected (never a traceback). Each status a route can answer is declared in its OpenAPI
+for a wrong token, or none where one is needed (writes once users exist, reads too with
+``REGBENCH_AUTH_READS``; ``/healthz`` and ``/metrics`` stay open), 403 for a change to
+another user's work, 400 for a bad artifact path, 409 for analyses on a failed
+experiment, 413 for a body over ``REGBENCH_MAX_BODY_BYTES``, 422 for a JSON body nested
+too deep or holding a non-finite number, NUL or a lone surrogate (``api.bodies``) and
+for a request over a limit on its work (``service.limits``), 429 when the submitter's
+queue is full, 503 when the broker, the tracking store or the job store is unavailable
+(with ``Retry-After``), and a logged 500 with a short message for anything unexpected
+(never a traceback). Each status a route can answer is declared in its OpenAPI
 operation (``api.responses``).
 """
 
@@ -27,14 +31,16 @@ from typing import Any
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import require_token
-from api.operations import ConflictError, NotEnqueuedError
+from api.bodies import BodyLimits
+from api.deps import authenticate
+from api.operations import ConflictError, ForbiddenError, NotEnqueuedError
 from api.responses import API_ROUTES, EVERY_ROUTE
 from api.routes import api_router, health, metrics
 from api.tracking import (
@@ -44,14 +50,16 @@ from api.tracking import (
     TrackingUnavailableError,
 )
 from regcore import __version__
+from service import users
 from service.broker import make_celery
 from service.db import Database
+from service.limits import LimitError, QueueFullError
 from service.schema import assert_schema_current
 from service.settings import Settings, get_settings
 from service.sweeps import SweepInvalidError, SweepTooLargeError
 
 API_PREFIX = "/api/v1"
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = Settings.model_fields["max_body_bytes"].default  # REGBENCH_MAX_BODY_BYTES
 RETRY_AFTER_S = "30"
 
 logger = logging.getLogger("regbench.api")
@@ -67,13 +75,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(
-        api_router, prefix=API_PREFIX, dependencies=[Depends(require_token)], responses=API_ROUTES
+        api_router, prefix=API_PREFIX, dependencies=[Depends(authenticate)], responses=API_ROUTES
     )
     app.include_router(health.router, responses=EVERY_ROUTE)
     app.include_router(metrics.router, responses=EVERY_ROUTE)
     for error, handler in _EXCEPTION_HANDLERS.items():
         app.add_exception_handler(error, handler)
-    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(
+        BodyLimits, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth
+    )
     return app
 
 
@@ -87,6 +97,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             database.dispose()
             raise
         app.state.database = database
+        await to_thread.run_sync(log_auth_mode, settings, database)
         app.state.celery = make_celery(settings)  # only to send job ids
         app.state.tracking = Tracking(settings)
         try:
@@ -96,6 +107,18 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             database.dispose()
 
     return lifespan
+
+
+def log_auth_mode(settings: Settings, database: Database) -> None:
+    if settings.api_token is not None:
+        logger.warning(
+            "REGBENCH_API_TOKEN is deprecated: make users with `regbench users add NAME`"
+        )
+    with database.session() as session:
+        line = users.auth_mode(settings, session)
+    # Open to everyone as an admin: worth a warning where a server is shared.
+    level = logging.INFO if line.startswith(users.WITH_USERS) else logging.WARNING
+    logger.log(level, "%s", line)
 
 
 # --------------------------------------------------------------------------- errors
@@ -126,6 +149,30 @@ async def _invalid_sweep(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, SweepInvalidError)
         errors = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors]
     return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _over_limit(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LimitError)
+    return JSONResponse({"detail": exc.errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
+    response = _detail(status.HTTP_429_TOO_MANY_REQUESTS, str(exc))
+    response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422, but one whose echoed inputs cannot be written as JSON (a value
+    ``api.bodies`` did not see) loses its ``input`` rather than becoming a 500."""
+    assert isinstance(exc, RequestValidationError)
+    status_code = status.HTTP_422_UNPROCESSABLE_CONTENT
+    try:
+        response = JSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code)
+    except (ValueError, UnicodeError, RecursionError):
+        plain = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        response = JSONResponse({"detail": jsonable_encoder(plain)}, status_code)
+    return response
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -173,61 +220,14 @@ _EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] 
     NotEnqueuedError: _not_enqueued,
     SweepTooLargeError: _invalid_sweep,
     SweepInvalidError: _invalid_sweep,
+    LimitError: _over_limit,
+    QueueFullError: _queue_full,
+    RequestValidationError: _invalid_request,
     TrackingUnavailableError: _unavailable,
     OperationalError: _unavailable,
     ConflictError: _with_status(status.HTTP_409_CONFLICT),
+    ForbiddenError: _with_status(status.HTTP_403_FORBIDDEN),
     ArtifactPathError: _with_status(status.HTTP_400_BAD_REQUEST),
     ArtifactNotFoundError: _with_status(status.HTTP_404_NOT_FOUND),
     Exception: _unexpected,
 }
-
-
-# --------------------------------------------------------------------------- body size
-
-
-class BodySizeLimit:
-    """Answer 413 to a request whose body is over ``max_bytes`` (declared or streamed).
-
-    The body is read here (at most ``max_bytes``) and handed on in one message.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._too_large(scope, receive, send)
-            return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = _detail(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"request body over the limit of {self.max_bytes} bytes",
-        )
-        await response(scope, receive, send)

@@ -8,6 +8,7 @@ settings object, one job-store ``Database``, one Celery app (used only to send),
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 from typing import Annotated
@@ -17,10 +18,11 @@ from fastapi import Depends, Header, HTTPException, Path, Request, status
 from sqlalchemy.orm import Session, selectinload
 
 from api.tracking import Tracking
-from service import sweeps
+from service import sweeps, users
 from service.db import Database
 from service.settings import Settings
 from service.tables import Experiment, Sweep
+from service.users import Principal
 
 
 def get_settings(request: Request) -> Settings:
@@ -41,22 +43,13 @@ def get_tracking(request: Request) -> Tracking:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
+# Ids are hex (``service.tables.new_id``): anything else names no row, and is not sent to
+# the database (PostgreSQL refuses NUL in text with an error, not an empty answer).
+_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
-def require_token(
-    settings: SettingsDep,
-    authorization: Annotated[str | None, Header(description="Bearer <token>")] = None,
-) -> None:
-    """With ``REGBENCH_API_TOKEN`` set, every /api/v1 request must carry it (401 if not)."""
-    expected = settings.api_token.get_secret_value() if settings.api_token else ""
-    if not expected:
-        return
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong API token: send `Authorization: Bearer <token>`",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+
+def _known_form(row_id: str) -> bool:
+    return _ID.fullmatch(row_id) is not None
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
@@ -72,11 +65,61 @@ def get_session(database: DatabaseDep) -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-def findable(row_id: str) -> bool:
-    """Whether a row may have this id. PostgreSQL text cannot hold NUL: no id has one, and
-    a query with one fails (a 500) instead of finding nothing."""
-    return "\x00" not in row_id
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def authenticate(
+    request: Request,
+    settings: SettingsDep,
+    session: SessionDep,
+    authorization: Annotated[str | None, Header(description="Bearer <token>")] = None,
+) -> Principal:
+    """Who the request acts as (see ``service.users``): the local user while no user
+    exists and no ``REGBENCH_API_TOKEN`` is set; else the token's user, and 401 for a
+    wrong token, or for none on a write (or on a read with ``REGBENCH_AUTH_READS``).
+    The token itself goes nowhere: not into a log line, an error or the database."""
+    shared = settings.api_token.get_secret_value() if settings.api_token else ""
+    if not shared and not users.any_users(session):
+        return Principal(settings.local_user, admin=True)
+    scheme, _, given = (authorization or "").partition(" ")
+    given = given.strip()
+    if authorization is not None:
+        if scheme.lower() != "bearer" or not given:
+            raise _unauthorized("malformed API token: send `Authorization: Bearer <token>`")
+        if shared and secrets.compare_digest(given.encode(), shared.encode()):
+            return Principal(users.API_TOKEN_USER, admin=True)
+        user = users.find_user(session, given)
+        if user is None:
+            raise _unauthorized("wrong API token (unknown or revoked)")
+        return Principal(user.name, admin=user.admin)
+    if request.method not in READ_METHODS:
+        raise _unauthorized(
+            "this request changes something: it needs an API token, sent as "
+            "`Authorization: Bearer <token>` (`regbench users add NAME` makes one)"
+        )
+    if settings.auth_reads or shared:
+        raise _unauthorized(
+            "missing API token: this server needs one for reads too; send "
+            "`Authorization: Bearer <token>`"
+        )
+    return Principal("anonymous", admin=False, authenticated=False)
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+def current_owner(principal: PrincipalDep) -> str:
+    """The name of the user the request acts as: the owner of what it submits."""
+    return principal.name
+
+
+OwnerDep = Annotated[str, Depends(current_owner)]
 
 
 def get_experiment(
@@ -85,7 +128,7 @@ def get_experiment(
 ) -> Experiment:
     experiment = (
         session.get(Experiment, experiment_id, options=[selectinload(Experiment.jobs)])
-        if findable(experiment_id)
+        if _known_form(experiment_id)
         else None
     )
     if experiment is None:
@@ -99,7 +142,7 @@ ExperimentDep = Annotated[Experiment, Depends(get_experiment)]
 def get_sweep(
     session: SessionDep, sweep_id: Annotated[str, Path(description="the sweep's id")]
 ) -> Sweep:
-    sweep = sweeps.load(session, sweep_id) if findable(sweep_id) else None
+    sweep = sweeps.load(session, sweep_id) if _known_form(sweep_id) else None
     if sweep is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sweep with id {sweep_id!r}")
     return sweep
@@ -112,7 +155,7 @@ def get_sweep_row(
     session: SessionDep, sweep_id: Annotated[str, Path(description="the sweep's id")]
 ) -> Sweep:
     """The sweep's own row, its members not loaded (progress is counted in SQL)."""
-    sweep = session.get(Sweep, sweep_id) if findable(sweep_id) else None
+    sweep = session.get(Sweep, sweep_id) if _known_form(sweep_id) else None
     if sweep is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sweep with id {sweep_id!r}")
     return sweep

@@ -30,7 +30,7 @@ from api.schemas import (
 )
 from api.tracking import ArtifactNotFoundError, Tracking, TrackingUnavailableError
 from regcore.spec import AnalysisSpec, ExperimentSpec, SweepSpec
-from service import jobstore, reports, sweeps
+from service import jobstore, limits, reports, sweeps, users
 from service.broker import BrokerUnavailableError, enqueue_many
 from service.db import Database
 from service.reports import REPORT_FILES
@@ -45,6 +45,7 @@ from service.tables import (
     Worker,
     utcnow,
 )
+from service.users import Principal
 
 LIVE_WORKER_HEARTBEATS = 3  # a worker is live if seen within this many heartbeat intervals
 
@@ -84,6 +85,19 @@ class NotEnqueuedError(RuntimeError):
 
 class ConflictError(RuntimeError):
     """The request does not fit the experiment's state (409)."""
+
+
+class ForbiddenError(RuntimeError):
+    """The request would change another user's work (403)."""
+
+
+def require_change(principal: Principal, what: str, owner: str) -> None:
+    """ForbiddenError unless ``principal`` may change what ``owner`` owns."""
+    if not users.may_change(principal, owner):
+        raise ForbiddenError(
+            f"{what} belongs to {owner!r}: only its owner or an admin may change it "
+            f"(you are {principal.name!r}); reading it is allowed"
+        )
 
 
 # --------------------------------------------------------------------------- enqueue
@@ -137,21 +151,36 @@ def submit(
     settings: Settings,
     spec: ExperimentSpec,
     *,
+    owner: str,
     force: bool = False,
 ) -> jobstore.Submission:
     """Record a spec (or find its identical twin) in its MLflow experiment, commit, then
-    enqueue its train job. A tracking store that is down records nothing (503).
+    enqueue its train job. A tracking store that is down records nothing (503). Over the
+    limits on analyses or jobs per request: LimitError (422); over the owner's queue:
+    QueueFullError (429); an identical twin adds nothing and is never refused.
 
     The MLflow experiment is resolved first (once per app, then cached), so no database
     write waits on MLflow. The same path as a sweep's: ``jobstore.submit_experiments``."""
+    jobs = 1 + len(spec.analyses)
+    limits.check_request(
+        len(spec.analyses),
+        jobs,
+        max_analyses=settings.max_analyses_per_spec,
+        max_jobs=settings.max_jobs_per_request,
+        loc=("body", "analyses"),
+    )
+    spec_hash = spec.spec_hash()
+    if force or not limits.stored_specs(session, [spec_hash]):
+        limits.check_queue(session, jobs, settings.max_queued_jobs_per_user, owner)
     try:
         mlflow_experiment_id = tracking.experiment_id(settings.mlflow_experiment)
     except TrackingUnavailableError as exc:
         raise TrackingUnavailableError(f"{exc}; nothing was recorded, submit again later") from exc
     recorded = jobstore.submit_experiments(
         session,
-        [jobstore.SpecToSubmit(spec, spec.spec_hash())],
+        [jobstore.SpecToSubmit(spec, spec_hash)],
         default_queue=settings.default_queue,
+        owner=owner,
         mlflow_experiment_id=mlflow_experiment_id,
         force=force,
     )
@@ -175,7 +204,15 @@ def add_analyses(
     """Analysis jobs on the experiment's checkpoint. Its train job must have succeeded or
     still be on its way (queued, running); a failed or cancelled one never gives a
     checkpoint (409). The new jobs are enqueued now if training is done, else by the
-    worker when it is."""
+    worker when it is. One call adds at most ``max_analyses_per_spec`` (422), and none
+    past the caller's queue (429)."""
+    limits.check_request(
+        len(analyses),
+        len(analyses),
+        max_analyses=settings.max_analyses_per_spec,
+        max_jobs=settings.max_jobs_per_request,
+        loc=("body",),
+    )
     train = jobstore.train_job(experiment)
     if train.state in (JobState.FAILED, JobState.CANCELLED) or train.cancel_requested:
         state = "being cancelled" if train.state == JobState.RUNNING else train.state
@@ -183,6 +220,8 @@ def add_analyses(
             f"the train job of experiment {experiment.id} is {state}: analyses need its "
             "checkpoint; submit the spec again with force=true"
         )
+    # The jobs are the experiment's: they count in its owner's queue (an admin may add them).
+    limits.check_queue(session, len(analyses), settings.max_queued_jobs_per_user, experiment.owner)
     entries = [analysis.model_dump(mode="json") for analysis in analyses]
     jobs = jobstore.add_analysis_jobs(session, experiment, entries)
     session.commit()
@@ -280,12 +319,22 @@ def submit_sweep(
     settings: Settings,
     document: SweepSpec,
     *,
+    owner: str,
     force: bool = False,
 ) -> sweeps.SweepSubmission:
     """Expand and validate the grid (nothing is recorded if any point is invalid or the
-    grid is over the limit), resolve the sweep's MLflow experiment, record the sweep and
-    its new experiments, commit, then enqueue their train jobs in one go."""
-    planned = sweeps.plan(document, settings.max_sweep_size)
+    grid is over a limit: points, analyses per point, jobs in all), check the owner's
+    queue has room for the jobs of the new experiments, resolve the sweep's MLflow
+    experiment, record the sweep and its new experiments, commit, then enqueue their
+    train jobs in one go."""
+    planned = sweeps.plan(
+        document,
+        settings.max_sweep_size,
+        max_analyses=settings.max_analyses_per_spec,
+        max_jobs=settings.max_jobs_per_request,
+    )
+    adding = sweeps.new_jobs(session, planned, force=force)
+    limits.check_queue(session, adding, settings.max_queued_jobs_per_user, owner)
     try:
         mlflow_experiment_id = tracking.experiment_id(sweeps.mlflow_experiment_name(planned))
     except TrackingUnavailableError as exc:
@@ -295,6 +344,7 @@ def submit_sweep(
         planned,
         document,
         mlflow_experiment_id=mlflow_experiment_id,
+        owner=owner,
         default_queue=settings.default_queue,
         force=force,
     )
@@ -389,10 +439,18 @@ def sweep_results(sweep: Sweep) -> SweepResultsPublic:
     )
 
 
-def cancel_sweep(session: Session, sweep: Sweep) -> list[Job]:
-    changed = sweeps.cancel(session, sweep)
+def cancel_sweep(
+    session: Session, sweep: Sweep, principal: Principal
+) -> tuple[list[Job], list[str]]:
+    """Cancel the sweep's experiments that ``principal`` may change (403 if not the
+    sweep's owner or an admin): the jobs that changed, and the experiments left alone
+    because another user owns them (shared with one of their submissions)."""
+    require_change(principal, f"sweep {sweep.id}", sweep.owner)
+    changed, kept = sweeps.cancel(
+        session, sweep, lambda experiment: users.may_change(principal, experiment.owner)
+    )
     session.commit()
-    return changed
+    return changed, kept
 
 
 def report_run(sweep: Sweep) -> str:

@@ -259,6 +259,12 @@ class QueuePublic(BaseModel):
     workers: list[WorkerPublic]  # those whose heartbeat is recent
 
 
+class WhoamiPublic(BaseModel):
+    name: str  # the owner of what this caller submits
+    admin: bool  # may change anyone's work
+    authenticated: bool  # false: a read without a token, while reads are open
+
+
 # --------------------------------------------------------------------------- sweeps
 
 
@@ -272,6 +278,7 @@ class SweepPointPublic(BaseModel):
 class SweepSubmissionPublic(BaseModel):
     id: str
     name: str
+    owner: str  # who submitted the sweep (its reused experiments keep their own owners)
     created: bool  # False: the same sweep was submitted before; this is that one
     size: int  # distinct experiments in the sweep
     new_experiments: int  # experiments recorded (and enqueued) by this request
@@ -319,6 +326,7 @@ class SweepPublic(BaseModel):
 
 class SweepCancelPublic(SweepPublic):
     cancelled_jobs: list[str]
+    kept_experiments: list[str]  # shared with another owner's work: not cancelled
 
 
 class SweepsPublic(BaseModel):

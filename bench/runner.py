@@ -2,7 +2,7 @@
 table (``bench/results.md``, also printed).
 
     python -m bench [--only step_cost,attacks] [--quick] [--device cpu,cuda]
-                    [--out bench/results.json] [--data-root ../shared/datasets]
+                    [--out bench/results.json] [--merge] [--data-root ../shared/datasets]
 
 Every section is a function ``run(ctx: BenchContext) -> SectionResult`` in a module of its
 own, listed once in ``SECTIONS``; the runner imports a section's module only when the
@@ -10,7 +10,9 @@ section runs (the service sections pull in FastAPI, Celery and MLflow). A sectio
 cannot run here (no MNIST files, no Redis) is reported with the reason, as is one that
 fails, and the others still run. ``--quick`` is a smoke run of the cheap sections with
 tiny workloads (its figures are not meant to be read); the compute sections run once per
-``--device`` (default: the CPU, and CUDA when present).
+``--device`` (default: the CPU, and CUDA when present). ``--merge`` keeps the other
+sections of an existing results file (a section re-measured alone, e.g. on a quieter
+machine, replaces its old figures); every section records when and on which commit it ran.
 """
 
 from __future__ import annotations
@@ -141,7 +143,34 @@ def run_section(section: Section, ctx: BenchContext) -> dict[str, Any]:
         entry = {"status": "ok", "rows": result.rows, "notes": result.notes}
     entry["title"] = section.title
     entry["seconds"] = round(time.monotonic() - started, 1)
+    entry["date"] = now()
+    entry["commit"] = _git_commit()
     return entry
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def merged(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """The earlier results with the later run's sections in place of theirs (new ones after,
+    in SECTIONS order). The header (date, machine, command) stays the earlier run's; a
+    section keeps its own date and commit, so the table says which came later."""
+    same = ("cpu", "cores", "torch")
+    if any(earlier["machine"].get(key) != later["machine"].get(key) for key in same):
+        raise SystemExit(
+            "--merge: the existing results come from another machine or torch "
+            f"({', '.join(str(earlier['machine'].get(key)) for key in same)}); "
+            "write them to another --out"
+        )
+    for entry in earlier["sections"].values():  # written before sections had their own
+        entry.setdefault("date", earlier["date"])
+        entry.setdefault("commit", earlier["machine"].get("commit"))
+    later_sections = {name: {**entry, "merged": True} for name, entry in later["sections"].items()}
+    sections = {**earlier["sections"], **later_sections}
+    order = [s.name for s in SECTIONS]
+    ordered = sorted(sections, key=lambda name: order.index(name) if name in order else len(order))
+    return {**earlier, "sections": {name: sections[name] for name in ordered}}
 
 
 def strict_json(value: Any) -> Any:
@@ -201,6 +230,9 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for name, entry in results["sections"].items():
         lines += ["", f"## {entry['title']} (`{name}`)", ""]
+        if entry.get("merged"):
+            commit = entry["commit"] or "unknown"
+            lines += [f"Measured later: {entry['date']}, commit {commit}.", ""]
         if entry["status"] != "ok":
             lines.append(f"Not measured ({entry['status']}): {entry['reason']}")
             continue
@@ -225,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (cheap sections)")
     parser.add_argument("--device", help="comma-separated, e.g. cpu,cuda (default: cpu [+cuda])")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file; .md beside it")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other sections of an existing --out file")  # fmt: skip
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
                         help="holds MNIST/raw (default: $REGBENCH_DATA_ROOT or "
                         "../shared/datasets)")  # fmt: skip
@@ -235,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="regbench-bench-"))
     ctx = BenchContext(quick=args.quick, devices=devices, data_root=args.data_root, workdir=workdir)
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": now(),
         "machine": machine(devices),
         "quick": args.quick,
         "command": ["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])],
@@ -247,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+    if args.merge and args.out.exists():
+        results = merged(json.loads(args.out.read_text()), results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(strict_json(results), indent=2, allow_nan=False) + "\n")
     table = markdown(results)

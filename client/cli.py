@@ -51,6 +51,7 @@ LOCAL_COMMANDS = {
     "analyze": ("service.cli", "analyze", "Run analyses on a finished run's checkpoint."),
     "catalog": ("service.cli", "catalog", "List datasets, models and regularizers with params."),
     "db": ("service.cli", "db", "Job-store schema: upgrade, downgrade, current."),
+    "users": ("service.cli", "users", "Users and API tokens: add, list, token, remove."),
     "serve": ("service.serve", "serve", "Run the API, a worker and the MLflow UI (embedded)."),
     "worker": ("service.worker_commands", "worker", "Start Celery workers: one per GPU, or cpu."),
     "reconcile": (
@@ -470,6 +471,11 @@ def cancel(client: RegbenchClient, target_id: str) -> None:
     jobs = "job" if count == 1 else "jobs"
     note = "" if count else " (nothing was queued or running)"
     click.echo(f"{answer['target']} {target_id}: {count} {jobs} cancelled{note}")
+    if kept := answer.get("kept_experiments"):
+        click.echo(
+            f"{len(kept)} experiment(s) shared with another user's work left alone "
+            "(only their owner or an admin cancels them)"
+        )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,11 @@ def main() -> int:
     try:
         console.print("starting the embedded stack (API, worker, reconciler, MLflow UI)...")
         wait_until_up(f"{server}/healthz", serve)
-        with RegbenchClient(server) as client:
+        # No token needed on a data dir without users; REGBENCH_TOKEN if it has some.
+        with RegbenchClient(server, os.environ.get("REGBENCH_TOKEN")) as client:
+            me = client.whoami()
+            how = "an admin" if me["admin"] else "a user"
+            console.print(f"submitting as {me['name']!r} ({how})")
             submitted = client.submit_sweep(yaml.safe_load(args.grid.read_text()))
             sweep_id = submitted["id"]
             console.print(

@@ -111,6 +111,10 @@ class RegbenchClient:
         path = f"/sweeps/{_segment(sweep_id)}/results"
         return self._request("GET", path, params={"format": "csv"}).text
 
+    def whoami(self) -> dict[str, Any]:
+        """Who this client's token names: {name, admin, authenticated}."""
+        return self._json("GET", "/whoami")
+
     def queue(self) -> dict[str, Any]:
         """Jobs by state and queue, the running jobs, the live workers."""
         return self._json("GET", "/queue")
@@ -269,7 +273,7 @@ def _raise_for_status(method: str, path: str, response: httpx.Response) -> None:
     detail = error_detail(response)
     if status == httpx.codes.UNPROCESSABLE_ENTITY:
         message = f"the server refused the request ({method} {path} -> 422):\n{detail}"
-    elif status in (httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN):
+    elif status == httpx.codes.UNAUTHORIZED:
         message = f"{method} {path} -> {status}: {detail} (pass --token or set REGBENCH_TOKEN)"
     else:
         message = f"{method} {path} -> {status}: {detail}"

@@ -31,10 +31,26 @@ NOT_IDENTITY: dict[str, Any] = {"identity": False}
 (a label, a data location, a device), so the spec hash ignores it."""
 
 
-class ComponentParams(BaseModel):
-    """Base of every component's params model: unknown keys are errors, not silently dropped."""
+# Bounds every component's params keep (stated in their JSON schema): numbers far past
+# any useful setting, still finite and within every store's integers. Real-valued params
+# go up to 1e15, so a run may still be made to diverge on purpose (a learning rate of
+# 1e12), but never overflow before it starts.
+MAX_SEED = 2**31 - 1  # a 32-bit signed integer: numpy, torch and PostgreSQL's integer accept it
+MAX_COUNT = 100_000  # steps, iterations, restarts, planes, bins, pixels, ...
+MAX_SAMPLES = 10**9  # sample counts
+MAX_BATCH = 2**20  # samples (or grid points) per forward pass
+MAX_WEIGHT = 1e15  # loss weights
+MAX_FLOAT = 1e15  # other real-valued params (budgets, widths, noise, bounds)
+MAX_LIST = 1000  # entries of a list of numbers (eps values, half-widths, steps)
+MAX_WIDTH = 65_536  # units of one layer
+MAX_LAYERS = 100
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class ComponentParams(BaseModel):
+    """Base of every component's params model: unknown keys are errors, not silently dropped,
+    and NaN or infinite numbers are errors too (no param means anything by them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class UnknownComponentError(KeyError):

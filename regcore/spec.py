@@ -38,7 +38,17 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from regcore.registries import ANALYSES, DATASETS, MODELS, REGULARIZERS
-from regcore.registry import NOT_IDENTITY, ComponentParams, Registry, UnknownComponentError
+from regcore.registry import (
+    MAX_BATCH,
+    MAX_LIST,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_WEIGHT,
+    NOT_IDENTITY,
+    ComponentParams,
+    Registry,
+    UnknownComponentError,
+)
 
 
 class SpecError(ValueError):
@@ -151,8 +161,23 @@ class AnalysisSpec(Component):
 # --------------------------------------------------------------------------- training
 
 
+# The spec's own bounds (stated in its JSON schema); seeds, batches, sample counts and
+# weights share those of the components' params (``regcore.registry``). A seed fits a
+# 32-bit signed integer: a sweep's members keep theirs in one.
+MAX_EPOCHS = 100_000
+MAX_LR = 1e15
+MAX_MINUTES = 100_000  # a job's time limit (~69 days)
+MAX_MEMORY_GB = 100_000.0
+MAX_ANALYSES = 64  # per spec, the schema's ceiling (REGBENCH_MAX_ANALYSES_PER_SPEC <= this)
+MAX_REGULARIZERS = 32
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: NaN and infinities are never a valid setting, and neither
+    # PostgreSQL's JSON nor the 422 that echoes them could hold them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ConstantSchedule(_Strict):
@@ -163,8 +188,10 @@ class StepSchedule(_Strict):
     """Multiply the learning rate by gamma at each milestone, given as a fraction of training."""
 
     kind: Literal["step"] = "step"
-    milestones: list[Annotated[float, Field(gt=0, lt=1)]] = [1 / 3, 2 / 3]
-    gamma: float = Field(0.1, gt=0)
+    milestones: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        [1 / 3, 2 / 3], max_length=MAX_LIST
+    )
+    gamma: float = Field(0.1, gt=0, le=MAX_WEIGHT)
 
     @field_validator("milestones")
     @classmethod
@@ -186,8 +213,8 @@ Schedule = Annotated[ConstantSchedule | StepSchedule | CosineSchedule, Field(dis
 
 class EarlyStopping(_Strict):
     metric: Literal["val_loss", "val_accuracy"] = "val_loss"
-    patience: int = Field(10, ge=1)
-    min_delta: float = Field(0.0, ge=0)
+    patience: int = Field(10, ge=1, le=MAX_EPOCHS)
+    min_delta: float = Field(0.0, ge=0, le=MAX_WEIGHT)
     restore_best: bool = True
 
 
@@ -199,16 +226,19 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class TrainingSpec(_Strict):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(100, ge=1)
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(100, ge=1, le=MAX_BATCH)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
+    lr: float = Field(0.1, gt=0, le=MAX_LR)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.999,
+    )
+    weight_decay: float = Field(0.0, ge=0, le=MAX_WEIGHT)
     schedule: Schedule = ConstantSchedule()
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     early_stopping: EarlyStopping | None = None
     device: str = Field("auto", json_schema_extra=NOT_IDENTITY)
     deterministic: bool = Field(
@@ -216,7 +246,7 @@ class TrainingSpec(_Strict):
         description="torch.use_deterministic_algorithms (bitwise repeatable on GPUs, slower)",
         json_schema_extra=NOT_IDENTITY,
     )
-    eval_batch_size: int = Field(1000, ge=1, json_schema_extra=NOT_IDENTITY)
+    eval_batch_size: int = Field(1000, ge=1, le=MAX_BATCH, json_schema_extra=NOT_IDENTITY)
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="bf16: the training forward passes run under torch.autocast(bfloat16) "
@@ -239,6 +269,7 @@ class TrainingSpec(_Strict):
     final_train_eval: int | None = Field(
         10_000,
         ge=0,
+        le=MAX_SAMPLES,
         description="training samples in the final train_loss/train_accuracy: a fixed "
         "subset, the same for every seed (0: skip them; null: the whole training set)",
         json_schema_extra=NOT_IDENTITY,
@@ -265,8 +296,8 @@ class ResourcesSpec(_Strict):
     gpu_fraction: float = Field(
         1.0, gt=0, le=1, description="share of one GPU; below 1 lets small jobs share a GPU"
     )
-    memory_gb: float | None = Field(None, gt=0)
-    time_limit_minutes: int | None = Field(None, ge=1)
+    memory_gb: float | None = Field(None, gt=0, le=MAX_MEMORY_GB)
+    time_limit_minutes: int | None = Field(None, ge=1, le=MAX_MINUTES)
 
 
 # --------------------------------------------------------------------------- the spec
@@ -277,9 +308,9 @@ class ExperimentSpec(_Strict):
     description: str = Field("", json_schema_extra=NOT_IDENTITY)
     dataset: DatasetSpec
     model: ModelSpec
-    regularizers: list[RegularizerSpec] = []
+    regularizers: list[RegularizerSpec] = Field([], max_length=MAX_REGULARIZERS)
     training: TrainingSpec = TrainingSpec()
-    analyses: list[AnalysisSpec] = []
+    analyses: list[AnalysisSpec] = Field([], max_length=MAX_ANALYSES)
     resources: ResourcesSpec = Field(ResourcesSpec(), json_schema_extra=NOT_IDENTITY)
 
     @model_validator(mode="after")

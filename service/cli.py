@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
@@ -25,6 +25,9 @@ from client.tables import comparison_table
 from regcore import grid as grids
 from regcore.analysis.base import as_json_value
 from regcore.spec import AnalysisSpec, ExperimentSpec, SpecError, format_validation_error
+
+if TYPE_CHECKING:
+    from service.db import Database
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
@@ -250,3 +253,108 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+@click.group()
+def users() -> None:
+    """Users and their API tokens, in the job store (REGBENCH_DATABASE_URL).
+
+    While no user exists the API runs everything as one local user (the embedded
+    default); once one does, writes need a token (reads too with REGBENCH_AUTH_READS).
+    """
+
+
+def _users_session() -> Database:
+    """The job store, which must be at the newest migration."""
+    from service.db import Database
+    from service.schema import SchemaOutdatedError, assert_schema_current
+    from service.settings import Settings
+
+    database = Database(Settings().job_store_url)
+    try:
+        assert_schema_current(database.engine)
+    except SchemaOutdatedError as exc:
+        database.dispose()
+        raise click.ClickException(str(exc)) from None
+    return database
+
+
+def _print_token(name: str, token: str, what: str) -> None:
+    # The token on stdout alone (for `$(regbench users add ann)`), the words on stderr.
+    click.echo(f"{what} {name!r}; its API token (shown once, only its hash is kept):", err=True)
+    click.echo(token)
+    click.echo(
+        "send it as `Authorization: Bearer <token>`, or REGBENCH_TOKEN for the client", err=True
+    )
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="May cancel anyone's work.")
+def users_add(name: str, admin: bool) -> None:
+    """Add user NAME and print their token once."""
+    from service.users import UserError, add_user
+
+    database = _users_session()
+    try:
+        with database.session() as session:
+            token = add_user(session, name, admin=admin)
+            session.commit()
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.dispose()
+    _print_token(name, token, "added admin" if admin else "added user")
+
+
+@users.command("token")
+@click.argument("name")
+def users_token(name: str) -> None:
+    """Give NAME a new token (the old one stops working) and print it once."""
+    from service.users import UserError, new_user_token
+
+    database = _users_session()
+    try:
+        with database.session() as session:
+            token = new_user_token(session, name)
+            session.commit()
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.dispose()
+    _print_token(name, token, "new token for")
+
+
+@users.command("remove")
+@click.argument("name")
+def users_remove(name: str) -> None:
+    """Remove user NAME: their token stops working; their work keeps them as owner."""
+    from service.users import UserError, remove_user
+
+    database = _users_session()
+    try:
+        with database.session() as session:
+            remove_user(session, name)
+            session.commit()
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        database.dispose()
+    click.echo(f"removed user {name!r}")
+
+
+@users.command("list")
+def users_list() -> None:
+    """List users (names, admin flags, creation times; never tokens)."""
+    from service.users import list_users
+
+    database = _users_session()
+    try:
+        with database.session() as session:
+            rows = [(u.name, u.admin, u.created_at) for u in list_users(session)]
+    finally:
+        database.dispose()
+    if not rows:
+        click.echo("no users: the API runs every request as the local user, without tokens")
+    for name, admin, created_at in rows:
+        click.echo(f"{name}\t{'admin' if admin else 'user'}\t{created_at:%Y-%m-%d %H:%M:%S}")

@@ -85,6 +85,19 @@ def prepare_tracking_store(settings: Settings) -> None:
         MlflowClient(tracking_uri=settings.tracking_uri).search_experiments(max_results=1)
 
 
+def auth_line(settings: Settings) -> str:
+    """Who may do what on this stack (no users: one local user, no tokens)."""
+    from service.db import Database
+    from service.users import auth_mode
+
+    database = Database(settings.job_store_url)
+    try:
+        with database.session() as session:
+            return auth_mode(settings, session)
+    finally:
+        database.dispose()
+
+
 def wait_healthy(url: str, stack: Stack, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -146,6 +159,7 @@ def serve(
         if ui is not None:
             click.echo(f"MLflow UI      {ui}", err=True)
         click.echo(f"data and logs  {data}", err=True)
+        click.echo(auth_line(settings), err=True)
         click.echo("ready; Ctrl-C stops everything", err=True)
         while not stopping:
             if dead := stack.exited():

@@ -13,8 +13,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from regcore.spec import MAX_ANALYSES
 
 TRACKING_SERVER_SCHEMES = ("http://", "https://", "databricks")
 GPU_STACK_SIZE = 8  # experiments stacked on a GPU unless REGBENCH_STACK_SIZE says otherwise
@@ -84,10 +86,53 @@ class Settings(BaseSettings):
         "training; false: each analysis goes through the broker to any worker",
     )
     max_sweep_size: int = Field(1000, ge=1, description="experiments one sweep may expand to")
+    max_jobs_per_request: int = Field(
+        10_000,
+        ge=1,
+        description="jobs one request may create: a sweep's grid points times each point's "
+        "train job and analyses, an experiment's, or one call's analyses",
+    )
+    max_analyses_per_spec: int = Field(
+        16,
+        ge=0,
+        le=MAX_ANALYSES,
+        description="analyses one spec may list, and one call may add to an experiment "
+        f"(at most {MAX_ANALYSES}, the schema's own limit)",
+    )
+    max_queued_jobs_per_user: int = Field(
+        100_000,
+        ge=1,
+        description="queued and running jobs one owner may have; a submission past it is 429",
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="a request body over this is refused with 413"
+    )
+    max_json_depth: int = Field(
+        32,
+        ge=8,
+        le=200,
+        description="a JSON body nested deeper than this (arrays and objects) is refused (422)",
+    )
     default_queue: str = Field("cpu", description="queue of jobs whose resources say auto")
     api_token: SecretStr | None = Field(
-        None, description="if set, /api/v1 requires `Authorization: Bearer <token>`"
+        None,
+        description="deprecated: one shared token, acting as the admin user 'admin'; when "
+        "set, every /api/v1 request needs a token (use `regbench users add` instead)",
     )
+    auth_reads: bool = Field(
+        False, description="reads (GET) need a token too, once users exist; writes always do"
+    )
+    local_user: str = Field(
+        "local",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$",
+        description="who every request runs as while no user exists (the embedded default)",
+    )
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # docker-compose passes REGBENCH_API_TOKEN="" when API_TOKEN is unset: no token.
+        return None if value == "" else value
 
     def stack_limit(self, device: str | None) -> int:
         """Experiments one stack may hold on this device (see ``stack_size``)."""

@@ -28,7 +28,7 @@ import itertools
 import json
 import math
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session, selectinload
 from regcore import grid as grids
 from regcore.compare import ComparisonRow, compare, result_metrics
 from regcore.spec import ExperimentSpec, SpecHasher, SweepSpec
-from service import jobstore
+from service import jobstore, limits
 from service.tables import (
     Experiment,
     Job,
@@ -110,8 +110,17 @@ def grid_size(grid: dict[str, list[Any]]) -> int:
     return math.prod(len(values) for values in grid.values())
 
 
-def plan(document: SweepSpec, max_size: int) -> SweepPlan:
-    """Expand and validate; raises SweepTooLargeError or SweepInvalidError."""
+def plan(
+    document: SweepSpec,
+    max_size: int,
+    *,
+    max_analyses: int | None = None,
+    max_jobs: int | None = None,
+) -> SweepPlan:
+    """Expand and validate; raises SweepTooLargeError or SweepInvalidError, also for a
+    point listing more than ``max_analyses`` analyses (the error names where they were
+    written) or points that would make more than ``max_jobs`` jobs in all (a train job
+    and one per analysis each)."""
     size = grid_size(document.grid)
     if size > max_size:
         raise SweepTooLargeError(size, max_size)
@@ -134,12 +143,20 @@ def plan(document: SweepSpec, max_size: int) -> SweepPlan:
                     loc = _request_loc(tuple(error["loc"]), written, document.base, paths, chosen)
                     errors.setdefault((loc, error["msg"]), _error(loc, error["msg"], error["type"]))
                 continue
+        if max_analyses is not None and len(spec.analyses) > max_analyses:
+            loc = _request_loc(("analyses",), written, document.base, paths, chosen)
+            error = limits.too_many_analyses(len(spec.analyses), max_analyses, loc)
+            errors.setdefault((loc, error["msg"]), {**error, "loc": loc})
+            continue
         values = {
             path: document.grid[path][index] for path, index in zip(paths, chosen, strict=True)
         }
         valid.append((spec, grids.GridPoint(written, values).configuration))
     if errors:
         raise SweepInvalidError(list(errors.values())[:MAX_REPORTED_ERRORS])
+    jobs = sum(1 + len(spec.analyses) for spec, _ in valid)
+    if max_jobs is not None and jobs > max_jobs:
+        raise SweepInvalidError(limits.too_many_jobs(jobs, max_jobs, ("grid",)).errors)
     hasher = SpecHasher()  # the points share their parts: each part written once
     points = [PlannedPoint(spec, label, spec.training.seed, hasher(spec)) for spec, label in valid]
     name = document.label()
@@ -325,11 +342,14 @@ def submit_sweep(
 ) -> SweepSubmission:
     """Record the sweep and its experiments (the caller commits, then enqueues the new
     experiments' runnable jobs). ``force``: a new sweep with new experiments throughout.
+    Sweeps are deduplicated per owner: another user's identical grid is a sweep of its
+    own, whose experiments are those already stored (they keep their first owner).
 
     The experiments go in through ``jobstore.submit_experiments`` (identical specs looked
     up at once, new rows in multi-row INSERTs), the members in one more."""
     sweep_hash = f"{planned.sweep_hash[:48]}:{new_id()[:15]}" if force else planned.sweep_hash
-    existing = session.scalar(select(Sweep).where(Sweep.sweep_hash == sweep_hash))
+    same_sweep = and_(Sweep.owner == owner, Sweep.sweep_hash == sweep_hash)
+    existing = session.scalar(select(Sweep).where(same_sweep))
     if existing is not None:
         return _submitted_before(existing)
     # Two points may share a spec (a label changed): even with force, one experiment per
@@ -351,7 +371,7 @@ def submit_sweep(
             session.add(sweep)
             session.flush()
     except IntegrityError:  # lost a race with the same sweep submitted at the same moment
-        existing = session.scalar(select(Sweep).where(Sweep.sweep_hash == sweep_hash))
+        existing = session.scalar(select(Sweep).where(same_sweep))
         if existing is None:
             raise
         return _submitted_before(existing)
@@ -384,6 +404,18 @@ def submit_sweep(
         ],
     )
     return SweepSubmission(sweep, created=True, members=members, new_experiments=recorded.new)
+
+
+def new_jobs(session: Session, planned: SweepPlan, *, force: bool = False) -> int:
+    """Jobs submitting the plan would create: those of its specs not in the job store
+    (all with ``force``), none if the same sweep was submitted before."""
+    specs = {point.spec_hash: point.spec for point in planned.points}
+    if not force:
+        if session.scalar(select(Sweep.id).where(Sweep.sweep_hash == planned.sweep_hash)):
+            return 0
+        for stored in limits.stored_specs(session, list(specs)):
+            del specs[stored]
+    return sum(1 + len(spec.analyses) for spec in specs.values())
 
 
 def _submitted_before(sweep: Sweep) -> SweepSubmission:
@@ -835,13 +867,22 @@ def _csv_number(value: float) -> str:
 # --------------------------------------------------------------------------- cancel, reports
 
 
-def cancel(session: Session, sweep: Sweep) -> list[Job]:
-    """Cancel every experiment of the sweep (queued jobs now, running ones at their next
-    heartbeat). An experiment shared with another sweep is cancelled there too."""
+def cancel(
+    session: Session,
+    sweep: Sweep,
+    may_cancel: Callable[[Experiment], bool] = lambda experiment: True,
+) -> tuple[list[Job], list[str]]:
+    """Cancel the sweep's experiments that ``may_cancel`` allows (queued jobs now, running
+    ones at their next heartbeat); an experiment shared with another sweep is cancelled
+    there too. Returns the jobs that changed and the ids of the experiments left alone."""
     changed: list[Job] = []
+    kept: list[str] = []
     for member in sweep.members:
-        changed += jobstore.request_cancel(session, member.experiment)
-    return changed
+        if may_cancel(member.experiment):
+            changed += jobstore.request_cancel(session, member.experiment)
+        else:
+            kept.append(member.experiment_id)
+    return changed, kept
 
 
 def unfinished_member_jobs(sweep_id: Any) -> Any:

@@ -15,7 +15,18 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -62,13 +73,30 @@ class Base(DeclarativeBase):
     }
 
 
+class User(Base):
+    """Someone who may submit work: the API knows them by a token, of which only the
+    sha256 is stored. ``admin``: may cancel anyone's work. Rows name their owner by the
+    user's name (not a foreign key: rows outlive their users, and the embedded default's
+    local user and older rows' "anonymous" have no row here)."""
+
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Sweep(Base):
     __tablename__ = "sweeps"
+    # The same grid submitted by two users is two sweeps (each cancels only its own);
+    # their experiments are shared (deduplicated by spec), owned by the first submitter.
+    __table_args__ = (UniqueConstraint("owner", "sweep_hash", name="uq_sweeps_owner_sweep_hash"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
-    owner: Mapped[str] = mapped_column(String(100), default="anonymous")
-    sweep_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str] = mapped_column(String(100), default="anonymous", index=True)
+    sweep_hash: Mapped[str] = mapped_column(String(64), index=True)
     base: Mapped[dict[str, Any]]
     grid: Mapped[dict[str, Any]]
     size: Mapped[int] = mapped_column(Integer, default=0)  # experiments in the sweep
@@ -107,7 +135,7 @@ class Experiment(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
-    owner: Mapped[str] = mapped_column(String(100), default="anonymous")
+    owner: Mapped[str] = mapped_column(String(100), default="anonymous", index=True)
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), index=True)
     configuration: Mapped[str | None] = mapped_column(Text)  # the grid point's label
     spec: Mapped[dict[str, Any]]

@@ -85,6 +85,26 @@ def test_a_section_that_cannot_run_says_why(tmp_path: Path) -> None:
     assert "Not measured (unavailable): MNIST not found" in (tmp_path / "results.md").read_text()
 
 
+def test_merge_replaces_only_the_sections_run_again(tmp_path: Path) -> None:
+    nowhere = str(tmp_path / "none")
+    first = run_bench(tmp_path, "--only", "step_cost,boundary", "--data-root", nowhere)
+    second = run_bench(tmp_path, "--only", "attacks,boundary", "--data-root", nowhere, "--merge")
+
+    assert list(second["sections"]) == ["step_cost", "attacks", "boundary"]  # SECTIONS order
+    assert second["date"] == first["date"]
+    assert second["sections"]["step_cost"] == first["sections"]["step_cost"]
+    assert "merged" not in second["sections"]["step_cost"]
+    for name in ("attacks", "boundary"):
+        assert second["sections"][name]["date"] >= first["date"]
+        assert second["sections"][name]["status"] == "unavailable"
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("Not measured (unavailable)") == 3
+    assert table.count("Measured later:") == 2
+
+    alone = run_bench(tmp_path, "--only", "attacks", "--data-root", nowhere)  # no --merge
+    assert list(alone["sections"]) == ["attacks"]
+
+
 def test_sections_are_selected_from_one_registry() -> None:
     names = [section.name for section in SECTIONS]
     assert len(names) == len(set(names))

@@ -2,10 +2,11 @@
 
 from fastapi import APIRouter
 
-from api.routes import catalog, experiments, queue, sweeps
+from api.routes import catalog, experiments, queue, sweeps, whoami
 
 api_router = APIRouter()
 api_router.include_router(experiments.router)
 api_router.include_router(sweeps.router)
 api_router.include_router(queue.router)
 api_router.include_router(catalog.router)
+api_router.include_router(whoami.router)

@@ -7,13 +7,22 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from api import operations
-from api.deps import CeleryDep, ExperimentDep, SessionDep, SettingsDep, TrackingDep, findable
-from api.responses import NOT_ENQUEUED, bad_path, conflict, not_found
+from api.deps import (
+    CeleryDep,
+    ExperimentDep,
+    OwnerDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    TrackingDep,
+)
+from api.responses import NOT_ENQUEUED
 from api.schemas import (
     AnalysesPublic,
     ArtifactPublic,
     ArtifactsPublic,
     CancelPublic,
+    ErrorPublic,
     ExperimentPublic,
     ExperimentsPublic,
     ExperimentSummary,
@@ -22,11 +31,26 @@ from api.schemas import (
     SubmissionPublic,
 )
 from api.tracking import ArtifactNotFoundError, remove_download
-from regcore.spec import AnalysisSpec, ExperimentSpec
+from regcore.spec import MAX_ANALYSES, AnalysisSpec, ExperimentSpec
+from service.limits import MAX_OFFSET
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
-NOT_FOUND = not_found("no such experiment")
+NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "no such experiment"}}
+FORBIDDEN = {
+    status.HTTP_403_FORBIDDEN: {
+        "model": ErrorPublic,
+        "description": "another user's experiment: only its owner or an admin may change it",
+    }
+}
+QUEUE_FULL = {
+    status.HTTP_429_TOO_MANY_REQUESTS: {
+        "model": ErrorPublic,
+        "description": "the submitter's queued and running jobs would pass "
+        "REGBENCH_MAX_QUEUED_JOBS_PER_USER; nothing was recorded",
+    }
+}
+ID_PATTERN = r"^[0-9A-Za-z_-]+$"  # ids are hex; nothing a database could choke on (NUL)
 StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -35,6 +59,7 @@ StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
     status_code=status.HTTP_201_CREATED,
     responses={
         status.HTTP_200_OK: {"model": SubmissionPublic, "description": "an identical spec"},
+        **QUEUE_FULL,
         **NOT_ENQUEUED,
     },
 )
@@ -45,11 +70,17 @@ def submit_experiment(
     settings: SettingsDep,
     celery: CeleryDep,
     tracking: TrackingDep,
+    owner: OwnerDep,
     force: Annotated[bool, Query(description="a new experiment even if identical")] = False,
 ) -> SubmissionPublic:
-    """Record a spec and enqueue its train job: 201. An identical spec (same hash) gives
-    the existing experiment with 200, unless ``force``."""
-    submission = operations.submit(session, celery, tracking, settings, spec, force=force)
+    """Record a spec and enqueue its train job: 201; the caller owns it. An identical
+    spec (same hash) gives the existing experiment with 200, unless ``force``; it keeps
+    its first owner (anyone may read it; only that owner or an admin may cancel it). More
+    analyses than ``REGBENCH_MAX_ANALYSES_PER_SPEC`` give 422; 429 when the submitter's
+    queued jobs would pass ``REGBENCH_MAX_QUEUED_JOBS_PER_USER``."""
+    submission = operations.submit(
+        session, celery, tracking, settings, spec, owner=owner, force=force
+    )
     if not submission.created:
         response.status_code = status.HTTP_200_OK
     return SubmissionPublic.of_experiment(
@@ -60,16 +91,17 @@ def submit_experiment(
 @router.get("")
 def list_experiments(
     session: SessionDep,
-    sweep: Annotated[str | None, Query(description="only this sweep's experiments")] = None,
+    sweep: Annotated[
+        str | None,
+        Query(description="only this sweep's experiments", max_length=64, pattern=ID_PATTERN),
+    ] = None,
     state: Annotated[
         StatusFilter | None, Query(alias="status", description="only those in this state")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ExperimentsPublic:
     """A page of experiments, newest first; ``count`` is how many match in all."""
-    if sweep is not None and not findable(sweep):
-        return ExperimentsPublic(data=[], count=0)  # no sweep has that id
     page, count = operations.list_experiments(
         session, sweep=sweep, status=state, limit=limit, offset=offset
     )
@@ -83,13 +115,14 @@ def read_experiment(experiment: ExperimentDep, settings: SettingsDep) -> Experim
     return ExperimentPublic.of_experiment(experiment, settings.mlflow_ui_url)
 
 
-@router.post("/{experiment_id}/cancel", responses=NOT_FOUND)
+@router.post("/{experiment_id}/cancel", responses={**NOT_FOUND, **FORBIDDEN})
 def cancel_experiment(
-    experiment: ExperimentDep, session: SessionDep, settings: SettingsDep
+    experiment: ExperimentDep, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> CancelPublic:
     """Queued jobs are cancelled now; running ones are asked to stop (their worker sees
     the flag at its next heartbeat). On a finished experiment this changes nothing and
-    still answers 200: cancelling is idempotent."""
+    still answers 200: cancelling is idempotent. Only the owner or an admin (403)."""
+    operations.require_change(principal, f"experiment {experiment.id}", experiment.owner)
     changed = operations.cancel(session, experiment)
     return CancelPublic.of_experiment(
         experiment, settings.mlflow_ui_url, cancelled_jobs=[job.id for job in changed]
@@ -101,20 +134,26 @@ def cancel_experiment(
     status_code=status.HTTP_201_CREATED,
     responses={
         **NOT_FOUND,
-        **conflict("its training failed or was cancelled"),
+        **FORBIDDEN,
+        status.HTTP_409_CONFLICT: {"model": ErrorPublic, "description": "training failed"},
+        **QUEUE_FULL,
         **NOT_ENQUEUED,
     },
 )
 def add_analyses(
     experiment: ExperimentDep,
-    analyses: Annotated[list[AnalysisSpec], Body(min_length=1)],
+    analyses: Annotated[list[AnalysisSpec], Body(min_length=1, max_length=MAX_ANALYSES)],
     session: SessionDep,
     settings: SettingsDep,
     celery: CeleryDep,
+    principal: PrincipalDep,
 ) -> AnalysesPublic:
     """Add analysis jobs on the experiment's checkpoint: when its train job succeeded
     they are enqueued now; while it is queued or running they wait for it; a failed or
-    cancelled train job gives 409."""
+    cancelled train job gives 409. Only the owner or an admin (403). At most
+    ``REGBENCH_MAX_ANALYSES_PER_SPEC`` per call (422); 429 when the caller's queued jobs
+    would pass their limit."""
+    operations.require_change(principal, f"experiment {experiment.id}", experiment.owner)
     jobs = operations.add_analyses(session, celery, settings, experiment, analyses)
     return AnalysesPublic.of_experiment(
         experiment, settings.mlflow_ui_url, added_jobs=[job.id for job in jobs]
@@ -150,8 +189,8 @@ def list_artifacts(experiment: ExperimentDep, tracking: TrackingDep) -> Artifact
     response_class=FileResponse,
     responses={
         status.HTTP_200_OK: {"content": {"application/octet-stream": {}}},
-        **bad_path(),
-        **not_found("no such experiment or artifact"),
+        status.HTTP_400_BAD_REQUEST: {"model": ErrorPublic, "description": "a bad path"},
+        status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "no such artifact"},
     },
 )
 def download_artifact(experiment: ExperimentDep, path: str, tracking: TrackingDep) -> FileResponse:

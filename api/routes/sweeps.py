@@ -10,16 +10,20 @@ from api import operations
 from api.deps import (
     CeleryDep,
     DatabaseDep,
+    OwnerDep,
+    PrincipalDep,
     SessionDep,
     SettingsDep,
     SweepDep,
     SweepRowDep,
     TrackingDep,
 )
-from api.responses import NOT_ENQUEUED, bad_path, conflict, not_found
+from api.responses import NOT_ENQUEUED
+from api.routes.experiments import QUEUE_FULL
 from api.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
+    ErrorPublic,
     SweepCancelPublic,
     SweepPointPublic,
     SweepPublic,
@@ -30,10 +34,17 @@ from api.schemas import (
 from api.tracking import remove_download
 from regcore.spec import SweepSpec
 from service import sweeps
+from service.limits import MAX_OFFSET
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
-NOT_FOUND = not_found("no such sweep")
+NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "no such sweep"}}
+FORBIDDEN = {
+    status.HTTP_403_FORBIDDEN: {
+        "model": ErrorPublic,
+        "description": "another user's sweep: only its owner or an admin may change it",
+    }
+}
 
 
 @router.post(
@@ -41,6 +52,7 @@ NOT_FOUND = not_found("no such sweep")
     status_code=status.HTTP_201_CREATED,
     responses={
         status.HTTP_200_OK: {"model": SweepSubmissionPublic, "description": "the same sweep"},
+        **QUEUE_FULL,
         **NOT_ENQUEUED,
     },
 )
@@ -51,14 +63,24 @@ def submit_sweep(
     settings: SettingsDep,
     celery: CeleryDep,
     tracking: TrackingDep,
+    owner: OwnerDep,
     force: Annotated[bool, Query(description="new experiments even for known specs")] = False,
 ) -> SweepSubmissionPublic:
     """Expand ``grid`` over ``base`` (a cartesian product over dotted paths) and record one
     experiment per point: 201. Specs already in the job store are reused, not run again;
     the same sweep submitted again answers 200 and adds nothing. A grid past
-    ``REGBENCH_MAX_SWEEP_SIZE`` points, or with an invalid point, gives 422 and records
-    nothing; each error's ``loc`` points into the body (``grid``/``base``)."""
-    submission = operations.submit_sweep(session, celery, tracking, settings, document, force=force)
+    ``REGBENCH_MAX_SWEEP_SIZE`` points or ``REGBENCH_MAX_JOBS_PER_REQUEST`` jobs (points
+    times each point's train job and analyses), a point with more than
+    ``REGBENCH_MAX_ANALYSES_PER_SPEC`` analyses, or an invalid point gives 422 and records
+    nothing; each error's ``loc`` points into the body (``grid``/``base``). 429 when the
+    new experiments' jobs would take the submitter past
+    ``REGBENCH_MAX_QUEUED_JOBS_PER_USER`` queued or running jobs.
+
+    The caller owns the sweep, and the experiments it records; those it reuses keep
+    their first owner. The same grid from another user is another sweep."""
+    submission = operations.submit_sweep(
+        session, celery, tracking, settings, document, owner=owner, force=force
+    )
     if not submission.created:
         response.status_code = status.HTTP_200_OK
     sweep = submission.sweep
@@ -66,6 +88,7 @@ def submit_sweep(
     return SweepSubmissionPublic(
         id=sweep.id,
         name=sweep.name,
+        owner=sweep.owner,
         created=submission.created,
         size=sweep.size,
         new_experiments=len(new),
@@ -86,7 +109,7 @@ def list_sweeps(
     session: SessionDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> SweepsPublic:
     """A page of sweeps, newest first, each with its progress."""
     page, count = sweeps.list_sweeps(session, limit=limit, offset=offset)
@@ -100,13 +123,21 @@ def read_sweep(sweep: SweepRowDep, session: SessionDep, settings: SettingsDep) -
     return operations.describe_sweep(session, settings, sweep)
 
 
-@router.post("/{sweep_id}/cancel", responses=NOT_FOUND)
-def cancel_sweep(sweep: SweepDep, session: SessionDep, settings: SettingsDep) -> SweepCancelPublic:
-    """Cancel every experiment of the sweep: queued jobs now, running ones at their next
-    heartbeat. Idempotent."""
-    changed = operations.cancel_sweep(session, sweep)
+@router.post("/{sweep_id}/cancel", responses={**NOT_FOUND, **FORBIDDEN})
+def cancel_sweep(
+    sweep: SweepDep, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+) -> SweepCancelPublic:
+    """Cancel the sweep's experiments: queued jobs now, running ones at their next
+    heartbeat. Idempotent. Only the sweep's owner or an admin (403); an experiment the
+    sweep shares with another user's submission (its owner) is left alone unless the
+    caller is an admin, and listed in ``kept_experiments``."""
+    changed, kept = operations.cancel_sweep(session, sweep, principal)
     described = operations.describe_sweep(session, settings, sweep)
-    return SweepCancelPublic(**described.model_dump(), cancelled_jobs=[job.id for job in changed])
+    return SweepCancelPublic(
+        **described.model_dump(),
+        cancelled_jobs=[job.id for job in changed],
+        kept_experiments=kept,
+    )
 
 
 @router.get(
@@ -135,7 +166,7 @@ def read_results(
     return Response(results.model_dump_json(), media_type="application/json")
 
 
-@router.get("/{sweep_id}/report", responses=not_found("no such sweep, or no report yet"))
+@router.get("/{sweep_id}/report", responses=NOT_FOUND)
 def list_report(sweep: SweepDep, tracking: TrackingDep) -> ArtifactsPublic:
     """The report's files (report.png, report.html, results.csv, results.json); 404 with
     the reason until the sweep has finished and its report is logged."""
@@ -148,14 +179,21 @@ def list_report(sweep: SweepDep, tracking: TrackingDep) -> ArtifactsPublic:
     "/{sweep_id}/report",
     responses={
         **NOT_FOUND,
-        **conflict("unfinished jobs"),
+        **FORBIDDEN,
+        status.HTTP_409_CONFLICT: {"model": ErrorPublic, "description": "unfinished jobs"},
     },
 )
 def build_report(
-    sweep: SweepDep, session: SessionDep, settings: SettingsDep, database: DatabaseDep
+    sweep: SweepDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    database: DatabaseDep,
+    principal: PrincipalDep,
 ) -> SweepPublic:
     """Build the report now (again, if one exists): a new MLflow run. 409 while the sweep
-    has unfinished jobs; it is built on its own when they finish."""
+    has unfinished jobs; it is built on its own when they finish. Only the sweep's owner
+    or an admin (403)."""
+    operations.require_change(principal, f"sweep {sweep.id}", sweep.owner)
     operations.rebuild_report(session, settings, database, sweep)
     return operations.describe_sweep(session, settings, sweep)
 
@@ -165,8 +203,8 @@ def build_report(
     response_class=FileResponse,
     responses={
         status.HTTP_200_OK: {"content": {"text/html": {}, "image/png": {}}},
-        **bad_path(),
-        **not_found("no such sweep, no report yet, or no such file"),
+        status.HTTP_400_BAD_REQUEST: {"model": ErrorPublic, "description": "a bad path"},
+        status.HTTP_404_NOT_FOUND: {"model": ErrorPublic, "description": "no such file"},
     },
 )
 def download_report(sweep: SweepDep, path: str, tracking: TrackingDep) -> FileResponse:

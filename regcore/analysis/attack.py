@@ -42,7 +42,16 @@ from regcore.analysis import plots
 from regcore.analysis.base import Analysis, AnalysisContext, AnalysisResult, batched
 from regcore.attacks.base import Attack, Norm
 from regcore.registries import ANALYSES, ATTACKS
-from regcore.registry import ComponentParams, UnknownComponentError
+from regcore.registry import (
+    MAX_BATCH,
+    MAX_COUNT,
+    MAX_FLOAT,
+    MAX_LIST,
+    MAX_SAMPLES,
+    MAX_SEED,
+    ComponentParams,
+    UnknownComponentError,
+)
 
 DEFAULT_EPS: dict[str, list[float]] = {
     "linf": [0.0, 0.05, 0.1, 0.2, 0.3],
@@ -51,16 +60,20 @@ DEFAULT_EPS: dict[str, list[float]] = {
 # Passed on to the method's own params when given (norm always); refused if it has none.
 ATTACK_FIELDS = ("norm", "steps", "alpha", "random_start", "restarts", "version", "attacks")
 
-Budget = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Budget = Annotated[float, Field(ge=0, le=MAX_FLOAT, allow_inf_nan=False)]
 
 
 class AttackAnalysisParams(ComponentParams):
     method: str = Field("pgd", description="a registered attack (see the catalog's attacks)")
     norm: Norm = Field("linf", description="distance of the budget, in pixel units")
-    steps: int | None = Field(None, ge=1, description="attack steps; none: the method's default")
-    alpha: float | None = Field(None, gt=0, description="step size; none: 2.5 * eps / steps")
+    steps: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="attack steps; none: the method's default"
+    )
+    alpha: float | None = Field(
+        None, gt=0, le=MAX_FLOAT, description="step size; none: 2.5 * eps / steps"
+    )
     random_start: bool | None = Field(None, description="none: the method's default")
-    restarts: int | None = Field(None, ge=1, description="none: the method's default")
+    restarts: int | None = Field(None, ge=1, le=MAX_COUNT, description="none: the method's default")
     version: Literal["standard", "rand", "custom"] | None = Field(
         None, description="AutoAttack's version; none: its default (standard)"
     )
@@ -68,19 +81,31 @@ class AttackAnalysisParams(ComponentParams):
     eps: list[Budget] = Field(
         DEFAULT_EPS["linf"],
         min_length=1,
+        max_length=MAX_LIST,
         description="budgets in pixel units, sorted; default MNIST-like, for l2 "
         "[0, 0.25, 0.5, 1, 2] (CIFAR-10: Linf 8/255, L2 0.5)",
     )
-    samples: int = Field(1000, ge=1, description="test examples attacked (all if fewer)")
-    batch_size: int = Field(1000, ge=1, description="rows (examples x eps values) per pass")
-    steps_curve: list[Annotated[int, Field(ge=1)]] = Field(
+    samples: int = Field(
+        1000, ge=1, le=MAX_SAMPLES, description="test examples attacked (all if fewer)"
+    )
+    batch_size: int = Field(
+        1000, ge=1, le=MAX_BATCH, description="rows (examples x eps values) per pass"
+    )
+    steps_curve: list[Annotated[int, Field(ge=1, le=MAX_COUNT)]] = Field(
         [1, 2, 5, 10, 20, 40],
+        max_length=MAX_LIST,
         description="accuracy versus steps (methods with steps only); empty: skip",
     )
     steps_curve_eps: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="eps of the steps curve; none: median eps"
+        None,
+        gt=0,
+        le=MAX_FLOAT,
+        allow_inf_nan=False,
+        description="eps of the steps curve; none: median eps",
     )
-    seed: int = Field(0, ge=0, description="draws the examples and random starts; shared")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="draws the examples and random starts; shared"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -24,7 +24,7 @@ import csv
 import json
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -41,23 +41,32 @@ from regcore.analysis.base import (
 )
 from regcore.data.base import Split
 from regcore.registries import ANALYSES
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_BATCH, MAX_COUNT, MAX_FLOAT, MAX_LIST, MAX_SEED, ComponentParams
 
 
 class BoundaryParams(ComponentParams):
-    planes: int = Field(50, ge=1, description="random planes, each through its own test point")
-    resolution: int = Field(101, ge=3, description="R: grid points per side (odd: centre on grid)")
-    half_width: list[float] = Field(
+    planes: int = Field(
+        50, ge=1, le=MAX_COUNT, description="random planes, each through its own test point"
+    )
+    resolution: int = Field(
+        101, ge=3, le=MAX_COUNT, description="R: grid points per side (odd: centre on grid)"
+    )
+    half_width: list[Annotated[float, Field(gt=0, le=MAX_FLOAT)]] = Field(
         [40.0, 100.0],
         min_length=1,
+        max_length=MAX_LIST,
         description="w: half-widths in pixel L2 units, one map each (random directions meet "
         "a boundary far later than adversarial ones: ~10-25 for LeNet on digits)",
     )
     clip: bool = Field(False, description="clip grid points to [0, 1]")
     split: Literal["test", "val", "train"] = "test"
-    seed: int = Field(0, ge=0, description="draws points and planes; shared by a comparison")
-    batch_size: int = Field(16384, ge=1, description="grid points per forward pass")
-    save_maps: int = Field(8, ge=0, description="label maps kept (per half-width) for plots")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="draws points and planes; shared by a comparison"
+    )
+    batch_size: int = Field(16384, ge=1, le=MAX_BATCH, description="grid points per forward pass")
+    save_maps: int = Field(
+        8, ge=0, le=MAX_COUNT, description="label maps kept (per half-width) for plots"
+    )
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,13 @@ from pydantic import Field
 from regcore.analysis import plots
 from regcore.analysis.base import Analysis, AnalysisContext, AnalysisResult
 from regcore.registries import ANALYSES
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_BATCH, MAX_COUNT, ComponentParams
 
 
 class CalibrationParams(ComponentParams):
-    bins: int = Field(15, ge=1)
+    bins: int = Field(15, ge=1, le=MAX_COUNT)
     split: Literal["test", "val", "train"] = "test"
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1, le=MAX_BATCH)
 
 
 @dataclass(frozen=True)

@@ -22,17 +22,27 @@ from regcore.analysis import plots
 from regcore.analysis.base import Analysis, AnalysisContext, AnalysisResult, batched
 from regcore.analysis.boundary import draw_planes, grid_coordinates, label_maps
 from regcore.registries import ANALYSES
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_COUNT, MAX_FLOAT, MAX_SAMPLES, MAX_SEED, ComponentParams
 
 
 class PlotsParams(ComponentParams):
-    samples: int = Field(8, ge=1, description="test images for saliency, occlusion, features")
-    embedding_samples: int = Field(300, ge=10, description="points in the PCA / t-SNE plots")
+    samples: int = Field(
+        8, ge=1, le=MAX_SAMPLES, description="test images for saliency, occlusion, features"
+    )
+    embedding_samples: int = Field(
+        300, ge=10, le=MAX_SAMPLES, description="points in the PCA / t-SNE plots"
+    )
     tsne: bool = Field(True, description="also draw t-SNE (slower than PCA)")
-    occlusion_patch: int = Field(4, ge=1, description="side of the grey occluding square")
-    occlusion_stride: int = Field(2, ge=1)
-    boundary_half_width: float = Field(40.0, gt=0, description="planes drawn when none saved")
-    seed: int = Field(0, ge=0, description="picks the examples; shared by a comparison")
+    occlusion_patch: int = Field(
+        4, ge=1, le=MAX_COUNT, description="side of the grey occluding square"
+    )
+    occlusion_stride: int = Field(2, ge=1, le=MAX_COUNT)
+    boundary_half_width: float = Field(
+        40.0, gt=0, le=MAX_FLOAT, description="planes drawn when none saved"
+    )
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="picks the examples; shared by a comparison"
+    )
 
 
 @ANALYSES.register("plots")

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from regcore.analysis.base import Aggregate, Analysis, AnalysisContext, AnalysisResult, batched
 from regcore.registries import ANALYSES
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_BATCH, MAX_COUNT, MAX_SAMPLES, MAX_SEED, ComponentParams
 
 CURVATURE_EPS = 1e-6
 
@@ -28,11 +28,13 @@ PerSampleLoss = Callable[[torch.Tensor], torch.Tensor]  # (B, ...) inputs -> (B,
 
 
 class GeometryParams(ComponentParams):
-    samples: int = Field(1000, ge=1, description="N test samples")
-    iterations: int = Field(20, ge=1, description="power iterations for ||H||_2")
-    batch_size: int = Field(100, ge=1)
+    samples: int = Field(1000, ge=1, le=MAX_SAMPLES, description="N test samples")
+    iterations: int = Field(20, ge=1, le=MAX_COUNT, description="power iterations for ||H||_2")
+    batch_size: int = Field(100, ge=1, le=MAX_BATCH)
     split: Literal["test", "val", "train"] = "test"
-    seed: int = Field(0, ge=0, description="picks the samples and power-iteration starts")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="picks the samples and power-iteration starts"
+    )
 
 
 def hessian_spectral_norm(

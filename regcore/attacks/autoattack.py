@@ -41,6 +41,7 @@ from torch import nn
 
 from regcore.attacks.base import Attack, AttackParams
 from regcore.registries import ATTACKS
+from regcore.registry import MAX_SEED
 
 AutoAttackName = Literal["apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"]
 _NORMS = {"linf": "Linf", "l2": "L2"}
@@ -55,7 +56,7 @@ class AutoAttackParams(AttackParams):
     attacks: list[AutoAttackName] | None = Field(
         None, min_length=1, description="the attacks to run, in order (version custom only)"
     )
-    seed: int = Field(0, ge=0, description="seeds AutoAttack's random starts")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds AutoAttack's random starts")
 
     @model_validator(mode="after")
     def _attacks_only_for_custom(self) -> Self:

@@ -56,6 +56,7 @@ from regcore.attacks.base import (
 )
 from regcore.attacks.fgsm import fgsm
 from regcore.registries import ATTACKS
+from regcore.registry import MAX_COUNT, MAX_FLOAT
 
 __all__ = ["PGD", "Norm", "PGDParams", "eval_mode", "fgsm", "input_gradient", "pgd"]
 
@@ -165,12 +166,19 @@ def pgd(
 
 
 class PGDParams(AttackParams):
-    steps: int = Field(10, ge=1, description="gradient steps per restart (Madry MNIST: 40)")
+    steps: int = Field(
+        10, ge=1, le=MAX_COUNT, description="gradient steps per restart (Madry MNIST: 40)"
+    )
     alpha: float | None = Field(
-        None, gt=0, description="step size in pixel units; none: 2.5 * eps / steps per sample"
+        None,
+        gt=0,
+        le=MAX_FLOAT,
+        description="step size in pixel units; none: 2.5 * eps / steps per sample",
     )
     random_start: bool = Field(True, description="start from a uniform point of the eps-ball")
-    restarts: int = Field(1, ge=1, description="random restarts; a sample keeps its best")
+    restarts: int = Field(
+        1, ge=1, le=MAX_COUNT, description="random restarts; a sample keeps its best"
+    )
 
 
 @ATTACKS.register("pgd")

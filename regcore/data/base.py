@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 from pydantic import Field
 
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_SAMPLES, MAX_SEED, ComponentParams
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,19 @@ class SplitParams(ComponentParams):
 
     val_fraction: float = Field(0.1, ge=0, lt=1, description="held out of the training set")
     split_seed: int | None = Field(
-        None, ge=0, description="seed of the train/validation split; default: training.seed"
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="seed of the train/validation split; default: training.seed",
     )
     train_size: int | None = Field(
-        None, ge=1, description="keep only this many training examples (quick runs)"
+        None, ge=1, le=MAX_SAMPLES, description="keep only this many training examples (quick runs)"
     )
     test_size: int | None = Field(
-        None, ge=1, description="keep only this many test examples (the same for every seed)"
+        None,
+        ge=1,
+        le=MAX_SAMPLES,
+        description="keep only this many test examples (the same for every seed)",
     )
 
 

@@ -20,16 +20,21 @@ from pydantic import Field
 
 from regcore.data.base import DataInfo, DataSplits, SplitParams, make_splits
 from regcore.registries import DATASETS
+from regcore.registry import MAX_FLOAT, MAX_SAMPLES, MAX_SEED
 
 CENTRES = torch.tensor([[0.25, 0.25], [0.25, 0.75], [0.75, 0.25], [0.75, 0.75]])  # (4, 2)
 
 
 class BlobsParams(SplitParams):
-    n_train: int = Field(2000, ge=4, description="training points (before the validation split)")
-    n_test: int = Field(1000, ge=4, description="test points")
-    noise: float = Field(0.1, ge=0, description="std of each cluster, per coordinate")
+    n_train: int = Field(
+        2000, ge=4, le=MAX_SAMPLES, description="training points (before the validation split)"
+    )
+    n_test: int = Field(1000, ge=4, le=MAX_SAMPLES, description="test points")
+    noise: float = Field(0.1, ge=0, le=MAX_FLOAT, description="std of each cluster, per coordinate")
     clip: bool = Field(True, description="clip points to [0, 1]")
-    data_seed: int = Field(0, ge=0, description="seed of the points (not of the split)")
+    data_seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seed of the points (not of the split)"
+    )
 
 
 def _sample(

@@ -21,7 +21,7 @@ from pydantic import AfterValidator, Field, WithJsonSchema
 from torch import nn
 
 from regcore.data.base import DataInfo
-from regcore.registry import ComponentParams, Registry, UnknownComponentError
+from regcore.registry import MAX_FLOAT, ComponentParams, Registry, UnknownComponentError
 
 # --------------------------------------------------------------------------- normalization
 
@@ -175,7 +175,10 @@ class ModelParams(ComponentParams):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden fc layer")
     normalize: bool = Field(True, description="normalize inputs with the dataset's mean/std")
     softplus_beta: float = Field(
-        5.0, gt=0, description="beta of softplus and initial beta of centered_softplus"
+        5.0,
+        gt=0,
+        le=MAX_FLOAT,
+        description="beta of softplus and initial beta of centered_softplus",
     )
     learn_beta: bool = Field(True, description="learn centered_softplus's beta, one per layer")
 

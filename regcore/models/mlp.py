@@ -17,12 +17,15 @@ from torch import nn
 from regcore.data.base import DataInfo
 from regcore.models.layers import ActivationName, ModelParams, input_normalization
 from regcore.registries import MODELS
+from regcore.registry import MAX_LAYERS, MAX_WIDTH
 
 
 class MLPParams(ModelParams):
     activation: ActivationName = "relu"
-    hidden: list[Annotated[int, Field(ge=1)]] = Field(
-        [256, 256], description="width of each hidden layer, input side first"
+    hidden: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
+        [256, 256],
+        max_length=MAX_LAYERS,
+        description="width of each hidden layer, input side first",
     )
 
 

@@ -23,6 +23,7 @@ from regcore.data.base import DataInfo
 from regcore.models.layers import ActivationName, ModelParams, input_normalization
 from regcore.models.lipschitz_bn import LipschitzBatchNorm2d
 from regcore.registries import MODELS
+from regcore.registry import MAX_FLOAT
 
 
 class ResNet18Params(ModelParams):
@@ -33,7 +34,9 @@ class ResNet18Params(ModelParams):
     batch_norm: Literal["standard", "lipschitz"] = Field(
         "standard", description="lipschitz: gamma-Lipschitz batch norm (Srinivas et al. 2022)"
     )
-    bn_gamma: float = Field(1.0, gt=0, description="initial gamma of the Lipschitz batch norm")
+    bn_gamma: float = Field(
+        1.0, gt=0, le=MAX_FLOAT, description="initial gamma of the Lipschitz batch norm"
+    )
 
     def new_batch_norm(self, channels: int) -> nn.Module:
         if self.batch_norm == "lipschitz":

@@ -29,15 +29,19 @@ from pydantic import Field
 
 from regcore.attacks.pgd import Norm, pgd
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_COUNT, MAX_FLOAT, ComponentParams
 from regcore.regularizers.base import Regularizer, StepContext
 
 
 class AdversarialTrainingParams(ComponentParams):
-    eps: float = Field(8 / 255, ge=0, description="attack budget in pixel units (MNIST: 0.3)")
+    eps: float = Field(
+        8 / 255, ge=0, le=MAX_FLOAT, description="attack budget in pixel units (MNIST: 0.3)"
+    )
     norm: Norm = "linf"
-    steps: int = Field(7, ge=1, description="PGD steps per training batch")
-    alpha: float | None = Field(None, gt=0, description="PGD step size; none: 2.5 * eps / steps")
+    steps: int = Field(7, ge=1, le=MAX_COUNT, description="PGD steps per training batch")
+    alpha: float | None = Field(
+        None, gt=0, le=MAX_FLOAT, description="PGD step size; none: 2.5 * eps / steps"
+    )
     random_start: bool = True
     mix: float = Field(
         1.0, ge=0, le=1, description="share of the loss on adversarial examples; 1: pure Madry"

@@ -25,13 +25,13 @@ from torch import nn
 
 from regcore.data.base import DataInfo
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_COUNT, ComponentParams
 from regcore.regularizers.base import Regularizer
 from regcore.regularizers.cutout import require_images
 
 
 class AugmentParams(ComponentParams):
-    padding: int = Field(4, ge=0, description="largest shift in pixels (CIFAR: 4)")
+    padding: int = Field(4, ge=0, le=MAX_COUNT, description="largest shift in pixels (CIFAR: 4)")
     flip: bool = Field(True, description="random horizontal flips; off for digits")
 
 

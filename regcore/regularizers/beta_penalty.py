@@ -25,12 +25,12 @@ from torch import nn
 from regcore.data.base import DataInfo
 from regcore.models.layers import CenteredSoftplus
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_WEIGHT, ComponentParams
 from regcore.regularizers.base import Regularizer, StepContext
 
 
 class BetaPenaltyParams(ComponentParams):
-    weight: float = Field(1e-2, ge=0, description="lambda_beta")
+    weight: float = Field(1e-2, ge=0, le=MAX_WEIGHT, description="lambda_beta")
 
 
 def learnable_betas(model: nn.Module) -> list[nn.Parameter]:

@@ -13,14 +13,17 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_FLOAT, MAX_WEIGHT, ComponentParams
 from regcore.regularizers.base import Regularizer, StepContext
 
 
 class ConfidencePenaltyParams(ComponentParams):
-    beta: float = Field(0.1, ge=0)
+    beta: float = Field(0.1, ge=0, le=MAX_WEIGHT)
     hinge_threshold: float | None = Field(
-        None, ge=0, description="Gamma of the hinge variant (nats); none: the plain penalty"
+        None,
+        ge=0,
+        le=MAX_FLOAT,
+        description="Gamma of the hinge variant (nats); none: the plain penalty",
     )
 
 

@@ -38,14 +38,17 @@ from torch import nn
 
 from regcore.attacks.pgd import eval_mode
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_FLOAT, MAX_WEIGHT, ComponentParams
 from regcore.regularizers.base import Regularizer, StepContext
 
 
 class CUREParams(ComponentParams):
-    weight: float = Field(4.0, ge=0, description="lambda")
+    weight: float = Field(4.0, ge=0, le=MAX_WEIGHT, description="lambda")
     h: float = Field(
-        1.5, gt=0, description="L2 length of the finite-difference step, in pixel units"
+        1.5,
+        gt=0,
+        le=MAX_FLOAT,
+        description="L2 length of the finite-difference step, in pixel units",
     )
 
 

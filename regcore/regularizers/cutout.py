@@ -19,7 +19,7 @@ samples. Centres come from the device's global torch generator.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -27,13 +27,15 @@ from torch import nn
 
 from regcore.data.base import DataInfo
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_COUNT, MAX_FLOAT, ComponentParams
 from regcore.regularizers.base import Regularizer
 
 
 class CutoutParams(ComponentParams):
-    size: int = Field(8, ge=1, description="side of the square in pixels (CIFAR-10: 16)")
-    fill: float | Literal["mean"] = Field(
+    size: int = Field(
+        8, ge=1, le=MAX_COUNT, description="side of the square in pixels (CIFAR-10: 16)"
+    )
+    fill: Annotated[float, Field(ge=-MAX_FLOAT, le=MAX_FLOAT)] | Literal["mean"] = Field(
         "mean", description="'mean': the dataset's channel means (the paper's); or a pixel value"
     )
     probability: float = Field(1.0, ge=0, le=1, description="chance that a sample is cut")

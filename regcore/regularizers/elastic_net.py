@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_WEIGHT, ComponentParams
 from regcore.regularizers.base import (
     Regularizer,
     StepContext,
@@ -17,8 +17,8 @@ from regcore.regularizers.base import (
 
 
 class ElasticNetParams(ComponentParams):
-    l1_weight: float = Field(1e-5, ge=0)
-    l2_weight: float = Field(1e-4, ge=0)
+    l1_weight: float = Field(1e-5, ge=0, le=MAX_WEIGHT)
+    l2_weight: float = Field(1e-4, ge=0, le=MAX_WEIGHT)
     exclude_bias_and_norm: bool = False
 
 

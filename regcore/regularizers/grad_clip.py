@@ -20,25 +20,31 @@ Decoupled L2 (``l2`` with ``mode: decoupled``) shrinks weights, not gradients, i
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_FLOAT, ComponentParams
 from regcore.regularizers.base import Regularizer
 
 
 class GradClipParams(ComponentParams):
     mode: Literal["norm", "value"] = "norm"
-    max_norm: float = Field(1.0, gt=0, description="norm mode: the largest global gradient norm")
-    norm_type: float = Field(
-        2.0, gt=0, description="norm mode: p of the global p-norm (inf: the largest entry)"
+    max_norm: float = Field(
+        1.0, gt=0, le=MAX_FLOAT, description="norm mode: the largest global gradient norm"
+    )
+    norm_type: Annotated[float, Field(gt=0, le=MAX_FLOAT)] | Literal["inf"] = Field(
+        2.0, description='norm mode: p of the global p-norm ("inf": the largest entry)'
     )
     max_value: float = Field(
-        1.0, gt=0, description="value mode: each entry is clamped to [-max_value, max_value]"
+        1.0,
+        gt=0,
+        le=MAX_FLOAT,
+        description="value mode: each entry is clamped to [-max_value, max_value]",
     )
 
 
@@ -61,4 +67,5 @@ class GradClip(Regularizer):
         if p.mode == "value":
             nn.utils.clip_grad_value_(parameters, p.max_value)
         else:  # a tensor on the device: reading it would cost a host sync every step
-            self.last_norm = nn.utils.clip_grad_norm_(parameters, p.max_norm, p.norm_type)
+            norm_type = math.inf if p.norm_type == "inf" else p.norm_type
+            self.last_norm = nn.utils.clip_grad_norm_(parameters, p.max_norm, norm_type)

@@ -21,12 +21,12 @@ from pydantic import Field
 
 from regcore.jacobian import differentiable_forward
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_WEIGHT, ComponentParams
 from regcore.regularizers.base import InputGradient, Regularizer, StepContext
 
 
 class GradRegParams(ComponentParams):
-    weight: float = Field(0.01, ge=0, description="lambda")
+    weight: float = Field(0.01, ge=0, le=MAX_WEIGHT, description="lambda")
 
 
 def input_gradients(

@@ -9,12 +9,12 @@ import torch
 from pydantic import Field
 
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_FLOAT, ComponentParams
 from regcore.regularizers.base import Regularizer
 
 
 class InputNoiseParams(ComponentParams):
-    sigma: float = Field(0.1, gt=0, description="noise std in pixel units")
+    sigma: float = Field(0.1, gt=0, le=MAX_FLOAT, description="noise std in pixel units")
     clamp: bool = Field(True, description="clamp noisy inputs back into [0, 1]")
 
 

@@ -60,23 +60,27 @@ from pydantic import Field, field_validator
 
 from regcore.jacobian import differentiable_forward, subsample_forward
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_COUNT, MAX_SAMPLES, MAX_WEIGHT, ComponentParams
 from regcore.regularizers.base import InputGradient, Regularizer, StepContext
 
 EXACT = -1
 
 
 class JacobianParams(ComponentParams):
-    weight: float = Field(0.01, ge=0, description="lambda; the penalty is (lambda / 2) * J2")
+    weight: float = Field(
+        0.01, ge=0, le=MAX_WEIGHT, description="lambda; the penalty is (lambda / 2) * J2"
+    )
     n_proj: int = Field(
         1,
         ge=EXACT,
+        le=MAX_COUNT,
         description="random projections per step (1: ~1.9x a plain step, LeNet batch 100, "
         "CPU); -1: exact, with all C classes (C backward passes)",
     )
     subsample: int | None = Field(
         None,
         ge=1,
+        le=MAX_SAMPLES,
         description="cheap mode: the penalty on k random samples of each batch, on their own "
         "forward pass (unbiased for the batch mean; k 10: ~1.3x a plain step, k 20: ~1.5x, "
         "LeNet batch 100, CPU); none: the whole batch, the training forward's own",

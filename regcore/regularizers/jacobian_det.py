@@ -60,18 +60,21 @@ from pydantic import Field
 from regcore.attacks.pgd import eval_mode
 from regcore.jacobian import random_subset, replicated_input_jacobian
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_COUNT, MAX_FLOAT, MAX_SAMPLES, MAX_WEIGHT, ComponentParams
 from regcore.regularizers.base import Regularizer, StepContext
 
 DEFAULT_SUBSAMPLE = 4  # samples a step; keeps the step under 3x a plain one (LeNet)
 
 
 class JacobianDetParams(ComponentParams):
-    weight: float = Field(1e-3, ge=0, description="lambda")
-    delta: float = Field(1e-3, gt=0, description="ridge added to the C x C Gram matrix J J^T")
+    weight: float = Field(1e-3, ge=0, le=MAX_WEIGHT, description="lambda")
+    delta: float = Field(
+        1e-3, gt=0, le=MAX_FLOAT, description="ridge added to the C x C Gram matrix J J^T"
+    )
     subsample: int | None = Field(
         DEFAULT_SUBSAMPLE,
         ge=1,
+        le=MAX_SAMPLES,
         description="the penalty on k random samples of each batch, unbiased for the batch "
         "mean (default 4: ~1.9x a plain step, 8: ~2.6x, LeNet batch 100, CPU); none: the "
         "whole batch (~18x)",
@@ -79,6 +82,7 @@ class JacobianDetParams(ComponentParams):
     every: int = Field(
         1,
         ge=1,
+        le=MAX_COUNT,
         description="take the penalty on every m-th step only, with weight * m (its extra "
         "cost divided by ~m; the same gradient over m steps up to the weights' drift)",
     )

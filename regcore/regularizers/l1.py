@@ -6,12 +6,12 @@ import torch
 from pydantic import Field
 
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_WEIGHT, ComponentParams
 from regcore.regularizers.base import Regularizer, StepContext, l1_norm, weight_parameters
 
 
 class L1Params(ComponentParams):
-    weight: float = Field(1e-5, ge=0, description="lambda")
+    weight: float = Field(1e-5, ge=0, le=MAX_WEIGHT, description="lambda")
     exclude_bias_and_norm: bool = False
 
 

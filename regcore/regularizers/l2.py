@@ -17,12 +17,12 @@ from pydantic import Field
 from torch import nn
 
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_WEIGHT, ComponentParams
 from regcore.regularizers.base import Regularizer, StepContext, squared_l2_norm, weight_parameters
 
 
 class L2Params(ComponentParams):
-    weight: float = Field(1e-4, ge=0, description="lambda")
+    weight: float = Field(1e-4, ge=0, le=MAX_WEIGHT, description="lambda")
     mode: Literal["penalty", "decoupled"] = "penalty"
     exclude_bias_and_norm: bool = Field(
         False, description="leave biases, norm-layer parameters and activation betas alone"

@@ -32,7 +32,7 @@ from regcore.data.base import DataInfo
 from regcore.models.layers import CenteredSoftplus
 from regcore.models.lipschitz_bn import LipschitzBatchNorm2d
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_COUNT, MAX_FLOAT, MAX_WEIGHT, ComponentParams
 from regcore.regularizers.base import Regularizer, StepContext
 from regcore.regularizers.beta_penalty import beta_sum
 from regcore.regularizers.spectral_norm import (
@@ -46,16 +46,32 @@ SMOOTHED_ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Softplus, CenteredSoftplus)
 
 
 class LCNNParams(ComponentParams):
-    beta_init: float = Field(5.0, gt=0, description="initial beta of every centered softplus")
-    beta_weight: float = Field(1e-2, ge=0, description="lambda_beta: weight of sum beta")
-    gamma: float = Field(1.0, gt=0, description="bound on each conv/linear operator norm")
-    bn_gamma: float = Field(10.0, gt=0, description="initial gamma of the Lipschitz batch norms")
-    gamma_weight: float = Field(
-        0.0, ge=0, description="weight of sum |log gamma| over the Lipschitz batch norms"
+    beta_init: float = Field(
+        5.0, gt=0, le=MAX_FLOAT, description="initial beta of every centered softplus"
     )
-    power_iterations: int = Field(1, ge=1, description="power iterations per training forward")
+    beta_weight: float = Field(
+        1e-2, ge=0, le=MAX_WEIGHT, description="lambda_beta: weight of sum beta"
+    )
+    gamma: float = Field(
+        1.0, gt=0, le=MAX_FLOAT, description="bound on each conv/linear operator norm"
+    )
+    bn_gamma: float = Field(
+        10.0, gt=0, le=MAX_FLOAT, description="initial gamma of the Lipschitz batch norms"
+    )
+    gamma_weight: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_WEIGHT,
+        description="weight of sum |log gamma| over the Lipschitz batch norms",
+    )
+    power_iterations: int = Field(
+        1, ge=1, le=MAX_COUNT, description="power iterations per training forward"
+    )
     eval_iterations: int = Field(
-        50, ge=0, description="Lanczos steps at setup and after each epoch's last step"
+        50,
+        ge=0,
+        le=MAX_COUNT,
+        description="Lanczos steps at setup and after each epoch's last step",
     )
 
 

@@ -24,13 +24,16 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_FLOAT, ComponentParams
 from regcore.regularizers.base import Regularizer, StepContext
 
 
 class MixupParams(ComponentParams):
     alpha: float = Field(
-        0.2, gt=0, description="lam ~ Beta(alpha, alpha); the paper uses 0.1-0.4 on ImageNet"
+        0.2,
+        gt=0,
+        le=MAX_FLOAT,
+        description="lam ~ Beta(alpha, alpha); the paper uses 0.1-0.4 on ImageNet",
     )
 
 

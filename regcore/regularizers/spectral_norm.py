@@ -47,7 +47,7 @@ from torch.nn.utils.parametrizations import _SpectralNorm
 
 from regcore.data.base import DataInfo
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_COUNT, MAX_FLOAT, ComponentParams
 from regcore.regularizers.base import Regularizer, StepContext, select_layers
 
 INIT_ITERATIONS = 15  # power iterations at registration, as torch's spectral_norm does
@@ -62,14 +62,19 @@ _CONV_FUNCTIONS: dict[int, tuple[Callable[..., torch.Tensor], Callable[..., torc
 
 
 class SpectralNormParams(ComponentParams):
-    gamma: float = Field(1.0, gt=0, description="upper bound on each layer's operator norm")
+    gamma: float = Field(
+        1.0, gt=0, le=MAX_FLOAT, description="upper bound on each layer's operator norm"
+    )
     layers: list[str] = Field(
         ["*"], description="glob patterns over module names (e.g. 'fc*'); conv and linear only"
     )
-    power_iterations: int = Field(1, ge=1, description="power iterations per training forward")
+    power_iterations: int = Field(
+        1, ge=1, le=MAX_COUNT, description="power iterations per training forward"
+    )
     eval_iterations: int = Field(
         50,
         ge=0,
+        le=MAX_COUNT,
         description="Lanczos steps at setup and after each epoch's last step, so the "
         "evaluated and checkpointed model carries a converged norm estimate",
     )

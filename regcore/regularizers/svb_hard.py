@@ -31,7 +31,7 @@ from torch import nn
 
 from regcore.data.base import DataInfo
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_COUNT, MAX_FLOAT, ComponentParams
 from regcore.regularizers.base import Regularizer, StepContext, select_layers, stored_weight
 from regcore.regularizers.svb import (
     bound_batchnorm_,
@@ -42,9 +42,14 @@ from regcore.regularizers.svb import (
 
 
 class SVBHardParams(ComponentParams):
-    eps: float = Field(0.5, ge=0, description="singular values are clipped into [1/(1+eps), 1+eps]")
+    eps: float = Field(
+        0.5, ge=0, le=MAX_FLOAT, description="singular values are clipped into [1/(1+eps), 1+eps]"
+    )
     every_steps: int | None = Field(
-        None, ge=1, description="project every this many optimizer steps; none: once per epoch"
+        None,
+        ge=1,
+        le=MAX_COUNT,
+        description="project every this many optimizer steps; none: once per epoch",
     )
     layers: list[str] = Field(
         ["*"], description="glob patterns over module names (e.g. 'fc*'); conv and linear only"
@@ -54,7 +59,7 @@ class SVBHardParams(ComponentParams):
         False, description="also bound every batch norm's per-channel gain (BBN)"
     )
     eps_bn: float | None = Field(
-        None, ge=0, description="BBN band: [m/(1+eps_bn), m(1+eps_bn)]; none: eps"
+        None, ge=0, le=MAX_FLOAT, description="BBN band: [m/(1+eps_bn), m(1+eps_bn)]; none: eps"
     )
 
 

@@ -25,13 +25,13 @@ from torch import nn
 
 from regcore.data.base import DataInfo
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_WEIGHT, ComponentParams
 from regcore.regularizers.base import Regularizer, StepContext, select_layers, stored_weight
 from regcore.regularizers.svb import as_matrix, orthogonal_init_
 
 
 class SVBSoftParams(ComponentParams):
-    weight: float = Field(1e-4, ge=0, description="lambda")
+    weight: float = Field(1e-4, ge=0, le=MAX_WEIGHT, description="lambda")
     layers: list[str] = Field(
         ["*"], description="glob patterns over module names (e.g. 'fc*'); conv and linear only"
     )

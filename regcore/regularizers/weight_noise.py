@@ -10,12 +10,12 @@ from pydantic import Field
 from torch import nn
 
 from regcore.registries import REGULARIZERS
-from regcore.registry import ComponentParams
+from regcore.registry import MAX_FLOAT, ComponentParams
 from regcore.regularizers.base import Regularizer, select_layers, stored_weight
 
 
 class WeightNoiseParams(ComponentParams):
-    sigma: float = Field(0.01, gt=0)
+    sigma: float = Field(0.01, gt=0, le=MAX_FLOAT)
     layers: list[str] = Field(
         ["*"], description="glob patterns over module names (e.g. 'fc*'); conv and linear only"
     )

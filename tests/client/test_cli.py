@@ -689,6 +689,33 @@ def test_cancel_a_sweep(server: FakeServer) -> None:
     assert result.stdout == f"sweep {SWEEP_ID}: 2 jobs cancelled\n"
 
 
+def test_cancel_says_which_shared_experiments_it_left_alone(server: FakeServer) -> None:
+    server[f"POST /sweeps/{SWEEP_ID}/cancel"] = {
+        **RUNNING_SWEEP,
+        "cancelled_jobs": ["j1"],
+        "kept_experiments": ["e7", "e8"],
+    }
+
+    result = regbench("cancel", SWEEP_ID)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"sweep {SWEEP_ID}: 1 job cancelled",
+        "2 experiment(s) shared with another user's work left alone (only their owner or "
+        "an admin cancels them)",
+    ]
+
+
+def test_cancel_refused_for_another_users_work(server: FakeServer) -> None:
+    detail = f"sweep {SWEEP_ID} belongs to 'ann': only its owner or an admin may change it"
+    server[f"POST /sweeps/{SWEEP_ID}/cancel"] = httpx.Response(403, json={"detail": detail})
+
+    result = regbench("cancel", SWEEP_ID)
+
+    assert result.exit_code == 1
+    assert "belongs to 'ann'" in result.stderr and "--token" not in result.stderr
+
+
 def test_cancel_falls_back_from_sweep_to_experiment(server: FakeServer) -> None:
     server[f"POST /experiments/{EXPERIMENT_ID}/cancel"] = {
         "id": EXPERIMENT_ID,

@@ -259,7 +259,7 @@ def test_grad_clip_leaves_small_gradients_alone() -> None:
 
 def test_grad_clip_inf_norm_caps_the_largest_entry() -> None:
     model, before = gradients_of_a_big_loss(100.0)
-    reg = make("grad_clip", max_norm=0.1, norm_type=float("inf"))
+    reg = make("grad_clip", max_norm=0.1, norm_type="inf")
     reg.before_step(model, torch.optim.SGD(model.parameters(), lr=0.1))
     after = flat([p.grad for p in model.parameters()])
     assert after.abs().max().item() == pytest.approx(0.1, rel=1e-5)

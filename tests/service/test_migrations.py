@@ -11,6 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from service.db import make_engine
 from service.schema import (
@@ -23,7 +24,7 @@ from service.schema import (
 )
 from service.tables import Base
 
-TABLES = {"sweeps", "sweep_experiments", "experiments", "jobs", "workers"}
+TABLES = {"sweeps", "sweep_experiments", "experiments", "jobs", "workers", "users"}
 
 
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
@@ -57,6 +58,33 @@ def test_sweeps_recorded_before_0002_get_a_size_and_no_report(database_url: str)
         row = connection.execute(text("SELECT size, report_status FROM sweeps")).one()
     engine.dispose()
     assert tuple(row) == (0, "none")
+
+
+def test_0005_makes_sweeps_unique_per_owner(database_url: str) -> None:
+    """Sweeps recorded before keep their rows; the same hash may then exist once per
+    owner, never twice for one owner."""
+    upgrade_database(database_url, "0004")
+    engine = make_engine(database_url)
+    insert = (
+        "INSERT INTO sweeps (id, name, owner, sweep_hash, base, grid, size, report_status, "
+        "created_at) VALUES (:id, 'old', :owner, 'h', '{}', '{}', 0, 'none', CURRENT_TIMESTAMP)"
+    )
+    with engine.begin() as connection:
+        connection.execute(text(insert), {"id": "s1", "owner": "anonymous"})
+    upgrade_database(database_url)
+    with engine.begin() as connection:
+        connection.execute(text(insert), {"id": "s2", "owner": "ann"})
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(text(insert), {"id": "s3", "owner": "ann"})
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, owner FROM sweeps ORDER BY id")).all()
+    assert [tuple(row) for row in rows] == [("s1", "anonymous"), ("s2", "ann")]
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM sweeps WHERE id = 's2'"))
+    downgrade_database(database_url, "0004")  # back to one sweep per hash
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(text(insert), {"id": "s4", "owner": "bob"})
+    engine.dispose()
 
 
 def test_migrations_match_the_tables(database_url: str) -> None:

@@ -624,8 +624,9 @@ def test_cancel_cancels_queued_jobs_and_flags_running_ones(database: Database) -
         session.commit()
         running_id, done_id = a["train"].id, b["train"].id
     with database.session() as session:
-        changed = sweeps.cancel(session, load(session, submission.sweep.id))
+        changed, kept = sweeps.cancel(session, load(session, submission.sweep.id))
         session.commit()
+        assert kept == []
         assert {job.id for job in changed} == {
             running_id,
             a["calibration"].id,
@@ -649,7 +650,7 @@ def test_cancel_cancels_queued_jobs_and_flags_running_ones(database: Database) -
         assert not sweeps.is_finished(sweep)
         # Still running until the flagged job stops: no ETA of 0, no finish time yet.
         assert state.status == "running" and state.eta_s != 0.0 and state.finished_at is None
-        assert sweeps.cancel(session, load(session, submission.sweep.id)) == []  # idempotent
+        assert sweeps.cancel(session, load(session, submission.sweep.id)) == ([], [])  # again
 
 
 # --------------------------------------------------------------------------- reports
