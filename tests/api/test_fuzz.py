@@ -9,9 +9,10 @@ Path ids are drawn from generated strings and from the rows recorded before the 
 (experiments queued, running, succeeded with an MLflow run, failed, cancelled; a sweep),
 so cancel, analyses, metrics, artifacts, results and reports meet real rows. Half of the
 submissions get real component names (the schema cannot list them), so generated names,
-training fields and grid seeds reach the job store. On the cluster store the API token
-is required and most requests carry it. Jobs that submissions enqueue go to the test's
-own queue, which no worker reads.
+training fields and grid seeds reach the job store. On the cluster store a token is
+required for reads and writes, and most requests carry the token of a plain user who owns
+the sweep but not the experiments recorded before the run (403 on those). Jobs that
+submissions enqueue go to the test's own queue, which no worker reads.
 
 A failure prints the request that reproduces it (``curl``).
 """
@@ -28,21 +29,21 @@ import pytest
 import redis
 import schemathesis
 from hypothesis import strategies as st
-from pydantic import SecretStr
 from schemathesis.config import SchemathesisConfig
 from sqlalchemy import create_engine, text
 from starlette.types import Receive, Scope, Send
 
 from api.app import create_app
 from regcore.spec import ANALYSES, ExperimentSpec
-from service import jobstore
+from service import jobstore, users
 from service.settings import Settings
 from service.tables import Experiment, JobState, utcnow
 from service.tracking import MlflowTracker
 from tests.api.conftest import REDIS_DB, SPEC, Api, _data_dir, start_api
 from tests.conftest import POSTGRES_ADMIN_URL, ensure_postgres, ensure_redis
 
-TOKEN = "fuzz-token"
+# The token requests carry: a user's on the cluster store (set by the fixture).
+TOKEN: dict[str, str] = {"token": "no-user-needs-one"}
 # Generated requests per operation, on top of its examples and coverage cases.
 FUZZ_EXAMPLES = int(
     os.environ.get("REGBENCH_FUZZ_EXAMPLES", "200" if os.environ.get("CI") == "true" else "50")
@@ -187,16 +188,20 @@ def fuzz_api(
             **common,
             database_url=request.getfixturevalue("module_postgres_url"),
             broker_url=f"redis://127.0.0.1:6379/{REDIS_DB}",
-            api_token=SecretStr(TOKEN),
+            auth_reads=True,
         )
     try:
         for api in start_api(settings):
-            if settings.api_token is not None:
-                api.client.headers["Authorization"] = f"Bearer {TOKEN}"
+            if request.param == "cluster":  # a plain user: others' rows answer 403
+                with api.database.session() as session:
+                    TOKEN["token"] = users.add_user(session, "fuzzer")
+                    session.commit()
+                api.client.headers["Authorization"] = f"Bearer {TOKEN['token']}"
             RECORDED.update(record_rows(api, tmp_path_factory.mktemp("artifacts")))
             yield api
     finally:
         RECORDED.clear()
+        TOKEN["token"] = "no-user-needs-one"
         if settings.broker_url is not None:
             with redis.Redis.from_url(settings.broker_url) as client:
                 keys = list(client.scan_iter(match=f"*{queue}*"))
@@ -227,11 +232,11 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any] | None
 
 @schema.hook
 def flatmap_headers(context: Any, headers: dict[str, Any] | None) -> Any:
-    """Mostly the right token (ignored where none is required), sometimes the generated
-    header: a 401 must be a declared answer too."""
+    """Mostly the user's token (where no user exists, any token is ignored), sometimes the
+    generated header: a 401 must be a declared answer too. Read when drawn, like ids."""
     generated = headers or {}
-    good = {**generated, "authorization": f"Bearer {TOKEN}"}
-    return st.sampled_from([good, good, good, generated])
+    good = {**generated, "authorization": f"Bearer {TOKEN['token']}"}
+    return st.sampled_from([True, True, True, False]).map(lambda use: good if use else generated)
 
 
 def with_components(spec: Any) -> Any:
