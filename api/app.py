@@ -9,15 +9,17 @@ at the newest migration: ``SchemaOutdatedError`` propagates with the command to 
 
 Errors keep one shape, ``{"detail": ...}``: 404 for unknown ids, 422 for invalid input
 (FastAPI's own answer, whose ``detail[].loc`` is the field path, such as
-``["body", "regularizers", 0, "name"]``), 401 for a wrong token, or none where one is
-needed (writes once users exist, reads too with ``REGBENCH_AUTH_READS``; ``/healthz``
-and ``/metrics`` stay open), 403 for a change to another user's work, 400 for a bad
-artifact path, 409 for analyses on a failed experiment, 413 for a body over
-``REGBENCH_MAX_BODY_BYTES``, 422 for a JSON body nested too deep or holding a non-finite
-number, NUL or a lone surrogate (``api.bodies``) and for a request over a limit on its
-work (``service.limits``), 429 when the submitter's queue is full, 503 when the broker,
-the tracking store or the job store is unavailable, and a logged 500 with a short message
-for anything unexpected (never a traceback).
+``["body", "regularizers", 0, "name"]``; also for a body that is not UTF-8 JSON), 401
+for a wrong token, or none where one is needed (writes once users exist, reads too with
+``REGBENCH_AUTH_READS``; ``/healthz`` and ``/metrics`` stay open), 403 for a change to
+another user's work, 400 for a bad artifact path, 409 for analyses on a failed
+experiment, 413 for a body over ``REGBENCH_MAX_BODY_BYTES``, 422 for a JSON body nested
+too deep or holding a non-finite number, NUL or a lone surrogate (``api.bodies``) and
+for a request over a limit on its work (``service.limits``), 429 when the submitter's
+queue is full, 503 when the broker, the tracking store or the job store is unavailable
+(with ``Retry-After``), and a logged 500 with a short message for anything unexpected
+(never a traceback). Each status a route can answer is declared in its OpenAPI
+operation (``api.responses``).
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ from typing import Any
 from anyio import to_thread
 from fastapi import Depends, FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.bodies import BodyLimits
 from api.deps import authenticate
 from api.operations import ConflictError, ForbiddenError, NotEnqueuedError
+from api.responses import API_ROUTES, EVERY_ROUTE
 from api.routes import api_router, health, metrics
 from api.tracking import (
     ArtifactNotFoundError,
@@ -71,9 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan(settings),
     )
     app.state.settings = settings
-    app.include_router(api_router, prefix=API_PREFIX, dependencies=[Depends(authenticate)])
-    app.include_router(health.router)
-    app.include_router(metrics.router)
+    app.include_router(
+        api_router, prefix=API_PREFIX, dependencies=[Depends(authenticate)], responses=API_ROUTES
+    )
+    app.include_router(health.router, responses=EVERY_ROUTE)
+    app.include_router(metrics.router, responses=EVERY_ROUTE)
     for error, handler in _EXCEPTION_HANDLERS.items():
         app.add_exception_handler(error, handler)
     app.add_middleware(
@@ -182,7 +189,23 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         message = "the job store is unavailable; try again later"
     else:
         message = _masked(request, exc)
-    return _detail(status.HTTP_503_SERVICE_UNAVAILABLE, message)
+    response = _detail(status.HTTP_503_SERVICE_UNAVAILABLE, message)
+    response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
+# FastAPI's 400 for a body it cannot read as text (not UTF-8); a body that is text but
+# not JSON is already its 422 ``json_invalid``.
+_BODY_NOT_PARSED = "There was an error parsing the body"
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's own answer, but an unreadable body is bad input like any other: 422."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and exc.detail == _BODY_NOT_PARSED:
+        error = {"loc": ["body"], "msg": "the body is not UTF-8 JSON text", "type": "json_invalid"}
+        return JSONResponse({"detail": [error]}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    return await http_exception_handler(request, exc)
 
 
 def _with_status(code: int) -> Callable[[Request, Exception], Any]:
@@ -201,6 +224,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 _EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Any]] = {
+    StarletteHTTPException: _http_error,
     NotEnqueuedError: _not_enqueued,
     SweepTooLargeError: _invalid_sweep,
     SweepInvalidError: _invalid_sweep,

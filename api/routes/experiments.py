@@ -16,6 +16,7 @@ from api.deps import (
     SettingsDep,
     TrackingDep,
 )
+from api.responses import NOT_ENQUEUED
 from api.schemas import (
     AnalysesPublic,
     ArtifactPublic,
@@ -27,7 +28,6 @@ from api.schemas import (
     ExperimentSummary,
     MetricPointPublic,
     MetricsPublic,
-    NotEnqueuedPublic,
     SubmissionPublic,
 )
 from api.tracking import ArtifactNotFoundError, remove_download
@@ -41,13 +41,6 @@ FORBIDDEN = {
     status.HTTP_403_FORBIDDEN: {
         "model": ErrorPublic,
         "description": "another user's experiment: only its owner or an admin may change it",
-    }
-}
-NOT_ENQUEUED = {
-    status.HTTP_503_SERVICE_UNAVAILABLE: {
-        "model": NotEnqueuedPublic,
-        "description": "recorded and queued in the job store, but the broker (or, before "
-        "anything is recorded, the tracking store) is unavailable",
     }
 }
 QUEUE_FULL = {

@@ -18,12 +18,12 @@ from api.deps import (
     SweepRowDep,
     TrackingDep,
 )
+from api.responses import NOT_ENQUEUED
 from api.routes.experiments import QUEUE_FULL
 from api.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
     ErrorPublic,
-    NotEnqueuedPublic,
     SweepCancelPublic,
     SweepPointPublic,
     SweepPublic,
@@ -53,11 +53,7 @@ FORBIDDEN = {
     responses={
         status.HTTP_200_OK: {"model": SweepSubmissionPublic, "description": "the same sweep"},
         **QUEUE_FULL,
-        status.HTTP_503_SERVICE_UNAVAILABLE: {
-            "model": NotEnqueuedPublic,
-            "description": "recorded, but the broker (or, before anything is recorded, the "
-            "tracking store) is unavailable",
-        },
+        **NOT_ENQUEUED,
     },
 )
 def submit_sweep(
