@@ -311,3 +311,27 @@ def assert_one_run_every_epoch_once(backend: Backend, experiment_ids: list[str])
             assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {steps}"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert steps == list(range(1, int(epochs) + 1)), f"train/loss epochs {steps}"
+
+
+def assert_one_run_epochs_once(backend: Backend, experiment_id: str, status: str) -> list[int]:
+    """The experiment has exactly one MLflow run (its train job's), ended ``status``, with
+    no metric logged twice at a step and the epochs it trained (1, 2, ...) each once; for
+    a job that failed or stopped before its last epoch. Returns those epochs."""
+    client = backend.mlflow()
+    mlflow_experiment = client.get_experiment_by_name(backend.settings.mlflow_experiment)
+    assert mlflow_experiment is not None, "no MLflow experiment: nothing was logged"
+    train = backend.train(experiment_id)
+    runs = [
+        run.info.run_id
+        for run in client.search_runs([mlflow_experiment.experiment_id], max_results=1000)
+        if run.data.tags.get("regbench.experiment_id") == experiment_id
+    ]
+    assert runs == [train.mlflow_run_id], f"runs {runs}, train job's {train.mlflow_run_id}"
+    run = client.get_run(train.mlflow_run_id)
+    assert run.info.status == status, run.info.status
+    for key in run.data.metrics:
+        steps = [metric.step for metric in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), f"{key} logged twice at a step: {steps}"
+    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert epochs == list(range(1, len(epochs) + 1)), f"train/loss epochs {epochs}"
+    return epochs
