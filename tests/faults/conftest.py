@@ -327,7 +327,13 @@ def assert_one_run_epochs_once(backend: Backend, experiment_id: str, status: str
         if run.data.tags.get("regbench.experiment_id") == experiment_id
     ]
     assert runs == [train.mlflow_run_id], f"runs {runs}, train job's {train.mlflow_run_id}"
-    run = client.get_run(train.mlflow_run_id)
+    # A child stopped by its supervisor (SIGKILLed past the grace) leaves its run to the
+    # supervisor, which closes it just after it records the job's state.
+    run = backend.wait(
+        lambda: (found := client.get_run(train.mlflow_run_id)).info.status != "RUNNING" and found,
+        30,
+        f"MLflow run {train.mlflow_run_id} to end",
+    )
     assert run.info.status == status, run.info.status
     for key in run.data.metrics:
         steps = [metric.step for metric in client.get_metric_history(run.info.run_id, key)]

@@ -68,14 +68,3 @@ def test_spec_is_trained_then_its_analysis_runs_into_the_same_run(backend: Backe
         launched = descendants(backend.processes.started["launcher"].pid)
         assert backend.processes.stop("launcher") == 0  # SIGTERM: forwarded, then waited for
         assert not [pid for pid in launched if alive(pid)], "the launcher left processes behind"
-
-
-def test_diverging_spec_fails_naming_epoch_and_step(embedded: Backend) -> None:
-    experiment_id = embedded.submit(spec_with(FAST_SPEC, training={"lr": 1e12}))
-    embedded.start_worker()
-    train = embedded.wait_finished(experiment_id)["train"]
-    assert train.state == "failed", f"{train}\n{embedded.processes.logs()}"
-    assert "training diverged" in train.error
-    assert "at epoch 1, step" in train.error
-    client = embedded.mlflow()
-    assert client.get_run(train.mlflow_run_id).info.status == "FAILED"

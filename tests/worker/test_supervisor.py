@@ -1,5 +1,5 @@
-"""The supervisor and the job child on their own: duplicates, time limit, schema check,
-merged metrics, a child run by hand."""
+"""The supervisor and the job child on their own: duplicates, schema check, merged
+metrics, a child run by hand. (The time limit: tests/faults/test_job_fails.py.)"""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from regcore.spec import ExperimentSpec
 from service import jobstore
 from service.db import Database
 from service.schema import upgrade_database
 from service.tables import Experiment, JobState
-from tests.worker.conftest import FAST_SPEC, SLOW_SPEC, Backend, Processes, spec_with
+from tests.worker.conftest import FAST_SPEC, Backend, Processes, spec_with
 from worker.launcher import plan_workers
 from worker.supervisor import supervise_job
 
@@ -30,28 +28,6 @@ def test_a_duplicate_delivery_claims_nothing_and_returns_at_once(embedded: Backe
     assert outcome == "skipped" and time.monotonic() - started < 2
     train = embedded.train(experiment_id)
     assert (train.worker, train.attempt) == ("other:1", 1)  # untouched
-
-
-def use_backend_environment(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Job children started from this process read their settings from its environment."""
-    for key, value in backend.processes.env.items():
-        if key.startswith("REGBENCH_"):
-            monkeypatch.setenv(key, value)
-
-
-@pytest.mark.slow
-def test_the_time_limit_stops_the_job_and_fails_it(
-    embedded: Backend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    use_backend_environment(embedded, monkeypatch)
-    experiment_id = embedded.submit(spec_with(SLOW_SPEC, training={"epochs": 500}), send=False)
-    train = embedded.train(experiment_id)
-    settings = embedded.settings.model_copy(update={"job_time_limit_s": 4})
-    started = time.monotonic()
-    outcome = supervise_job(train.id, settings=settings, worker="me:1", device="cpu")
-    assert outcome == "failed" and time.monotonic() - started < 20
-    train = embedded.train(experiment_id)
-    assert train.state == JobState.FAILED and "time limit of 4 s exceeded" in train.error
 
 
 def test_a_worker_refuses_an_outdated_job_store(embedded: Backend, tmp_path: Path) -> None:
