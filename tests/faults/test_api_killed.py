@@ -1,6 +1,7 @@
 """The API process killed (SIGKILL) while it writes a large sweep, under uvicorn, on the
-embedded default (SQLite) and on PostgreSQL: the job store holds the whole sweep or
-nothing of it, and the same sweep submitted again to a new API process is complete."""
+embedded default (SQLite) and on PostgreSQL (the faults' own): the job store holds the
+whole sweep or nothing of it, and the same sweep submitted again to a new API process is
+complete, every job queued once and nothing trained."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
 from service.tables import Experiment, Job, JobKind, Sweep, SweepMember
-from tests.e2e.test_http_to_worker import free_port
-from tests.worker.conftest import Backend
+from tests.faults.conftest import Outcome, free_port
+from tests.worker.conftest import Backend, embedded  # noqa: F401 (a fixture)
 
 POINTS = 1000  # the default REGBENCH_MAX_SWEEP_SIZE
 BASE: dict[str, Any] = {
@@ -115,8 +116,13 @@ def counts(backend: Backend, name: str) -> tuple[int, int, int, int]:
         return len(ids), members or 0, experiments or 0, jobs or 0
 
 
+@pytest.fixture(params=["embedded", "faulty_cluster"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return request.getfixturevalue(request.param)
+
+
 def test_an_api_killed_mid_sweep_leaves_all_or_nothing_and_a_resubmission_completes_it(
-    backend: Backend,
+    backend: Backend, reliability: Outcome
 ) -> None:
     api = start_api(backend, "api")
     # A first sweep of the same size, timed: how long its writes take here.
@@ -135,6 +141,7 @@ def test_an_api_killed_mid_sweep_leaves_all_or_nothing_and_a_resubmission_comple
     time.sleep(writes_s / 4)
     wait_for_writes(backend, thread)  # still writing: killed inside its transaction
     backend.processes.kill("api")
+    killed_at = time.monotonic()
     thread.join(timeout=30)
     assert outcome and isinstance(outcome[0], httpx.TransportError), outcome
     sweeps, members, experiments, jobs = counts(backend, "killed")
@@ -148,6 +155,7 @@ def test_an_api_killed_mid_sweep_leaves_all_or_nothing_and_a_resubmission_comple
     # Submitted again to a new API process: the whole sweep, every train job enqueued.
     api = start_api(backend, "api-again")
     again = api.post("/api/v1/sweeps", json=document)
+    recovered = time.monotonic() - killed_at
     assert again.status_code in (200, 201), again.text
     answer = again.json()
     assert answer["size"] == POINTS and len(answer["experiments"]) == POINTS
@@ -165,3 +173,21 @@ def test_an_api_killed_mid_sweep_leaves_all_or_nothing_and_a_resubmission_comple
                 )
             )
         assert unsent == 0
+
+    # Every job of both sweeps once, queued (no worker runs here), nothing trained.
+    with backend.db.session() as session:
+        states = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+        attempts = session.scalar(select(func.max(Job.attempt)))
+    assert states == {"queued": whole[3]}, states
+    assert not attempts, attempts
+    client = backend.mlflow()
+    mlflow_experiment = client.get_experiment_by_name(backend.settings.mlflow_experiment)
+    assert mlflow_experiment is None or not client.search_runs([mlflow_experiment.experiment_id])
+    store = "SQLite (embedded)" if backend.name == "embedded" else "PostgreSQL"
+    left = "nothing" if (sweeps, members) == (0, 0) else "the whole sweep"
+    reliability.record(
+        f"the API SIGKILLed a quarter into writing a {POINTS}-point sweep on {store}",
+        f"{left} of it in the job store; the same sweep submitted to a new API process "
+        f"was complete ({again.status_code}), every job queued once",
+        recovered,
+    )
