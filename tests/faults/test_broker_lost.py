@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.faults.conftest import Outcome, RedisServer
+from tests.faults.conftest import Outcome, RedisServer, assert_one_run_every_epoch_once
 from tests.worker.conftest import FAST_SPEC, Backend, spec_with
 
 pytestmark = pytest.mark.slow
@@ -45,6 +45,7 @@ def test_messages_lost_by_redis_are_sent_again_within_a_minute(
     for experiment_id in experiments:
         train = cluster.wait_finished(experiment_id, timeout=90)["train"]
         assert (train.state, train.attempt) == ("succeeded", 1), cluster.processes.logs()
+    assert_one_run_every_epoch_once(cluster, experiments)
     reliability.record(
         f"Redis {'flushed' if fault == 'flushed' else 'killed and restarted empty'} "
         "with 2 jobs queued",

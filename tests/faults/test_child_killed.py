@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 from service.settings import Settings
-from tests.faults.conftest import Outcome, assert_one_run_every_epoch_once
+from tests.faults.conftest import (
+    Outcome,
+    assert_one_run_epochs_once,
+    assert_one_run_every_epoch_once,
+)
 from tests.worker.conftest import SLOW_SPEC, Backend, spec_with
 
 pytestmark = pytest.mark.slow
@@ -76,6 +80,7 @@ def test_a_child_killed_at_every_attempt_fails_at_the_attempt_limit(
 
     assert (train.state, train.attempt) == ("failed", 2), f"{train}\n{cluster.processes.logs()}"
     assert "killed by SIGKILL" in train.error and "gave up after 2 attempts" in train.error
+    assert_one_run_epochs_once(cluster, experiment_id, "FAILED")  # both attempts' one run
     reliability.record(
         "the job's child process SIGKILLed at every attempt (max_attempts 2)",
         "retried once from its checkpoint, then failed with the cause and the attempts",
