@@ -123,6 +123,7 @@ RECORDED_BY = {
     "tests/api/test_load.py": ("load", ("embedded", "cluster")),
 }
 _PASSED: dict[str, bool] = {}  # node id -> setup, call and teardown all passed
+_DESELECTED: list[str] = []  # by -k, -m, --lf...: not a full run
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -148,17 +149,28 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     _PASSED[report.nodeid] = _PASSED.get(report.nodeid, True) and report.passed
 
 
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _DESELECTED.extend(item.nodeid for item in items)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     items = getattr(session, "items", [])
-    faults = [item for item in items if FAULTS in Path(str(item.path)).parents]
-    files = {Path(str(item.path)).relative_to(README.parent).as_posix() for item in items}
-    if not faults or not set(RECORDED_BY) <= files:
-        return  # a run of part of the suite
-    failed = [item.nodeid for item in faults if not _PASSED.get(item.nodeid)]
-    recording = [item.nodeid for item in faults if "reliability" in item.fixturenames]
-    needed = dict(RECORDED_BY.values())
-    absent = [f"{test} passed" for test in failed] or reliability.update_readme(
-        README, Path(os.environ[reliability.ENV]), recording, needed
+    faults = {
+        item.nodeid: _PASSED.get(item.nodeid, False)
+        for item in items
+        if FAULTS in Path(str(item.path)).parents
+    }
+    files = {Path(os.path.relpath(item.path, README.parent)).as_posix() for item in items}
+    blocked = reliability.blockers(faults, files, RECORDED_BY, not _DESELECTED)
+    if blocked is None:
+        return  # a run of part of the suite: the README stays as it is
+    recording = [
+        item.nodeid
+        for item in items
+        if item.nodeid in faults and "reliability" in item.fixturenames
+    ]
+    absent = blocked or reliability.update_readme(
+        README, Path(os.environ[reliability.ENV]), recording, dict(RECORDED_BY.values())
     )
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:

@@ -105,6 +105,19 @@ def missing(
     return absent
 
 
+def blockers(
+    faults: Mapping[str, bool], files: Iterable[str], required: Iterable[str], all_selected: bool
+) -> list[str] | None:
+    """Whether a test run may rebuild the section. ``faults``: the fault tests collected,
+    each with whether it passed; ``files``: the test files collected; ``required``: the
+    files that write the other records. None: not a full run (no fault test, a required
+    file not collected, or tests deselected), so the README is left quietly; otherwise
+    what stops the rebuild (the fault tests that did not pass), empty when nothing does."""
+    if not faults or not set(required) <= set(files) or not all_selected:
+        return None
+    return [f"{test} passed" for test, passed in sorted(faults.items()) if not passed]
+
+
 def replace_section(readme: str, section: str) -> str:
     start, end = readme.index(BEGIN) + len(BEGIN), readme.index(END)
     return readme[:start] + "\n" + section + readme[end:]

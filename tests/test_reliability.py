@@ -105,3 +105,16 @@ def test_a_missing_record_leaves_the_readme_alone(tmp_path: Path) -> None:
     assert readme.read_text() == README
     assert update_readme(readme, tmp_path / "nothing", FAULTS, NEEDED) != []
     assert readme.read_text() == README
+
+
+def test_only_a_full_run_with_every_fault_test_passing_rebuilds() -> None:
+    files = ["tests/faults/test_a.py", "tests/api/test_fuzz.py", "tests/api/test_load.py"]
+    required = ["tests/api/test_fuzz.py", "tests/api/test_load.py"]
+    passed = {FAULTS[0]: True, FAULTS[1]: True}
+    assert reliability.blockers(passed, files, required, True) == []
+    assert reliability.blockers({FAULTS[0]: True, FAULTS[1]: False}, files, required, True) == [
+        f"{FAULTS[1]} passed"
+    ]
+    assert reliability.blockers({}, files[1:], required, True) is None  # no fault test run
+    assert reliability.blockers(passed, files[:2], required, True) is None  # no load test
+    assert reliability.blockers(passed, files, required, False) is None  # -k picked some
