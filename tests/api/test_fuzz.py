@@ -95,7 +95,9 @@ class Lifespanless:
 def logged_run(settings: Settings, tmp_dir: Path) -> str:
     """An MLflow run with metrics (one of them NaN) and artifacts, as a worker logs them."""
     tracker = MlflowTracker(
-        settings.tracking_uri, settings.mlflow_experiment, artifact_root=settings.artifact_root
+        settings.tracking_uri,
+        settings.mlflow_experiment,
+        artifact_location=settings.default_artifact_location,
     )
     for epoch in (1, 2):
         tracker.log_metrics({"train/loss": 1.0 / epoch, "diverged": float("nan")}, epoch)
