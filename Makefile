@@ -23,7 +23,7 @@ demo-local: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	REGBENCH_RELIABILITY_OUT=regbench-data/reliability $(BIN)/python -m pytest -q
 
 # On a machine with a CUDA GPU: the GPU path end to end (timings printed; skipped without CUDA).
 gpu-test: $(STAMP)

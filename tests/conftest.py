@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from sqlalchemy import create_engine, text
 
 from service.db import Database
 from service.tables import Base
+from tests import reliability
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "REGBENCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -106,3 +108,71 @@ def database(database_url: str) -> Iterator[Database]:
 
 
 torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- reliability
+# The README's reliability section is rebuilt at the end of a run that included every
+# fault test, the fuzz test and the load test, with every fault test passing and every
+# record written (``make test``); any other run leaves the README as it is.
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+FAULTS = Path(__file__).resolve().parent / "faults"
+# The test files whose records the section needs besides the fault tests': kind, stores.
+RECORDED_BY = {
+    "tests/api/test_fuzz.py": ("inputs", ("embedded", "cluster")),
+    "tests/api/test_load.py": ("load", ("embedded", "cluster")),
+}
+_PASSED: dict[str, bool] = {}  # node id -> setup, call and teardown all passed
+_DESELECTED: list[str] = []  # by -k, -m, --lf...: not a full run
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One records directory for the run: ``$REGBENCH_RELIABILITY_OUT`` emptied of an
+    earlier run's records, or a fresh temporary one (the fixtures read the variable)."""
+    configured = os.environ.get(reliability.ENV)
+    if configured:
+        directory = Path(configured)
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob("*.json"):
+            old.unlink()
+    else:
+        os.environ[reliability.ENV] = tempfile.mkdtemp(prefix="regbench-reliability-")
+
+
+@pytest.fixture(scope="session")
+def reliability_out() -> Path:
+    """Where tests outside tests/faults write their records (``tests/reliability.py``)."""
+    return Path(os.environ[reliability.ENV])
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _PASSED[report.nodeid] = _PASSED.get(report.nodeid, True) and report.passed
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _DESELECTED.extend(item.nodeid for item in items)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    items = getattr(session, "items", [])
+    faults = {
+        item.nodeid: _PASSED.get(item.nodeid, False)
+        for item in items
+        if FAULTS in Path(str(item.path)).parents
+    }
+    files = {Path(os.path.relpath(item.path, README.parent)).as_posix() for item in items}
+    blocked = reliability.blockers(faults, files, RECORDED_BY, not _DESELECTED)
+    if blocked is None:
+        return  # a run of part of the suite: the README stays as it is
+    recording = [
+        item.nodeid
+        for item in items
+        if item.nodeid in faults and "reliability" in item.fixturenames
+    ]
+    absent = blocked or reliability.update_readme(
+        README, Path(os.environ[reliability.ENV]), recording, dict(RECORDED_BY.values())
+    )
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        why = f" (missing: {', '.join(absent)})" if absent else ""
+        reporter.write_line(f"README.md reliability section {'not ' if absent else ''}rebuilt{why}")

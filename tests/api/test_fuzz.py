@@ -41,6 +41,7 @@ from service.tables import Experiment, JobState, utcnow
 from service.tracking import MlflowTracker
 from tests.api.conftest import REDIS_DB, SPEC, Api, _data_dir, start_api
 from tests.conftest import POSTGRES_ADMIN_URL, ensure_postgres, ensure_redis
+from tests.reliability import write_record
 
 # The token requests carry: a user's on the cluster store (set by the fixture).
 TOKEN: dict[str, str] = {"token": "no-user-needs-one"}
@@ -94,7 +95,9 @@ class Lifespanless:
 def logged_run(settings: Settings, tmp_dir: Path) -> str:
     """An MLflow run with metrics (one of them NaN) and artifacts, as a worker logs them."""
     tracker = MlflowTracker(
-        settings.tracking_uri, settings.mlflow_experiment, artifact_root=settings.artifact_root
+        settings.tracking_uri,
+        settings.mlflow_experiment,
+        artifact_location=settings.default_artifact_location,
     )
     for epoch in (1, 2):
         tracker.log_metrics({"train/loss": 1.0 / epoch, "diverged": float("nan")}, epoch)
@@ -148,6 +151,10 @@ def record_rows(api: Api, tmp_dir: Path) -> dict[str, list[str]]:
 
 # The rows of the store under test, by path parameter (read while requests are drawn).
 RECORDED: dict[str, list[str]] = {}
+# Requests sent on the store under test, by operation, and the answers that were 5xx or
+# failed a check: the README's "inputs tried" (written when the store's run ends clean).
+TRIED: dict[str, int] = {}
+BAD: dict[str, int] = {"server_errors": 0, "failed": 0}
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +178,7 @@ def fuzz_api(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     mlflow_template: Path,
+    reliability_out: Path,
 ) -> Iterator[Api]:
     """The app on one store, started once for all operations; on the cluster store the
     API token is required."""
@@ -198,7 +206,21 @@ def fuzz_api(
                     session.commit()
                 api.client.headers["Authorization"] = f"Bearer {TOKEN['token']}"
             RECORDED.update(record_rows(api, tmp_path_factory.mktemp("artifacts")))
+            TRIED.clear()
+            BAD.update(server_errors=0, failed=0)
             yield api
+        if TRIED and not BAD["failed"]:
+            write_record(
+                reliability_out,
+                f"inputs-{request.param}",
+                {
+                    "kind": "inputs",
+                    "store": request.param,
+                    "operations": len(TRIED),
+                    "examples": sum(TRIED.values()),
+                    "server_errors": BAD["server_errors"],
+                },
+            )
     finally:
         RECORDED.clear()
         TOKEN["token"] = "no-user-needs-one"
@@ -291,4 +313,10 @@ def flatmap_body(context: Any, body: Any) -> Any:
 
 @schema.parametrize()
 def test_no_server_error_and_every_answer_is_declared(case: Any, fuzz_api: Api) -> None:
-    case.call_and_validate(app=Lifespanless(fuzz_api.app))
+    TRIED[case.operation.label] = TRIED.get(case.operation.label, 0) + 1
+    try:
+        response = case.call_and_validate(app=Lifespanless(fuzz_api.app))
+    except BaseException:
+        BAD["failed"] += 1
+        raise
+    BAD["server_errors"] += int(response.status_code >= 500)
