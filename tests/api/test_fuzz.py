@@ -30,7 +30,6 @@ import redis
 import schemathesis
 from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
-from sqlalchemy import create_engine, text
 from starlette.types import Receive, Scope, Send
 
 from api.app import create_app
@@ -40,7 +39,7 @@ from service.settings import Settings
 from service.tables import Experiment, JobState, utcnow
 from service.tracking import MlflowTracker
 from tests.api.conftest import REDIS_DB, SPEC, Api, _data_dir, start_api
-from tests.conftest import POSTGRES_ADMIN_URL, ensure_postgres, ensure_redis
+from tests.conftest import ensure_redis, fresh_postgres_database
 from tests.reliability import write_record
 
 # The token requests carry: a user's on the cluster store (set by the fixture).
@@ -160,17 +159,8 @@ BAD: dict[str, int] = {"server_errors": 0, "failed": 0}
 @pytest.fixture(scope="module")
 def module_postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this module's cluster app, dropped afterwards."""
-    ensure_postgres()
-    name = f"regbench_fuzz_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database("regbench_fuzz") as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["embedded", "cluster"])
