@@ -46,6 +46,7 @@ SHORT_TITLES = {
     "calibration/mce": "MCE",
     "calibration/nll": "NLL",
 }
+NOISE_TITLES = {"gaussian_l2": "gauss L2", "uniform_linf": "unif Linf"}  # noise/<kind>/...
 ATTACK_ACCURACY = re.compile(r"acc_eps(?P<eps>[^_]+)(?:_steps(?P<steps>\d+))?")
 
 
@@ -54,6 +55,7 @@ ATTACK_ACCURACY = re.compile(r"acc_eps(?P<eps>[^_]+)(?:_steps(?P<steps>\d+))?")
 
 def short_metric(name: str) -> str:
     """A column title that fits: ``attack/pgd_linf/acc_eps0.1`` -> ``pgd_linf ε=0.1``,
+    ``noise/gaussian_l2/acc_eps2`` -> ``gauss L2 noise ε=2``,
     ``boundary/w40/tv_iso_mean`` -> ``TV w40``, ``geometry/curvature_mean`` -> ``curvature``."""
     if name in SHORT_TITLES:
         return SHORT_TITLES[name]
@@ -65,6 +67,8 @@ def short_metric(name: str) -> str:
         if match := ATTACK_ACCURACY.fullmatch(statistic):
             steps = f" {match['steps']} steps" if match["steps"] else ""
             return f"{attack} ε={match['eps']}{steps}"
+    if len(parts) == 3 and parts[0] == "noise" and (match := ATTACK_ACCURACY.fullmatch(parts[2])):
+        return f"{NOISE_TITLES.get(parts[1], parts[1])} noise ε={match['eps']}"
     if len(parts) == 3 and parts[0] == "boundary":
         _, width, statistic = parts
         if statistic == "tv_iso_mean":

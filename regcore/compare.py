@@ -58,17 +58,22 @@ def compare(
 TEST_ACCURACY = "test_accuracy"
 TRAIN_SECONDS = "train_seconds"
 ROBUST_ACCURACY = re.compile(r"^attack/(?P<attack>[^/]+)/acc_eps(?P<eps>[0-9.e+-]+)$")
+NOISE_ACCURACY = re.compile(r"^noise/(?P<kind>[^/]+)/acc_eps(?P<eps>[0-9.e+-]+)$")
 BOUNDARY = re.compile(r"^boundary/w(?P<width>[0-9.e+-]+)/(?P<metric>tv_iso|distance)_mean$")
 GEOMETRY = ("geometry/curvature_mean", "geometry/grad_norm_mean", "geometry/hessian_norm_mean")
 
 
 def result_metrics(keys: Iterable[str]) -> list[str]:
     """The comparison's columns among a sweep's metric names, in reading order: test
-    accuracy; robust accuracy per attack at every eps (ascending); boundary total
+    accuracy; robust accuracy per attack at every eps (ascending); accuracy under random
+    noise per kind at every size (ascending); boundary total
     variation and distance per plane width; curvature; training time."""
     keys = set(keys)
     robust = sorted(
         (m["attack"], float(m["eps"]), key) for key in keys if (m := ROBUST_ACCURACY.match(key))
+    )
+    noise = sorted(
+        (m["kind"], float(m["eps"]), key) for key in keys if (m := NOISE_ACCURACY.match(key))
     )
     boundary = sorted(
         (m["metric"] != "tv_iso", float(m["width"]), key)
@@ -76,7 +81,8 @@ def result_metrics(keys: Iterable[str]) -> list[str]:
         if (m := BOUNDARY.match(key))
     )
     ordered = [TEST_ACCURACY] if TEST_ACCURACY in keys else []
-    ordered += [key for *_, key in robust] + [key for *_, key in boundary]
+    ordered += [key for *_, key in robust] + [key for *_, key in noise]
+    ordered += [key for *_, key in boundary]
     ordered += [key for key in GEOMETRY if key in keys]
     ordered += [TRAIN_SECONDS] if TRAIN_SECONDS in keys else []
     return ordered
@@ -108,6 +114,30 @@ def robust_curves(rows: Sequence[ComparisonRow]) -> list[RobustCurve]:
                 RobustCurve(
                     row.configuration,
                     attack,
+                    eps=[eps for eps, _ in values],
+                    mean=[s.mean for _, s in values],
+                    std=[s.std for _, s in values],
+                    n=[s.n for _, s in values],
+                )
+            )
+    return curves
+
+
+def noise_curves(rows: Sequence[ComparisonRow]) -> list[RobustCurve]:
+    """Per (configuration, noise kind), accuracy under random noise as a curve over its
+    size (``regcore.analysis.noise``); the curve's ``attack`` is the noise kind."""
+    curves = []
+    for row in rows:
+        points: dict[str, list[tuple[float, Summary]]] = {}
+        for key, summary in row.metrics.items():
+            if (match := NOISE_ACCURACY.match(key)) and summary.n > 0:
+                points.setdefault(match["kind"], []).append((float(match["eps"]), summary))
+        for kind, values in sorted(points.items()):
+            values.sort(key=lambda item: item[0])
+            curves.append(
+                RobustCurve(
+                    row.configuration,
+                    kind,
                     eps=[eps for eps, _ in values],
                     mean=[s.mean for _, s in values],
                     std=[s.std for _, s in values],

@@ -1,7 +1,8 @@
 """The sweep report: one PNG and one self-contained HTML page from a comparison.
 
 The figure holds, for every configuration side by side: robust accuracy against eps
-for each attack (mean over seeds, a band of ± one standard deviation), the decision
+for each attack and accuracy under random noise against its size for each noise kind
+(mean over seeds, a band of ± one standard deviation), the decision
 boundaries' total variation and the curvature as bar charts with std error bars, and a
 table of test accuracy. The HTML page embeds that PNG (base64) and the full table of
 every metric, so it opens anywhere with no other file.
@@ -29,12 +30,15 @@ from regcore.compare import (
     ComparisonRow,
     RobustCurve,
     Summary,
+    noise_curves,
     robust_curves,
 )
 
 CURVATURE = "geometry/curvature_mean"
 PANEL_SIZE = (5.5, 3.6)  # inches per panel
 MAX_LABEL = 48  # characters of a configuration label on an axis
+NOISE_PANEL = "accuracy under random noise vs size"
+NOISE_UNITS = {"gaussian_l2": "expected L2 norm", "uniform_linf": "Linf"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,11 @@ def build_report(
     panels: list[tuple[str, object]] = [
         (f"robust accuracy vs eps: {attack}", attack) for attack in attacks
     ]
+    noise = noise_curves(rows)
+    panels += [
+        (f"{NOISE_PANEL}: {kind}", (NOISE_PANEL, kind))
+        for kind in sorted({curve.attack for curve in noise})
+    ]
     if tv_keys:
         panels.append(("decision-boundary total variation", tv_keys))
     if any(CURVATURE in row.metrics for row in rows):
@@ -80,6 +89,8 @@ def build_report(
             ax.set_title(panel_title, fontsize=9)
             if isinstance(what, str) and what != CURVATURE:
                 _robust_panel(ax, [c for c in curves if c.attack == what])
+            elif isinstance(what, tuple):
+                _noise_panel(ax, [c for c in noise if c.attack == what[1]], what[1])
             elif isinstance(what, list):
                 keys, names = [key for _, key in what], [f"half-width {w:g}" for w, _ in what]
                 _grouped_bars(ax, rows, keys, names)
@@ -109,6 +120,12 @@ def _robust_panel(ax: Axes, curves: Sequence[RobustCurve]) -> None:
         ax.fill_between(eps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set(xlabel="eps", ylabel="robust accuracy", ylim=(-0.02, 1.02))
     ax.legend(fontsize=7, loc="best")
+
+
+def _noise_panel(ax: Axes, curves: Sequence[RobustCurve], kind: str) -> None:
+    _robust_panel(ax, curves)
+    units = NOISE_UNITS.get(kind, kind)
+    ax.set(xlabel=f"noise size ({units}, pixel units)", ylabel="accuracy")
 
 
 def _grouped_bars(
@@ -202,7 +219,7 @@ img {{ max-width: 100%; }}
 </style></head><body>
 <h1>{escape(title)}</h1>
 <p>{escape(subtitle)}</p>
-<img alt="robust accuracy, total variation, curvature, test accuracy"
+<img alt="robust accuracy, accuracy under noise, total variation, curvature, test accuracy"
  src="data:image/png;base64,{image}">
 <h2>Every metric: mean ± std over seeds (n runs)</h2>
 <table><thead><tr><th>configuration</th><th>runs</th>{header}</tr></thead>
