@@ -199,7 +199,7 @@ def run_analyses(
     """Run the spec's analyses in order on the trained model; log their files as they come."""
     model.eval()
     device = next(iter(model.parameters())).device
-    ctx = AnalysisContext(model, data, device, workdir / "analyses", history)
+    ctx = AnalysisContext(model, data, device, workdir / "analyses", history, spec)
     metrics: dict[str, float] = {}
     for analysis_spec in spec.analyses:
         analysis = ANALYSES.get(analysis_spec.name).target(analysis_spec.params)

@@ -13,13 +13,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from regcore.data.base import DataSplits
 from regcore.registry import ComponentParams
+
+if TYPE_CHECKING:
+    from regcore.spec import ExperimentSpec
 
 
 @dataclass
@@ -29,6 +32,7 @@ class AnalysisContext:
     device: torch.device
     outdir: Path  # this analysis writes its artifacts here
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch training metrics
+    spec: ExperimentSpec | None = None  # the run's spec (replaying its training); None if unknown
 
 
 @dataclass
