@@ -30,6 +30,7 @@ EXPECTED: dict[str, tuple[int, list[int]]] = {
     "part3-cifar100-resnet18.yaml": (4 * 2, [0, 1, 2, 3, 4]),
     "low-curvature.yaml": (6, [0, 1, 2]),  # the table's six rows
     "digits.yaml": (3, [0, 1]),  # none, l2, jacobian
+    "toy-blobs.yaml": (5, [0, 1]),  # none, l1, l2, svb_hard, jacobian
 }
 PART3 = {
     "part3-mnist-lenet.yaml": ("mnist", "lenet"),
@@ -233,3 +234,23 @@ def test_digits_grid_stays_small_enough_for_the_end_to_end_test() -> None:
         assert grid_points <= 20_000
         (geometry,) = analyses(spec, "geometry")
         assert geometry.samples <= 200 and geometry.iterations <= 10
+
+
+# --------------------------------------------------------------------------- toy blobs
+
+
+def test_toy_blobs_grid_is_the_2d_toy_problem_and_animates_it() -> None:
+    assert {regularizer_names(spec) for spec in specs("toy-blobs.yaml")} == {
+        (),
+        ("l1",),
+        ("l2",),
+        ("svb_hard",),
+        ("jacobian",),
+    }
+    for spec in specs("toy-blobs.yaml"):
+        assert spec.dataset.name == "blobs" and spec.model.name == "mlp"
+        assert spec.training.device == "cpu" and spec.resources.queue == "cpu"
+        assert spec.training.epochs <= 30  # a CPU grid of minutes (grids/README.md)
+        (animation,) = analyses(spec, "training_animation")
+        assert animation.max_frames >= 2 and animation.every >= 1
+        assert analyses(spec, "noise") and analyses(spec, "boundary")
