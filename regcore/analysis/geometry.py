@@ -8,18 +8,22 @@ std over N samples, batched: in eval mode samples are independent, so one backwa
 pass serves a whole batch.
 
 Why Lanczos: H is symmetric but indefinite, and power iteration converges at the rate
-|lambda_2 / lambda_1|, which is 1 in the limit when the two largest eigenvalues are
-close in size and opposite in sign (eigenvalues 1 and -0.98: 20 power iterations still
-mix both eigenvectors and |u^T H u| is off by up to 64%). Lanczos with full
+|lambda_2 / lambda_1| per step, which is close to 1 when the two largest eigenvalues are
+close in size and opposite in sign: with eigenvalues 1 and -0.98, after 20 steps the
+second eigenvector still carries 0.98^20 = 0.67 of its starting weight, its term of
+u^T H u has the opposite sign, and |u^T H u| is 61% short for equal starting components
+(anything up to 100% for other starts, where the two terms cancel). Lanczos with full
 reorthogonalization builds an orthonormal basis Q_k of the Krylov space
 span{u, Hu, ..., H^(k-1) u} and the tridiagonal T_k = Q_k^T H Q_k; both ends of the
 spectrum converge from the first steps, and ||H||_2 is estimated by the largest |Ritz
-value| max|eig(T_k)| (a lower bound that grows with k; exact once the Krylov space is
-invariant, which for a ReLU network's rank <= C Hessian happens within C + 1 steps).
-It stops when every sample's estimate changed by at most ``tolerance`` (relative)
-since the check a few steps before, or at ``iterations`` steps (Hessian-vector
-products); ``geometry/hessian_iterations_mean`` and ``geometry/hessian_converged_fraction``
-say how many steps were taken and for which fraction of samples the tolerance was met.
+value| max|eig(T_k)|: never above ||H||_2, non-decreasing in k, and exact once the
+Krylov space is invariant (for a ReLU network H = J^T (diag(p) - p p^T) J has rank
+below the number of classes C, so within C steps).
+A batch stops when every sample's estimate changed by at most ``tolerance`` (relative)
+since the check CHECK_EVERY steps before, or at ``iterations`` steps (Hessian-vector
+products); ``geometry/hessian_iterations_mean`` (steps taken, per sample) and
+``geometry/hessian_converged_fraction`` (samples that met the tolerance or exhausted
+their Krylov space) say how it went.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pydantic import Field
 from regcore.analysis.base import Aggregate, Analysis, AnalysisContext, AnalysisResult, batched
 from regcore.registries import ANALYSES
 from regcore.registry import MAX_BATCH, MAX_COUNT, MAX_SAMPLES, MAX_SEED, ComponentParams
+from regcore.spec import IDENTITY_UNLESS_DEFAULT
 
 CURVATURE_EPS = 1e-6
 CHECK_EVERY = 4  # Lanczos steps between convergence checks (each one syncs with the host)
@@ -55,6 +60,7 @@ class GeometryParams(ComponentParams):
         le=1,
         description="stop Lanczos when every sample's ||H||_2 estimate changed by at most "
         "this (relative) over the last check interval",
+        json_schema_extra=IDENTITY_UNLESS_DEFAULT,  # added later: earlier specs keep their hash
     )
     batch_size: int = Field(100, ge=1, le=MAX_BATCH)
     split: Literal["test", "val", "train"] = "test"
@@ -132,7 +138,8 @@ def lanczos_hessian_norm(
         if steps % CHECK_EVERY and steps < steps_cap:
             continue
         estimate = _ritz_norm(alpha[:, :steps], beta[:, : steps - 1])
-        exhausted = ~alive.cpu()  # one host sync per check
+        # one host sync per check; after D steps Q spans R^D and T's eigenvalues are H's
+        exhausted = ~alive.cpu() | (steps == dim)
         converged = exhausted.clone()
         if previous is not None:
             converged |= (estimate - previous).abs() <= tolerance * estimate

@@ -207,3 +207,47 @@ def test_geometry_analysis_reports_the_iteration_cap(tmp_path: Path) -> None:
     result = GeometryAnalysis(params).run(ctx)
     assert result.metrics["geometry/hessian_iterations_mean"] == 2
     assert result.metrics["geometry/hessian_converged_fraction"] == 0.0
+
+
+def test_tolerance_counts_for_the_spec_hash_only_when_set_off_its_default() -> None:
+    from regcore.spec import ExperimentSpec
+
+    def spec(**geometry: float) -> ExperimentSpec:
+        return ExperimentSpec.model_validate(
+            {
+                "dataset": {"name": "digits"},
+                "model": {"name": "mlp"},
+                "analyses": [{"kind": "geometry", "iterations": 20, **geometry}],
+            }
+        )
+
+    (identity,) = spec().identity()["analyses"]
+    assert "tolerance" not in identity  # specs written before the field keep their hash
+    assert spec(tolerance=1e-3).spec_hash() == spec().spec_hash()
+    assert spec(tolerance=1e-5).spec_hash() != spec().spec_hash()
+
+
+def test_lanczos_stops_when_a_relu_networks_low_rank_hessian_is_exhausted() -> None:
+    # for a ReLU MLP H = J^T (diag(p) - p p^T) J has rank < C = 4: the Krylov space is
+    # invariant within 4 steps, beta ~ 0 there, and the estimate is exact (float32 here)
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(torch.nn.Linear(50, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    x, y = torch.randn(5, 50), torch.tensor([0, 1, 2, 3, 0])
+
+    def loss(inputs: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(model(inputs), y, reduction="none")  # (B,)
+
+    result = lanczos_hessian_norm(loss, x, iterations=50, tolerance=1e-12)
+    assert result.converged.all() and result.iterations <= 2 * CHECK_EVERY
+    double = model.double()
+    hessians = torch.stack(
+        [
+            torch.autograd.functional.hessian(
+                lambda v, b=b: torch.nn.functional.cross_entropy(double(v[None]), y[b : b + 1]),
+                x[b].double(),
+            )
+            for b in range(5)
+        ]
+    )  # (B, D, D)
+    exact = torch.linalg.eigvalsh(hessians).abs().amax(dim=1)
+    torch.testing.assert_close(result.hessian_norm.double(), exact, rtol=1e-4, atol=0)
