@@ -58,20 +58,26 @@ def compare(
 TEST_ACCURACY = "test_accuracy"
 TRAIN_SECONDS = "train_seconds"
 ROBUST_ACCURACY = re.compile(r"^attack/(?P<attack>[^/]+)/acc_eps(?P<eps>[0-9.e+-]+)$")
-BOUNDARY = re.compile(r"^boundary/w(?P<width>[0-9.e+-]+)/(?P<metric>tv_iso|distance)_mean$")
+# boundary_found (the fraction of planes that showed a boundary) follows each distance column:
+# planes without one are left out of distance_mean, so the mean alone can mislead
+BOUNDARY = re.compile(
+    r"^boundary/w(?P<width>[0-9.e+-]+)/"
+    r"(?:(?P<metric>tv_iso|distance)_mean|(?P<found>boundary_found))$"
+)
 GEOMETRY = ("geometry/curvature_mean", "geometry/grad_norm_mean", "geometry/hessian_norm_mean")
 
 
 def result_metrics(keys: Iterable[str]) -> list[str]:
     """The comparison's columns among a sweep's metric names, in reading order: test
     accuracy; robust accuracy per attack at every eps (ascending); boundary total
-    variation and distance per plane width; curvature; training time."""
+    variation per plane width, then per width the distance and the fraction of planes
+    where a boundary was found; curvature; training time."""
     keys = set(keys)
     robust = sorted(
         (m["attack"], float(m["eps"]), key) for key in keys if (m := ROBUST_ACCURACY.match(key))
     )
     boundary = sorted(
-        (m["metric"] != "tv_iso", float(m["width"]), key)
+        (m["metric"] != "tv_iso", float(m["width"]), m["found"] is not None, key)
         for key in keys
         if (m := BOUNDARY.match(key))
     )

@@ -155,7 +155,8 @@ def read_results(
 ) -> Response:
     """One row per configuration, in grid order: mean, std and n over its experiments
     (seeds) of test accuracy, robust accuracy at every attacked eps, boundary total
-    variation and distance, curvature, training time. ``format=csv`` for a CSV file."""
+    variation and distance (with the fraction of planes where a boundary was found),
+    curvature, training time. ``format=csv`` for a CSV file."""
     if output == "csv":
         text = sweeps.results_csv(sweeps.results(sweep))
         return PlainTextResponse(

@@ -613,6 +613,25 @@ def test_a_wide_table_is_not_truncated_off_a_terminal(server: FakeServer) -> Non
     assert "…" not in result.stdout
 
 
+def test_results_show_boundary_found_beside_the_distance(server: FakeServer) -> None:
+    found = copy.deepcopy(RESULTS)
+    names = ["boundary/w40/distance_mean", "boundary/w40/boundary_found"]
+    found["metrics"] = ["test_accuracy", *names]
+    for row in found["rows"]:
+        row["metrics"]["boundary/w40/distance_mean"] = {"mean": 3.5, "std": 0.25, "n": 3}
+        row["metrics"]["boundary/w40/boundary_found"] = {"mean": 0.625, "std": 0.125, "n": 3}
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = found
+
+    result = regbench("results", SWEEP_ID)
+
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "configuration" in line)
+    cells = [cell.strip() for cell in header.split("┃")[1:-1]]  # rich's heavy header rule
+    assert cells[-2:] == ["distance w40", "boundary found w40"], result.stdout
+    line = next(line for line in result.stdout.splitlines() if "regularizers=none" in line)
+    assert line.index("3.5000 ± 0.2500") < line.index("0.6250 ± 0.1250")
+
+
 # --------------------------------------------------------------------------- artifacts, report
 
 
@@ -806,6 +825,8 @@ def test_short_metric_titles() -> None:
     assert short_metric("attack/pgd_linf/acc_eps0.1") == "pgd_linf ε=0.1"
     assert short_metric("attack/fgsm_linf/acc_eps0.3_steps40") == "fgsm_linf ε=0.3 40 steps"
     assert short_metric("boundary/w40/tv_iso_mean") == "TV w40"
+    assert short_metric("boundary/w40/distance_mean") == "distance w40"
+    assert short_metric("boundary/w40/boundary_found") == "boundary found w40"
     assert short_metric("geometry/curvature_mean") == "curvature"
     assert short_metric("train_seconds") == "train s"
     assert short_metric("calibration/ece") == "ECE"

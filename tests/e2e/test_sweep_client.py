@@ -107,6 +107,7 @@ def test_the_digits_grid_through_the_client_on_a_live_stack(
         "attack/pgd_linf/acc_eps0.2",
         "boundary/w20/tv_iso_mean",
         "boundary/w40/distance_mean",
+        "boundary/w40/boundary_found",
         "geometry/curvature_mean",
         "train_seconds",
     ):

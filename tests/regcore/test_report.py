@@ -195,3 +195,31 @@ def test_runs_default_to_the_row_count_and_nan_shows_a_dash() -> None:
     ]
     table = html_rows(build_report("t", data, ["test_accuracy"]).html)
     assert table == {"a": ["2", "0.8000 ± 0.1000 (n=2)"], "b": ["2", "–"]}
+
+
+def test_html_table_shows_boundary_found_right_after_each_distance() -> None:
+    from regcore.compare import result_metrics
+
+    data = [
+        ComparisonRow(
+            BASELINE,
+            3,
+            {
+                "test_accuracy": Summary(0.9, 0.01, 3),
+                "boundary/w20/tv_iso_mean": Summary(1.5, 0.1, 3),
+                "boundary/w20/distance_mean": Summary(4.0, 0.5, 3),
+                "boundary/w20/boundary_found": Summary(0.25, 0.05, 3),
+            },
+        )
+    ]
+    metrics = result_metrics([*data[0].metrics, "boundary/w20/distance_std"])
+    report = build_report("t", data, metrics)
+    header = report.html.split("<thead>", 1)[1].split("</thead>", 1)[0]
+    assert re.findall(r"<th>(.*?)</th>", header) == [
+        "configuration", "runs", "test_accuracy", "boundary/w20/tv_iso",
+        "boundary/w20/distance", "boundary/w20/boundary_found",
+    ]  # fmt: skip
+    cells = html_rows(report.html)[BASELINE]
+    assert cells[-2:] == ["4.0000 ± 0.5000 (n=3)", "0.2500 ± 0.0500 (n=3)"]
+    # the found fraction is no total variation: the TV panel shows only tv_iso
+    assert report.panels == ["decision-boundary total variation", "test accuracy"]
