@@ -20,11 +20,14 @@ one checksum and says why the others were left out.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from regcore.compare import ComparisonRow, Summary
 
 CHURN = "instability/churn"
 LABEL_ENTROPY = "instability/label_entropy"
@@ -128,3 +131,19 @@ def configuration_instability(stored: Mapping[Hashable, StoredPrediction | None]
     if len(kept) >= 2:
         result.metrics = instability([stored[key].labels for key in kept])  # type: ignore[union-attr]
     return result
+
+
+def add_instability(
+    rows: Sequence[ComparisonRow], metrics: Sequence[str], per_row: Mapping[str, Instability]
+) -> list[str]:
+    """Put each configuration's instability among its row's metrics (one number, not a
+    spread over seeds: std is NaN, n the members compared); the columns, with the
+    instability metrics after the others when some row has them."""
+    for row in rows:
+        measured = per_row.get(row.configuration)
+        if measured is None:
+            continue
+        for name, value in measured.metrics.items():
+            row.metrics[name] = Summary(value, math.nan, measured.members)
+    present = [name for name in METRICS if any(name in row.metrics for row in rows)]
+    return [*[m for m in metrics if m not in METRICS], *present]

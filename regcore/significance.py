@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from scipy import stats
 
+from regcore.compare import ComparisonRow
+
 ALPHA = 0.05
 CONFIDENCE = 0.95
 
@@ -189,3 +191,23 @@ class UnknownBaselineError(ValueError):
             f"no configuration {baseline!r}: choose one of {listed}, "
             f"or an index from 0 to {len(configurations) - 1}"
         )
+
+
+def versus_baseline(
+    rows: Sequence[ComparisonRow], metrics: Sequence[str], baseline: str | int | None = None
+) -> tuple[int, dict[str, dict[str, Difference]]]:
+    """Every row against the baseline row (``resolve_baseline``) on each metric whose runs
+    have values (``ComparisonRow.values``; a per-configuration number such as instability
+    has none): the baseline's index and configuration -> metric -> Difference."""
+    index = resolve_baseline([row.configuration for row in rows], baseline)
+    compared: dict[str, dict[str, Difference]] = {row.configuration: {} for row in rows}
+    if len(rows) < 2:
+        return index, compared
+    for name in metrics:
+        if not any(name in row.values for row in rows):
+            continue
+        differences = against_baseline([row.values.get(name, []) for row in rows], index)
+        for row, difference in zip(rows, differences, strict=True):
+            if difference is not None:
+                compared[row.configuration][name] = difference
+    return index, compared
