@@ -223,7 +223,9 @@ def compared_metrics(results: Mapping[str, Any], patterns: Sequence[str] = ()) -
     """The selected metrics some row is compared on (never a per-configuration number)."""
     rows = results.get("rows", [])
     compared = {name for row in rows for name in row.get("versus_baseline") or {}}
-    return [name for name in select_metrics(results.get("metrics", []), patterns) if name in compared]
+    return [
+        name for name in select_metrics(results.get("metrics", []), patterns) if name in compared
+    ]
 
 
 def baseline_table(results: Mapping[str, Any], patterns: Sequence[str] = ()) -> Table | None:

@@ -215,16 +215,9 @@ def analyze(run_id: str, analyses: tuple[str, ...], as_json: bool, data_dir: Pat
         err.print(message, markup=False, highlight=False)
         sys.exit(EXIT_INVALID)
 
-    from service.local_runs import LocalRunner, RunFailedError, local_results
+    from service.local_runs import LocalRunner, RunFailedError
     from service.settings import Settings
 
-    if baseline is not None and not as_json:  # a name the grid lacks: say so before training
-        configurations = list(dict.fromkeys(p.configuration for p in plan))
-        try:
-            resolve_baseline(configurations, baseline)
-        except UnknownBaselineError as exc:
-            err.print(f"[red]--baseline:[/red] {exc}", highlight=False)
-            sys.exit(EXIT_INVALID)
     settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
     try:
         metrics = LocalRunner(settings).analyze(run_id, parsed)

@@ -726,6 +726,8 @@ def stored_predictions(
         query = query.where(Prediction.experiment_id.in_(list(experiment_ids)))
     rows = session.scalars(query)
     return {
-        row.experiment_id: StoredPrediction(decode_labels(row.labels, row.dtype), row.labels_checksum)
+        row.experiment_id: StoredPrediction(
+            decode_labels(row.labels, row.dtype), row.labels_checksum
+        )
         for row in rows
     }

@@ -54,9 +54,13 @@ from sqlalchemy.orm import Session, selectinload
 
 from regcore import grid as grids
 from regcore.compare import ComparisonRow, compare, result_metrics
-from regcore.instability import Instability, StoredPrediction, add_instability
 from regcore.instability import METRICS as INSTABILITY_METRICS
-from regcore.instability import configuration_instability
+from regcore.instability import (
+    Instability,
+    StoredPrediction,
+    add_instability,
+    configuration_instability,
+)
 from regcore.significance import Difference, versus_baseline
 from regcore.spec import ExperimentSpec, SpecHasher, SweepSpec
 from service import jobstore, limits

@@ -689,7 +689,10 @@ def test_results_compare_rows_with_the_baseline_and_measure_instability(
     record = records[1]["versus_baseline"]["test_accuracy"]
     assert record["test"] == "paired" and record["significant"] == (expected.pvalue < 0.05)
     assert record["p_holm"] == pytest.approx(expected.pvalue)
-    assert records[1]["instability"] == {"members": 2, "left_out": {failed: "no stored predictions"}}
+    assert records[1]["instability"] == {
+        "members": 2,
+        "left_out": {failed: "no stored predictions"},
+    }
 
     parsed = list(csv.DictReader(io.StringIO(sweeps.results_csv(results))))
     assert parsed[0]["baseline"] == parsed[1]["baseline"] == NONE_LABEL
