@@ -25,6 +25,8 @@ class ComparisonRow:
     configuration: str
     n: int
     metrics: dict[str, Summary] = field(default_factory=dict)
+    # per metric, each run's (training seed, value): what significance tests pair and compare
+    values: dict[str, list[tuple[int | None, float]]] = field(default_factory=dict)
 
 
 def summarize(values: Sequence[float]) -> Summary:
@@ -49,8 +51,18 @@ def compare(
             values = [m[name] for m in group if isinstance(m.get(name), int | float)]
             if values:
                 row.metrics[name] = summarize(values)
+                row.values[name] = _seeded(group, name)
         rows.append(row)
     return rows
+
+
+def _seeded(group: Sequence[Mapping[str, Any]], name: str) -> list[tuple[int | None, float]]:
+    """The finite values of ``name`` with the seed of the run that measured each."""
+    return [
+        (seed if isinstance(seed := m.get("seed"), int) else None, float(m[name]))
+        for m in group
+        if isinstance(m.get(name), int | float) and math.isfinite(m[name])
+    ]
 
 
 # --------------------------------------------------------------------------- sweep results
