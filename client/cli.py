@@ -29,6 +29,8 @@ from rich.text import Text
 
 from client.remote import FINISHED, RegbenchClient, ServerError, path_inside
 from client.tables import (
+    baseline_markdown,
+    baseline_table,
     eta_text,
     format_size,
     metrics_table,
@@ -192,7 +194,10 @@ def submit(client: RegbenchClient, path: Path, force: bool, wait: bool, poll_s: 
         sweep = watch_sweep(client, sweep_id, stderr_console(), poll_s)
     except KeyboardInterrupt:
         fail(f"stopped watching; the sweep keeps running: regbench status {sweep_id}", 130)
-    stdout_console().print(results_table(client.results(sweep_id)))
+    answer = client.results(sweep_id)
+    stdout_console().print(results_table(answer))
+    if (compared := baseline_table(answer)) is not None:
+        stdout_console().print(compared)
     if unsuccessful := report_unsuccessful(sweep):
         fail(f"{unsuccessful}; see `regbench status {sweep_id}`", EXIT_FAILED)
 
@@ -353,6 +358,12 @@ def status(
     metavar="PATTERN",
     help="Only these metrics: a glob (attack/*) or a part of the name (pgd); repeatable.",
 )
+@click.option(
+    "--baseline",
+    metavar="CONFIGURATION",
+    help="The row the others are compared with: a configuration, or a row's index from 0 "
+    "(default: the first).",
+)
 @remote_command
 def results(
     client: RegbenchClient,
@@ -360,26 +371,32 @@ def results(
     as_csv: bool,
     as_markdown: bool,
     patterns: tuple[str, ...],
+    baseline: str | None,
 ) -> None:
-    """A sweep's results, mean ± std over seeds.
+    """A sweep's results, mean ± std over seeds, and each row against a baseline.
 
     One row per configuration; n is the experiments that succeeded (of all, when fewer).
+    Then, per metric, each configuration's difference from the baseline row with its 95%
+    confidence interval and Holm-corrected p-value: * significant (p < 0.05), n.s. not.
     """
     if as_csv and as_markdown:
         raise click.UsageError("--csv and --markdown: choose one")
     if as_csv and patterns:
         raise click.UsageError("--metrics does not apply to --csv (printed as the server sends it)")
     if as_csv:
-        click.echo(client.results_csv(sweep_id), nl=False)
+        click.echo(client.results_csv(sweep_id, baseline), nl=False)
         return
-    answer = client.results(sweep_id)
+    answer = client.results(sweep_id, baseline)
     if patterns and not select_metrics(answer.get("metrics", []), patterns):
         available = ", ".join(answer.get("metrics", [])) or "none yet"
         fail(f"no metric matches {' '.join(patterns)}; the sweep has: {available}", EXIT_INVALID)
     if as_markdown:
-        click.echo(results_markdown(answer, patterns), nl=False)
+        versus = baseline_markdown(answer, patterns)
+        click.echo(results_markdown(answer, patterns) + (f"\n{versus}" if versus else ""), nl=False)
         return
     stdout_console().print(results_table(answer, patterns))
+    if (compared := baseline_table(answer, patterns)) is not None:
+        stdout_console().print(compared)
     if not answer.get("rows"):
         click.echo(f"no results yet; see `regbench status {sweep_id}`", err=True)
 

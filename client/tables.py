@@ -45,6 +45,10 @@ SHORT_TITLES = {
     "calibration/ece": "ECE",
     "calibration/mce": "MCE",
     "calibration/nll": "NLL",
+    "instability/churn": "churn",
+    "instability/label_entropy": "label entropy",
+    "instability/majority_agreement": "majority agr.",
+    "instability/all_agree": "all agree",
 }
 NOISE_TITLES = {"gaussian_l2": "gauss L2", "uniform_linf": "unif Linf"}  # noise/<kind>/...
 ATTACK_ACCURACY = re.compile(r"acc_eps(?P<eps>[^_]+)(?:_steps(?P<steps>\d+))?")
@@ -191,6 +195,83 @@ def results_markdown(results: Mapping[str, Any], patterns: Sequence[str] = ()) -
 
 def _markdown_row(cells: Iterable[str]) -> str:
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+# --------------------------------------------------------------------------- vs baseline
+
+SIGNIFICANT = "*"  # marks a difference whose Holm-corrected p is below 0.05
+NOT_SIGNIFICANT = "n.s."
+
+
+def format_difference(difference: Mapping[str, Any] | None) -> str:
+    """A row's ``versus_baseline`` entry -> ``+0.0600 [+0.0100, +0.1100] p=0.012 *``: the
+    difference of means, its 95% CI and the Holm-corrected p, ``*`` when significant and
+    ``n.s.`` when not; ``+0.0600 (n=1: no test possible)`` when no test could be made."""
+    if not difference or not _finite(difference.get("diff")):
+        note = (difference or {}).get("note")
+        return f"{MISSING} ({note})" if note else MISSING
+    diff = float(difference["diff"])
+    places = _decimals(diff)
+    text = f"{diff:+.{places}f}"
+    p_holm = difference.get("p_holm")
+    if not _finite(p_holm):
+        return f"{text} ({difference.get('note') or 'no test'})"
+    low, high = difference.get("ci_low"), difference.get("ci_high")
+    if _finite(low) and _finite(high):
+        text += f" [{float(low):+.{places}f}, {float(high):+.{places}f}]"
+    marker = SIGNIFICANT if difference.get("significant") else NOT_SIGNIFICANT
+    return f"{text} p={float(p_holm):.2g} {marker}"
+
+
+def compared_metrics(results: Mapping[str, Any], patterns: Sequence[str] = ()) -> list[str]:
+    """The selected metrics some row is compared on (never a per-configuration number)."""
+    rows = results.get("rows", [])
+    compared = {name for row in rows for name in row.get("versus_baseline") or {}}
+    return [
+        name for name in select_metrics(results.get("metrics", []), patterns) if name in compared
+    ]
+
+
+def baseline_table(results: Mapping[str, Any], patterns: Sequence[str] = ()) -> Table | None:
+    """Each configuration against the baseline row, per metric: difference of means with
+    its 95% CI, Holm-corrected p, significance; None when nothing was compared."""
+    metrics = compared_metrics(results, patterns)
+    if not metrics:
+        return None
+    baseline = results.get("baseline")
+    title = (
+        f"vs baseline {baseline}: difference of means [95% CI], Holm-corrected p; "
+        f"{SIGNIFICANT} p < 0.05, {NOT_SIGNIFICANT} not significant"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("configuration")
+    table.add_column("test")
+    for column in column_titles(metrics):
+        table.add_column(Text(column), justify="right")
+    for row in results.get("rows", []):
+        table.add_row(*(Text(c) for c in _baseline_cells(row, metrics, baseline)))
+    return table
+
+
+def baseline_markdown(results: Mapping[str, Any], patterns: Sequence[str] = ()) -> str:
+    """The same comparison as GitHub markdown ("" when nothing was compared)."""
+    metrics = compared_metrics(results, patterns)
+    if not metrics:
+        return ""
+    header = ["configuration", "test", *column_titles(metrics)]
+    lines = [_markdown_row(header), _markdown_row([":--", ":--", *("--:" for _ in metrics)])]
+    for row in results.get("rows", []):
+        lines.append(_markdown_row(_baseline_cells(row, metrics, results.get("baseline"))))
+    return "\n".join(lines) + "\n"
+
+
+def _baseline_cells(row: Mapping[str, Any], metrics: Sequence[str], baseline: Any) -> list[str]:
+    versus = row.get("versus_baseline") or {}
+    if row["configuration"] == baseline:
+        return [str(row["configuration"]), "baseline", *("" for _ in metrics)]
+    tests = sorted({str(d.get("test")) for d in versus.values() if d.get("test")})
+    cells = [format_difference(versus.get(name)) for name in metrics]
+    return [str(row["configuration"]), "/".join(tests) or MISSING, *cells]
 
 
 def summarize_runs(

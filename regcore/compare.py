@@ -25,6 +25,8 @@ class ComparisonRow:
     configuration: str
     n: int
     metrics: dict[str, Summary] = field(default_factory=dict)
+    # per metric, each run's (training seed, value): what significance tests pair and compare
+    values: dict[str, list[tuple[int | None, float]]] = field(default_factory=dict)
 
 
 def summarize(values: Sequence[float]) -> Summary:
@@ -49,8 +51,18 @@ def compare(
             values = [m[name] for m in group if isinstance(m.get(name), int | float)]
             if values:
                 row.metrics[name] = summarize(values)
+                row.values[name] = _seeded(group, name)
         rows.append(row)
     return rows
+
+
+def _seeded(group: Sequence[Mapping[str, Any]], name: str) -> list[tuple[int | None, float]]:
+    """The finite values of ``name`` with the seed of the run that measured each."""
+    return [
+        (seed if isinstance(seed := m.get("seed"), int) else None, float(m[name]))
+        for m in group
+        if isinstance(m.get(name), int | float) and math.isfinite(m[name])
+    ]
 
 
 # --------------------------------------------------------------------------- sweep results
@@ -59,15 +71,21 @@ TEST_ACCURACY = "test_accuracy"
 TRAIN_SECONDS = "train_seconds"
 ROBUST_ACCURACY = re.compile(r"^attack/(?P<attack>[^/]+)/acc_eps(?P<eps>[0-9.e+-]+)$")
 NOISE_ACCURACY = re.compile(r"^noise/(?P<kind>[^/]+)/acc_eps(?P<eps>[0-9.e+-]+)$")
-BOUNDARY = re.compile(r"^boundary/w(?P<width>[0-9.e+-]+)/(?P<metric>tv_iso|distance)_mean$")
+# boundary_found (the fraction of planes that showed a boundary) follows each distance column:
+# planes without one are left out of distance_mean, so the mean alone can mislead
+BOUNDARY = re.compile(
+    r"^boundary/w(?P<width>[0-9.e+-]+)/"
+    r"(?:(?P<metric>tv_iso|distance)_mean|(?P<found>boundary_found))$"
+)
 GEOMETRY = ("geometry/curvature_mean", "geometry/grad_norm_mean", "geometry/hessian_norm_mean")
 
 
 def result_metrics(keys: Iterable[str]) -> list[str]:
     """The comparison's columns among a sweep's metric names, in reading order: test
     accuracy; robust accuracy per attack at every eps (ascending); accuracy under random
-    noise per kind at every size (ascending); boundary total
-    variation and distance per plane width; curvature; training time."""
+    noise per kind at every size (ascending); boundary total variation per plane width,
+    then per width the distance and the fraction of planes where a boundary was found;
+    curvature; training time."""
     keys = set(keys)
     robust = sorted(
         (m["attack"], float(m["eps"]), key) for key in keys if (m := ROBUST_ACCURACY.match(key))
@@ -76,7 +94,7 @@ def result_metrics(keys: Iterable[str]) -> list[str]:
         (m["kind"], float(m["eps"]), key) for key in keys if (m := NOISE_ACCURACY.match(key))
     )
     boundary = sorted(
-        (m["metric"] != "tv_iso", float(m["width"]), key)
+        (m["metric"] != "tv_iso", float(m["width"]), m["found"] is not None, key)
         for key in keys
         if (m := BOUNDARY.match(key))
     )

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import regcore
 from regcore.analysis.base import AnalysisContext
 from regcore.data import DataSplits, Split, load_dataset
+from regcore.instability import StoredPrediction, labels_checksum
 from regcore.registries import ANALYSES
 from regcore.spec import AnalysisSpec, ExperimentSpec
 from regcore.stacked import train_stacked
@@ -45,6 +47,8 @@ class RunResult:
     history: list[dict[str, float]]
     workdir: Path
     model_path: Path
+    # the final model's predicted test labels (for instability across seeds); not a metric
+    predictions: StoredPrediction | None = None
 
 
 def environment_tags() -> dict[str, str]:
@@ -156,11 +160,31 @@ def _conclude(
     for name in ("metrics.json", "history.json"):
         tracker.log_artifact(workdir / name)
 
+    predictions = predicted_labels(result.model, data.test, spec.training.eval_batch_size)
+    (workdir / "predictions").mkdir(exist_ok=True)
+    np.save(workdir / "predictions" / "test.npy", predictions.labels)
+    tracker.log_artifact(workdir / "predictions" / "test.npy", "predictions")
+
     analysis_metrics = run_analyses(spec, result.model, data, result.history, workdir, tracker)
     tracker.log_metrics(analysis_metrics, step=result.epochs_run)
     metrics.update(analysis_metrics)
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    return RunResult(metrics, result.history, workdir, model_path)
+    return RunResult(metrics, result.history, workdir, model_path, predictions)
+
+
+@torch.no_grad()
+def predicted_labels(model: torch.nn.Module, split: Split, batch_size: int) -> StoredPrediction:
+    """The model's top-1 labels on a split (eval mode, restored), with the checksum of the
+    split's true labels that tells which test set they were predicted on."""
+    was_training = model.training
+    model.eval()
+    labels = [
+        model(split.x[start : start + batch_size]).argmax(dim=1)  # (B,)
+        for start in range(0, len(split), batch_size)
+    ]
+    model.train(was_training)
+    predicted = torch.cat(labels).cpu().numpy() if labels else np.zeros(0, dtype=np.int64)
+    return StoredPrediction(predicted.astype(np.int64), labels_checksum(split.y.cpu().numpy()))
 
 
 def analyze(

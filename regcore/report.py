@@ -33,6 +33,7 @@ from regcore.compare import (
     noise_curves,
     robust_curves,
 )
+from regcore.significance import Difference
 
 CURVATURE = "geometry/curvature_mean"
 PANEL_SIZE = (5.5, 3.6)  # inches per panel
@@ -55,8 +56,12 @@ def build_report(
     *,
     counts: Mapping[str, tuple[int, int]] | None = None,
     subtitle: str = "",
+    versus: Mapping[str, Mapping[str, Difference]] | None = None,
+    baseline: str | None = None,
 ) -> Report:
-    """``counts``: configuration -> (succeeded, experiments), shown in the table."""
+    """``counts``: configuration -> (succeeded, experiments), shown in the table.
+    ``versus``: configuration -> metric -> its difference from the ``baseline`` row
+    (``regcore.significance``), shown beside test accuracy and as a table of its own."""
     curves = robust_curves(rows)
     attacks = sorted({curve.attack for curve in curves})
     tv_keys = sorted(  # (plane half-width, metric key)
@@ -100,12 +105,15 @@ def build_report(
                 ax.set_xlabel("curvature (mean ± std over seeds)")
         ax = figure.add_subplot(layout[lines, :])
         ax.set_title("test accuracy", fontsize=9)
-        _accuracy_table(ax, rows, counts or {})
+        _accuracy_table(ax, rows, counts or {}, versus or {}, baseline)
         figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
     png = buffer.getvalue()
     page = _html(title, subtitle, png, rows, metrics, counts or {})
+    if versus and baseline is not None:
+        section = _versus_html(rows, metrics, versus, baseline)
+        page = page.replace("</body></html>", f"{section}</body></html>")
     return Report(png, page, [panel for panel, _ in panels] + ["test accuracy"])
 
 
@@ -147,7 +155,11 @@ def _grouped_bars(
 
 
 def _accuracy_table(
-    ax: Axes, rows: Sequence[ComparisonRow], counts: Mapping[str, tuple[int, int]]
+    ax: Axes,
+    rows: Sequence[ComparisonRow],
+    counts: Mapping[str, tuple[int, int]],
+    versus: Mapping[str, Mapping[str, Difference]],
+    baseline: str | None,
 ) -> None:
     ax.axis("off")
     cells = [
@@ -158,15 +170,71 @@ def _accuracy_table(
         ]
         for row in rows
     ]
+    labels, widths = ["configuration", "runs", "mean ± std"], [0.6, 0.15, 0.25]
+    if versus and baseline is not None:  # the difference from the baseline, marked
+        for line, row in zip(cells, rows, strict=True):
+            difference = versus.get(row.configuration, {}).get(TEST_ACCURACY)
+            line.append("baseline" if row.configuration == baseline else _short_versus(difference))
+        labels, widths = [*labels, f"vs {_short(baseline)}"], [0.45, 0.1, 0.2, 0.25]
     table = ax.table(
-        cellText=cells or [["–", "–", "–"]],
-        colLabels=["configuration", "runs", "mean ± std"],
-        colWidths=[0.6, 0.15, 0.25],
+        cellText=cells or [["–"] * len(labels)],
+        colLabels=labels,
+        colWidths=widths,
         bbox=[0.0, 0.0, 1.0, 1.0],
         cellLoc="left",
     )
     table.auto_set_font_size(False)
     table.set_fontsize(7)
+
+
+def format_versus(difference: Difference | None, *, with_ci: bool = True) -> str:
+    """``+0.0177 [+0.0101, +0.0252] p=0.008 *``: the difference of means, its 95% CI, the
+    Holm-corrected p; ``*`` significant (p < 0.05), ``n.s.`` not; why there is no test."""
+    if difference is None or not math.isfinite(difference.diff):
+        return "–" if difference is None or not difference.note else f"– ({difference.note})"
+    places = 1 if abs(difference.diff) >= 100 else 2 if abs(difference.diff) >= 10 else 4
+    text = f"{difference.diff:+.{places}f}"
+    if difference.p_holm is None:
+        return f"{text} ({difference.note or 'no test'})"
+    if with_ci and difference.ci_low is not None and difference.ci_high is not None:
+        text += f" [{difference.ci_low:+.{places}f}, {difference.ci_high:+.{places}f}]"
+    marker = "*" if difference.significant else "n.s."
+    return f"{text} p={difference.p_holm:.2g} {marker}"
+
+
+def _short_versus(difference: Difference | None) -> str:
+    return format_versus(difference, with_ci=False)
+
+
+def _versus_html(
+    rows: Sequence[ComparisonRow],
+    metrics: Sequence[str],
+    versus: Mapping[str, Mapping[str, Difference]],
+    baseline: str,
+) -> str:
+    """The table of each row against the baseline, per metric compared."""
+    escape = html.escape
+    compared = [m for m in metrics if any(m in by_metric for by_metric in versus.values())]
+    header = "".join(f"<th>{escape(_column(m))}</th>" for m in compared)
+    body = ""
+    for row in rows:
+        differences = versus.get(row.configuration, {})
+        if row.configuration == baseline:
+            cells = "<td>baseline</td>" + "<td></td>" * len(compared)
+        else:
+            tests = sorted({d.test for d in differences.values() if d.test})
+            cells = f"<td>{escape('/'.join(tests) or '–')}</td>" + "".join(
+                f"<td>{escape(format_versus(differences.get(m)))}</td>" for m in compared
+            )
+        body += f"<tr><td>{escape(row.configuration)}</td>{cells}</tr>"
+    return f"""<h2>Against the baseline {escape(baseline)}: difference of means [95% CI],
+Holm-corrected p</h2>
+<p>* significant (corrected p &lt; 0.05); n.s. not significant. Paired t-test when both rows
+were trained on the same seeds, else Welch's; a row of one run cannot be tested. Two or
+three seeds give wide intervals.</p>
+<table class="versus"><thead><tr><th>configuration</th><th>test</th>{header}</tr></thead>
+<tbody>{body}</tbody></table>
+"""
 
 
 def _present(summary: Summary | None) -> bool:

@@ -21,9 +21,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client.tables import comparison_table
+from client.tables import TABLE_METRICS, baseline_table, results_table
 from regcore import grid as grids
 from regcore.analysis.base import as_json_value
+from regcore.significance import UnknownBaselineError, resolve_baseline
 from regcore.spec import AnalysisSpec, ExperimentSpec, SpecError, format_validation_error
 
 if TYPE_CHECKING:
@@ -72,8 +73,23 @@ def load_plan(path: Path) -> list[PlannedRun]:
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Override REGBENCH_DATA_DIR.")
 @click.option("--device", help="Override training.device (auto, cpu, cuda, cuda:N, mps).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def run(path: Path, as_json: bool, data_dir: Path | None, device: str | None, quiet: bool) -> None:
-    """Run a spec (or a grid: {base, grid}) in-process and print the results."""
+@click.option(
+    "--baseline",
+    metavar="CONFIGURATION",
+    help="The row the others are compared with: a configuration, or a row's index from 0 "
+    "(default: the first).",
+)
+def run(
+    path: Path,
+    as_json: bool,
+    data_dir: Path | None,
+    device: str | None,
+    quiet: bool,
+    baseline: str | None,
+) -> None:
+    """Run a spec (or a grid: {base, grid}) in-process and print the results: mean ± std
+    over seeds, the instability of each configuration's predictions across seeds, and each
+    configuration against the baseline row (difference, 95% CI, Holm-corrected p)."""
     err = Console(stderr=True)
     try:
         plan = load_plan(path)
@@ -88,9 +104,16 @@ def run(path: Path, as_json: bool, data_dir: Path | None, device: str | None, qu
         err.print(str(exc), markup=False, highlight=False)
         sys.exit(EXIT_INVALID)
 
-    from service.local_runs import LocalRunner, RunFailedError
+    from service.local_runs import LocalRunner, RunFailedError, local_results
     from service.settings import Settings
 
+    if baseline is not None and not as_json:  # a name the grid lacks: say so before training
+        configurations = list(dict.fromkeys(p.configuration for p in plan))
+        try:
+            resolve_baseline(configurations, baseline)
+        except UnknownBaselineError as exc:
+            err.print(f"[red]--baseline:[/red] {exc}", highlight=False)
+            sys.exit(EXIT_INVALID)
     settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
     runner = LocalRunner(settings)
     results: list[tuple[str, dict[str, Any]]] = []
@@ -113,7 +136,11 @@ def run(path: Path, as_json: bool, data_dir: Path | None, device: str | None, qu
         click.echo(json.dumps(payload, sort_keys=True, allow_nan=False))
     else:
         # Off a terminal rich would wrap the table at 80 columns; let it be as wide as it needs.
-        Console(width=None if sys.stdout.isatty() else 250).print(comparison_table(results))
+        out = Console(width=None if sys.stdout.isatty() else 250)
+        answer = local_results(results, TABLE_METRICS, runner.predictions, baseline)
+        out.print(results_table(answer, title="regbench results (mean ± std over seeds)"))
+        if (compared := baseline_table(answer)) is not None:
+            out.print(compared)
 
 
 def _with_device(spec: ExperimentSpec, device: str) -> ExperimentSpec:

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from regcore.data import DataSplits
+    from regcore.instability import StoredPrediction
     from regcore.spec import ExperimentSpec
     from regcore.train import Callbacks
     from service.tracking import MlflowTracker
@@ -467,7 +468,23 @@ def run_train(
         cancelled = isinstance(exc, TrainingCancelledError | JobStoppedError)
         report = {"mlflow_run_id": member.tracker.run_id} if cancelled else member.failed()
         raise RunError(exc, report) from exc
+    record_predictions(db, job, result.predictions)
     return member.succeeded(result.metrics)
+
+
+def record_predictions(db: Database, job: JobInfo, predictions: StoredPrediction | None) -> None:
+    """The experiment's final test labels into the job store (instability across seeds).
+    Informative like progress: a failed write leaves the experiment out of its
+    configuration's instability (the results say how many members it used), never fails
+    the training that succeeded."""
+    if predictions is None:
+        return
+    try:
+        with db.session() as session:
+            jobstore.store_predictions(session, job.experiment_id, predictions)
+            session.commit()
+    except SQLAlchemyError as exc:
+        log.warning("test predictions of experiment %s not recorded: %s", job.experiment_id, exc)
 
 
 def run_stack(
@@ -526,6 +543,8 @@ def run_stack(
                 )
         return reports
     note = f" (stacked with {len(members) - 1} more)"
+    for member, result in zip(members, results, strict=True):
+        record_predictions(db, member.job, result.predictions)
     return [
         {"status": "succeeded", **member.succeeded(result.metrics, note)}
         for member, result in zip(members, results, strict=True)

@@ -11,9 +11,13 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
+from regcore.instability import METRICS as INSTABILITY_METRICS
+from regcore.instability import StoredPrediction, labels_checksum
 from regcore.spec import SweepSpec
 from service import jobstore, sweeps
 from service.reports import RUN_KIND_TAG, SWEEP_TAG
@@ -339,6 +343,67 @@ def test_results_give_mean_std_and_n_per_configuration_as_json_and_csv(any_api: 
             assert math.isclose(float(line[f"{name}_mean"]), summary["mean"])
             assert math.isclose(float(line[f"{name}_std"]), summary["std"])
             assert int(line[f"{name}_n"]) == summary["n"]
+
+
+def test_results_compare_each_row_with_a_chosen_baseline(any_api: Api) -> None:
+    """Seeds 0 and 1 in both rows: paired tests; the stored test predictions give the
+    instability; ``baseline`` picks the row compared with, by name or index, else 422."""
+    sweep = submit(any_api)
+    accuracy = [0.90, 0.80, 0.95, 0.87]  # (none, 0), (none, 1), (l2, 0), (l2, 1)
+    metrics = {
+        point["id"]: {"seed": point["seed"], "test_accuracy": value}
+        for point, value in zip(sweep["experiments"], accuracy, strict=True)
+    }
+    finish_all(any_api, sweep, metrics)
+    truth = np.array([0, 1, 2, 3])
+    predicted = [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3], [3, 1, 2, 3]]
+    with any_api.database.session() as session:
+        for point, labels in zip(sweep["experiments"], predicted, strict=True):
+            prediction = StoredPrediction(np.array(labels), labels_checksum(truth))
+            jobstore.store_predictions(session, point["id"], prediction)
+        session.commit()
+
+    url = f"{SWEEPS}/{sweep['id']}/results"
+    results = any_api.client.get(url).json()
+    assert results["baseline"] == CONFIGURATIONS[0]
+    assert results["metrics"][-4:] == list(INSTABILITY_METRICS)
+    base, l2 = results["rows"]
+    assert base["versus_baseline"] == {}
+    assert base["metrics"]["instability/churn"] == {"mean": 0.0, "std": None, "n": 2}
+    assert l2["metrics"]["instability/churn"]["mean"] == pytest.approx(0.25)
+    assert l2["instability"] == {"members": 2, "left_out": {}}
+    expected = stats.ttest_rel([0.95, 0.87], [0.90, 0.80])
+    difference = l2["versus_baseline"]["test_accuracy"]
+    assert difference["test"] == "paired" and difference["n"] == difference["n_baseline"] == 2
+    assert difference["diff"] == pytest.approx(0.06)
+    assert difference["p"] == pytest.approx(expected.pvalue)
+    assert difference["p_holm"] == pytest.approx(expected.pvalue)
+    assert difference["significant"] is False  # two seeds: a wide interval
+    assert difference["ci_low"] < 0 < difference["ci_high"]
+
+    for chosen in (CONFIGURATIONS[1], "1"):
+        reverse = any_api.client.get(url, params={"baseline": chosen}).json()
+        assert reverse["baseline"] == CONFIGURATIONS[1]
+        assert reverse["rows"][1]["versus_baseline"] == {}
+        assert reverse["rows"][0]["versus_baseline"]["test_accuracy"]["diff"] == pytest.approx(
+            -0.06
+        )
+    response = any_api.client.get(url, params={"baseline": CONFIGURATIONS[1], "format": "csv"})
+    lines = list(csv.DictReader(io.StringIO(response.text)))
+    assert [line["baseline"] for line in lines] == [CONFIGURATIONS[1]] * 2
+    assert lines[1]["test_accuracy_test"] == "baseline"
+    assert lines[0]["test_accuracy_test"] == "paired"
+    assert float(lines[0]["test_accuracy_diff"]) == pytest.approx(-0.06)
+
+    for bad in ("dropout", "2", "-1"):
+        response = any_api.client.get(url, params={"baseline": bad})
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["query", "baseline"] and error["type"] == "unknown_baseline"
+        assert error["ctx"]["choices"] == CONFIGURATIONS
+        assert CONFIGURATIONS[1] in error["msg"]
+    csv_response = any_api.client.get(url, params={"baseline": "dropout", "format": "csv"})
+    assert csv_response.status_code == 422
 
 
 def test_the_report_is_logged_to_mlflow_and_served_as_png_and_html(any_api: Api) -> None:

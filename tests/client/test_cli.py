@@ -598,6 +598,92 @@ def test_results_csv_and_markdown_together_is_a_usage_error(server: FakeServer) 
     assert result.exit_code == 2 and server.requests == []
 
 
+def compared_results() -> dict[str, Any]:
+    """RESULTS with the server's comparison against the first row, and instability."""
+    answer = copy.deepcopy(RESULTS)
+    answer["baseline"] = "regularizers=none"
+    answer["metrics"] = [*answer["metrics"], "instability/churn"]
+    none, l2 = answer["rows"]
+    none["versus_baseline"] = {}
+    none["metrics"]["instability/churn"] = {"mean": 0.0125, "std": None, "n": 3}
+    l2["metrics"]["instability/churn"] = {"mean": 0.03, "std": None, "n": 2}
+    difference = {"test": "welch", "n": 2, "n_baseline": 3, "note": None}
+    l2["versus_baseline"] = {
+        "test_accuracy": {
+            **difference, "diff": 0.01766, "ci_low": 0.0101, "ci_high": 0.0252,
+            "p": 0.004, "p_holm": 0.008, "significant": True,
+        },
+        "geometry/curvature_mean": {
+            **difference, "diff": -1.25, "ci_low": -3.5, "ci_high": 1.0,
+            "p": 0.2, "p_holm": 0.4, "significant": False,
+        },
+        "attack/pgd_linf/acc_eps0.1": {
+            **difference, "diff": 0.1, "ci_low": None, "ci_high": None, "p": None,
+            "p_holm": None, "significant": None, "test": None, "n": 1,
+            "note": "n=1: no test possible",
+        },
+    }  # fmt: skip
+    return answer
+
+
+def test_results_against_a_baseline_mark_what_is_significant(server: FakeServer) -> None:
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = compared_results()
+
+    result = regbench("results", SWEEP_ID, "--baseline", "regularizers=none")
+
+    assert result.exit_code == 0, result.output
+    assert server.requests[0].url.params["baseline"] == "regularizers=none"
+    lines = result.stdout.splitlines()
+    assert any(" churn " in line for line in lines)  # the instability column
+    title = next(i for i, line in enumerate(lines) if "vs baseline regularizers=none" in line)
+    header = next(line for line in lines[title:] if "configuration" in line)
+    assert "test acc" in header and "curvature" in header and "TV w40" not in header
+    table = [line for line in lines[title:] if line.startswith("│")]
+    base = cells(next(line for line in table if "regularizers=none" in line))
+    assert base[1] == "baseline"
+    l2 = next(line for line in table if "regularizers=l2" in line)
+    assert "+0.0177 [+0.0101, +0.0252] p=0.008 *" in l2
+    assert "-1.2500 [-3.5000, +1.0000] p=0.4 n.s." in l2
+    assert "+0.1000 (n=1: no test possible)" in l2
+
+
+def test_results_markdown_adds_the_comparison(server: FakeServer) -> None:
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = compared_results()
+
+    result = regbench("results", SWEEP_ID, "--markdown", "--metrics", "test_accuracy")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith(
+        "| configuration | test | test acc |\n"
+        "| :-- | :-- | --: |\n"
+        "| regularizers=none | baseline |  |\n"
+        "| regularizers=l2(weight=0.0005) | welch | +0.0177 [+0.0101, +0.0252] p=0.008 * |\n"
+    )
+
+
+def test_results_with_an_unknown_baseline_show_the_servers_choices(server: FakeServer) -> None:
+    error = {
+        "loc": ["query", "baseline"],
+        "msg": "no configuration 'dropout': choose one of 'regularizers=none', ...",
+        "type": "unknown_baseline",
+    }
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = httpx.Response(422, json={"detail": [error]})
+
+    result = regbench("results", SWEEP_ID, "--baseline", "dropout")
+
+    assert result.exit_code != 0
+    assert "no configuration 'dropout': choose one of 'regularizers=none'" in result.stderr
+
+
+def test_results_csv_passes_the_baseline(server: FakeServer) -> None:
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = RESULTS_CSV
+
+    result = regbench("results", SWEEP_ID, "--csv", "--baseline", "1")
+
+    assert result.exit_code == 0, result.output
+    assert dict(server.requests[0].url.params) == {"format": "csv", "baseline": "1"}
+
+
 def test_a_wide_table_is_not_truncated_off_a_terminal(server: FakeServer) -> None:
     wide = copy.deepcopy(RESULTS)
     names = [f"attack/pgd_linf/acc_eps0.{n}" for n in range(1, 10)]
@@ -611,6 +697,25 @@ def test_a_wide_table_is_not_truncated_off_a_terminal(server: FakeServer) -> Non
     header = next(line for line in result.stdout.splitlines() if "configuration" in line)
     assert all(f"pgd_linf ε=0.{n}" in header for n in range(1, 10))
     assert "…" not in result.stdout
+
+
+def test_results_show_boundary_found_beside_the_distance(server: FakeServer) -> None:
+    found = copy.deepcopy(RESULTS)
+    names = ["boundary/w40/distance_mean", "boundary/w40/boundary_found"]
+    found["metrics"] = ["test_accuracy", *names]
+    for row in found["rows"]:
+        row["metrics"]["boundary/w40/distance_mean"] = {"mean": 3.5, "std": 0.25, "n": 3}
+        row["metrics"]["boundary/w40/boundary_found"] = {"mean": 0.625, "std": 0.125, "n": 3}
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = found
+
+    result = regbench("results", SWEEP_ID)
+
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "configuration" in line)
+    cells = [cell.strip() for cell in header.split("┃")[1:-1]]  # rich's heavy header rule
+    assert cells[-2:] == ["distance w40", "boundary found w40"], result.stdout
+    line = next(line for line in result.stdout.splitlines() if "regularizers=none" in line)
+    assert line.index("3.5000 ± 0.2500") < line.index("0.6250 ± 0.1250")
 
 
 # --------------------------------------------------------------------------- artifacts, report
@@ -806,6 +911,8 @@ def test_short_metric_titles() -> None:
     assert short_metric("attack/pgd_linf/acc_eps0.1") == "pgd_linf ε=0.1"
     assert short_metric("attack/fgsm_linf/acc_eps0.3_steps40") == "fgsm_linf ε=0.3 40 steps"
     assert short_metric("boundary/w40/tv_iso_mean") == "TV w40"
+    assert short_metric("boundary/w40/distance_mean") == "distance w40"
+    assert short_metric("boundary/w40/boundary_found") == "boundary found w40"
     assert short_metric("geometry/curvature_mean") == "curvature"
     assert short_metric("train_seconds") == "train s"
     assert short_metric("calibration/ece") == "ECE"

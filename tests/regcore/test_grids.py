@@ -37,7 +37,7 @@ PART3 = {
     "part3-cifar10-ddnet.yaml": ("cifar10", "ddnet"),
     "part3-cifar100-resnet18.yaml": ("cifar100", "resnet18"),
 }
-LINF_BUDGET = {"mnist": 0.3, "cifar10": 8 / 255, "cifar100": 8 / 255}  # SCIENCE.md, Attacks
+LINF_BUDGET = {"mnist": 0.3, "cifar10": 8 / 255, "cifar100": 8 / 255}  # docs/science.md, Attacks
 
 # The end-to-end test runs digits.yaml in full on 2 CPU cores: keep every job seconds long.
 DIGITS_MAX_EXPERIMENTS = 6

@@ -45,3 +45,25 @@ def test_pipeline_trains_evaluates_and_logs_everything(tmp_path: Path) -> None:
     assert ExperimentSpec.model_validate(saved["spec"]) == SPEC
     assert all(isinstance(t, torch.Tensor) for t in saved["model"].values())
     assert ExperimentSpec.from_file(tmp_path / "spec.yaml") == SPEC
+
+
+def test_pipeline_records_the_test_predictions(tmp_path: Path) -> None:
+    """The final model's test labels: consistent with test_accuracy, saved and logged as
+    predictions/test.npy, not among the metrics; the checksum names the test set."""
+    import numpy as np
+
+    from regcore.data import load_dataset
+    from regcore.instability import labels_checksum
+
+    tracker = MemoryTracker()
+    result = run(SPEC, tracker, workdir=tmp_path)
+    predictions = result.predictions
+    assert predictions is not None
+    test = load_dataset(SPEC.dataset, SPEC.training.seed).test
+    assert predictions.labels.shape == (len(test),)
+    accuracy = float(np.mean(predictions.labels == test.y.numpy()))
+    assert accuracy == result.metrics["test_accuracy"]
+    assert predictions.labels_checksum == labels_checksum(test.y.numpy())
+    assert np.array_equal(np.load(tmp_path / "predictions" / "test.npy"), predictions.labels)
+    assert ("test.npy", "predictions") in {(p.name, folder) for p, folder in tracker.artifacts}
+    assert not any("prediction" in key for key in result.metrics)
