@@ -39,7 +39,7 @@ CURVATURE = "geometry/curvature_mean"
 PANEL_SIZE = (5.5, 3.6)  # inches per panel
 MAX_LABEL = 48  # characters of a configuration label on an axis
 NOISE_PANEL = "accuracy under random noise vs size"
-NOISE_UNITS = {"gaussian_l2": "expected L2 norm", "uniform_linf": "Linf"}
+NOISE_UNITS = {"gaussian_l2": "L2 as s sqrt(D)", "uniform_linf": "Linf"}
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
 The model classifies clamp01(x + n) for two kinds of noise n:
 
-- ``gaussian_l2``: n ~ N(0, s^2 I) sized by its expected L2 norm, E||n||_2 = eps. That
-  is s = eps / c_D with c_D = sqrt(2) Gamma((D+1)/2) / Gamma(D/2) = E||z||_2 for z ~
-  N(0, I_D); c_D = sqrt(D - 1/2) to within 1/(8 D^1.5), so on MNIST (D = 784) eps is
-  s sqrt(D) (SCIENCE.md) to 0.03%, and on 2-D blobs it is exact where s sqrt(D) is 13% off.
+- ``gaussian_l2``: n ~ N(0, s^2 I_D) sized by eps = s sqrt(D) (SCIENCE.md), its
+  root-mean-square L2 norm: E||n||_2^2 = eps^2 exactly, and the mean norm E||n||_2 is
+  eps sqrt(1 - 1/(2D)) to first order (0.03% below eps on MNIST, D = 784; 11% below on
+  2-D blobs, where E||n||_2 = eps sqrt(pi/4)).
 - ``uniform_linf``: n uniform on [-a, a]^D with a = eps, its Linf size.
 
 Each sample gets one fixed base direction per draw (z for Gaussian, u ~ U[-1, 1]^D for
@@ -26,8 +26,9 @@ when ``draws`` grows), so every model of a comparison, on any device and at any
 draws per point.
 
 Default sizes (MNIST-sensible, in pixel units on [0, 1]): Gaussian L2 [0, 1, 2, 4, 8]
-(eps 2 is the L2 attack budget's top; random noise needs ~8, a per-pixel std of ~0.29
-on MNIST, before a plain LeNet loses much accuracy), uniform Linf [0, 0.1, 0.2, 0.3, 0.5]
+(2 is the top of the L2 attacks' default budgets; random noise needs far more norm than
+an adversarial direction to flip a label, so the list runs on to 8, a per-pixel std of
+0.29 on MNIST), uniform Linf [0, 0.1, 0.2, 0.3, 0.5]
 (0.3 is the Linf attack budget; a = 0.5 has a per-pixel std of 0.29 too).
 
 Metrics: ``noise/<kind>/acc_eps{eps:g}`` per kind and eps (accuracy averaged over the
@@ -64,7 +65,7 @@ from regcore.registry import (
 
 NoiseKind = Literal["gaussian_l2", "uniform_linf"]
 NOISE_KINDS: tuple[NoiseKind, ...] = ("gaussian_l2", "uniform_linf")
-UNITS: dict[str, str] = {"gaussian_l2": "expected L2 norm", "uniform_linf": "Linf"}
+UNITS: dict[str, str] = {"gaussian_l2": "L2, s sqrt(D)", "uniform_linf": "Linf"}
 DEFAULT_EPS: dict[str, list[float]] = {
     "gaussian_l2": [0.0, 1.0, 2.0, 4.0, 8.0],
     "uniform_linf": [0.0, 0.1, 0.2, 0.3, 0.5],
@@ -80,7 +81,7 @@ class NoiseParams(ComponentParams):
         DEFAULT_EPS["gaussian_l2"],
         min_length=1,
         max_length=MAX_LIST,
-        description="expected L2 norms of the Gaussian noise, pixel units; sorted",
+        description="sizes s sqrt(D) (RMS L2 norm) of the Gaussian noise, pixel units; sorted",
     )
     uniform_linf_eps: list[Size] = Field(
         DEFAULT_EPS["uniform_linf"],
@@ -110,11 +111,6 @@ class NoiseParams(ComponentParams):
         return self.gaussian_l2_eps if kind == "gaussian_l2" else self.uniform_linf_eps
 
 
-def expected_gaussian_norm(dim: int) -> float:
-    """E||z||_2 for z ~ N(0, I_dim): sqrt(2) Gamma((dim+1)/2) / Gamma(dim/2)."""
-    return math.sqrt(2.0) * math.exp(math.lgamma((dim + 1) / 2) - math.lgamma(dim / 2))
-
-
 def noise_generator(kind: str, seed: int) -> torch.Generator:
     """The CPU generator of one kind's noise: seeded from (kind, seed), so the kinds differ.
 
@@ -124,11 +120,12 @@ def noise_generator(kind: str, seed: int) -> torch.Generator:
 
 
 def base_noise(kind: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """(N, *input) CPU float32 noise of size 1: E||n_i||_2 = 1 (Gaussian) or ||n_i||_inf <= 1
-    (uniform), per point. Successive calls on one generator are successive draws."""
+    """(N, *input) CPU float32 noise of size 1, per point: std 1/sqrt(D) per coordinate, so
+    E||n_i||_2^2 = 1 (Gaussian), or ||n_i||_inf <= 1 (uniform). Successive calls on one
+    generator are successive draws."""
     if kind == "gaussian_l2":
         dim = math.prod(shape[1:])
-        return torch.randn(shape, generator=generator) / expected_gaussian_norm(dim)
+        return torch.randn(shape, generator=generator) / math.sqrt(dim)
     return torch.rand(shape, generator=generator) * 2 - 1
 
 

@@ -21,7 +21,6 @@ from regcore.analysis.noise import (
     NoiseAnalysis,
     NoiseParams,
     base_noise,
-    expected_gaussian_norm,
     noise_generator,
 )
 from regcore.compare import ComparisonRow, Summary, noise_curves, result_metrics
@@ -197,15 +196,23 @@ def test_noisy_inputs_are_the_clamped_scaled_base_noise_and_stay_in_the_box(
     assert not torch.equal(noisy_g, noisy_u)
 
 
-def test_gaussian_noise_is_sized_by_its_expected_l2_norm() -> None:
+def test_gaussian_noise_is_sized_by_its_rms_l2_norm() -> None:
+    """eps = s sqrt(D): E||n||^2 = eps^2 exactly, and for large D the mean norm is eps
+    to 1/(4D); in 2-D the mean norm is eps sqrt(pi/4)."""
     for dim, points in ((2, 200_000), (64, 20_000), (784, 4_000)):
         direction = base_noise("gaussian_l2", (points, dim), noise_generator("gaussian_l2", 0))
-        norms = direction.double().norm(dim=1)  # (points,)
-        assert norms.mean().item() == pytest.approx(1.0, abs=4 * norms.std().item() / points**0.5)
-        # per-coordinate std s = eps / E||z||; for large D, eps is s sqrt(D) to 1/(4 D)
-        assert direction.std().item() == pytest.approx(1 / expected_gaussian_norm(dim), rel=0.01)
-    assert expected_gaussian_norm(2) == pytest.approx(math.sqrt(math.pi / 2))
-    assert expected_gaussian_norm(784) == pytest.approx(math.sqrt(784), rel=1e-3)
+        squared = direction.double().pow(2).sum(dim=1)  # (points,) ||n||^2 at eps = 1
+        assert squared.mean().item() == pytest.approx(
+            1.0, abs=4 * squared.std().item() / points**0.5
+        )
+        assert direction.std().item() == pytest.approx(1 / math.sqrt(dim), rel=0.01)
+        norms = squared.sqrt()
+        expected = math.sqrt(math.pi / 4) if dim == 2 else math.sqrt(1 - 1 / (2 * dim))
+        assert norms.mean().item() == pytest.approx(
+            expected, abs=4 * norms.std().item() / points**0.5
+        )
+    large = base_noise("gaussian_l2", (4_000, 784), noise_generator("gaussian_l2", 1))
+    assert large.double().norm(dim=1).mean().item() == pytest.approx(1.0, rel=0.005)  # MNIST
     uniform = base_noise("uniform_linf", (10_000, 16), noise_generator("uniform_linf", 0))
     assert float(uniform.abs().max()) <= 1.0 and float(uniform.abs().max()) > 0.999
     assert uniform.mean().item() == pytest.approx(0.0, abs=0.01)
