@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
@@ -30,13 +31,12 @@ from rich.text import Text
 from client.remote import FINISHED, RegbenchClient, ServerError, path_inside
 from client.tables import (
     baseline_markdown,
-    baseline_table,
     eta_text,
     format_size,
     metrics_table,
     overview,
     results_markdown,
-    results_table,
+    results_view,
     select_metrics,
     state_counts,
     sweep_status,
@@ -137,7 +137,17 @@ def fail(message: str, exit_code: int) -> NoReturn:
 
 
 def stdout_console() -> Console:
-    return Console(width=None if sys.stdout.isatty() else NOT_A_TERMINAL_WIDTH)
+    # COLUMNS, when set, is honoured off a terminal too (rich reads it when width is None).
+    wide = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    return Console(width=None if wide else NOT_A_TERMINAL_WIDTH)
+
+
+def print_results(
+    answer: Mapping[str, Any], patterns: Sequence[str] = (), title: str | None = None
+) -> None:
+    """The results and the comparison with the baseline, fitted to the terminal's width."""
+    console = stdout_console()
+    console.print(results_view(answer, patterns, console.width, title))
 
 
 def stderr_console() -> Console:
@@ -195,9 +205,7 @@ def submit(client: RegbenchClient, path: Path, force: bool, wait: bool, poll_s: 
     except KeyboardInterrupt:
         fail(f"stopped watching; the sweep keeps running: regbench status {sweep_id}", 130)
     answer = client.results(sweep_id)
-    stdout_console().print(results_table(answer))
-    if (compared := baseline_table(answer)) is not None:
-        stdout_console().print(compared)
+    print_results(answer)
     if unsuccessful := report_unsuccessful(sweep):
         fail(f"{unsuccessful}; see `regbench status {sweep_id}`", EXIT_FAILED)
 
@@ -394,9 +402,7 @@ def results(
         versus = baseline_markdown(answer, patterns)
         click.echo(results_markdown(answer, patterns) + (f"\n{versus}" if versus else ""), nl=False)
         return
-    stdout_console().print(results_table(answer, patterns))
-    if (compared := baseline_table(answer, patterns)) is not None:
-        stdout_console().print(compared)
+    print_results(answer, patterns)
     if not answer.get("rows"):
         click.echo(f"no results yet; see `regbench status {sweep_id}`", err=True)
 

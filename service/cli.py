@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from client.tables import TABLE_METRICS, baseline_table, results_table
+from client.cli import print_results
+from client.tables import TABLE_METRICS
 from regcore import grid as grids
 from regcore.analysis.base import as_json_value
 from regcore.significance import UnknownBaselineError, resolve_baseline
@@ -135,12 +136,8 @@ def run(
         payload: Any = runs[0] if len(plan) == 1 else runs
         click.echo(json.dumps(payload, sort_keys=True, allow_nan=False))
     else:
-        # Off a terminal rich would wrap the table at 80 columns; let it be as wide as it needs.
-        out = Console(width=None if sys.stdout.isatty() else 250)
         answer = local_results(results, TABLE_METRICS, runner.predictions, baseline)
-        out.print(results_table(answer, title="regbench results (mean ± std over seeds)"))
-        if (compared := baseline_table(answer)) is not None:
-            out.print(compared)
+        print_results(answer, title="regbench results (mean ± std over seeds)")
 
 
 def _with_device(spec: ExperimentSpec, device: str) -> ExperimentSpec:

@@ -941,3 +941,76 @@ def _no_terminal_colours(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("FORCE_COLOR", raising=False)
     monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
     yield
+
+
+# --------------------------------------------------------------------------- narrow terminals
+
+
+def digits_grid_results() -> dict[str, Any]:
+    """A realistic grid's answer: long configurations, many metrics (attacks, boundary,
+    geometry, calibration, instability) and the comparison with the baseline."""
+    names = [
+        "test_accuracy", "test_loss", "val_accuracy", "train_seconds",
+        "attack/pgd_linf/acc_eps0.1", "attack/pgd_linf/acc_eps0.3_steps40",
+        "boundary/w40/tv_iso_mean", "boundary/w40/distance_mean", "boundary/w40/boundary_found",
+        "geometry/curvature_mean", "calibration/ece", "instability/churn",
+        "instability/label_entropy",
+    ]  # fmt: skip
+    configurations = [
+        "regularizers=none",
+        "regularizers=l2(weight=0.0005)",
+        "regularizers=jacobian(weight=0.01,projections=1) training.lr=0.05",
+        "regularizers=spectral_norm(coefficient=1.0) regularizers=dropout(p=0.25)",
+    ]
+    rows = []
+    for number, configuration in enumerate(configurations):
+        metrics = {name: {"mean": 0.9765 - number / 100, "std": 0.0123, "n": 3} for name in names}
+        metrics["instability/churn"] = {"mean": 0.0125, "std": None, "n": 3}
+        row: dict[str, Any] = {
+            "configuration": configuration, "experiments": 3, "succeeded": 3, "metrics": metrics,
+        }  # fmt: skip
+        if number:
+            row["versus_baseline"] = {
+                name: {
+                    "test": "welch", "n": 3, "n_baseline": 3, "note": None, "diff": -0.01766,
+                    "ci_low": -0.0252, "ci_high": -0.0101, "p": 0.004, "p_holm": 0.008,
+                    "significant": True,
+                }
+                for name in names[:4]
+            }  # fmt: skip
+            row["versus_baseline"]["test_loss"] |= {"p_holm": None, "note": "n=1: no test possible"}
+        rows.append(row)
+    return {
+        "sweep_id": SWEEP_ID, "metrics": names, "rows": rows, "baseline": configurations[0],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_results_fit_a_narrow_terminal_with_legends(server: FakeServer, width: int) -> None:
+    answer = digits_grid_results()
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = answer
+
+    result = regbench("results", SWEEP_ID, env={"COLUMNS": str(width)})
+
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert max(len(line) for line in text.splitlines()) <= width, text
+    assert "…" not in text, text
+    flat = " ".join(text.split())  # a legend line may wrap
+    for number, row in enumerate(answer["rows"], start=1):
+        assert f"{number} {row['configuration']}" in flat, text  # the legend of the rows
+    for name in answer["metrics"]:  # a column title, and its full name in the legend
+        assert short_metric(name) in flat and name in flat, name
+    assert "0.9765 ± 0.0123" in text and "-0.0177" in text and "p=0.008" in text
+    assert "n=1: no test possible" in flat and "baseline" in text
+
+
+def test_regbench_run_table_fits_the_terminal_too(capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    from client.tables import results_view
+
+    Console(width=80).print(results_view(digits_grid_results(), width=80))
+
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
