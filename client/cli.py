@@ -47,6 +47,10 @@ EXIT_FAILED = 1
 EXIT_INVALID = 2
 # Off a terminal rich would wrap at 80 columns; files and pipes get every column instead.
 NOT_A_TERMINAL_WIDTH = 1000
+# Off a terminal a progress line is printed when it changes, its ETA alone at most this often.
+OFF_TERMINAL_REPEAT_S = 60.0
+# How long `status --watch` waits for a finished sweep's report to start being built.
+REPORT_START_GRACE_S = 30.0
 
 LOCAL_COMMANDS = {
     "run": ("service.cli", "run", "Run a spec or a grid here, in-process, and print results."),
@@ -253,6 +257,26 @@ def _progress(console: Console) -> Progress:
     )
 
 
+class ChangeLog:
+    """Progress for a log (off a terminal, where a bar cannot redraw): a line when what it
+    says changes; a changed ETA alone at most every ``OFF_TERMINAL_REPEAT_S``."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.last: tuple[str, str] | None = None
+        self.printed_at = 0.0
+
+    def show(self, line: str, eta: str = "") -> None:
+        if self.console.is_terminal or (line, eta) == self.last:
+            return
+        now = time.monotonic()
+        only_eta = self.last is not None and line == self.last[0]
+        if only_eta and now - self.printed_at < OFF_TERMINAL_REPEAT_S:
+            return
+        self.console.print(f"{line}  {eta}" if eta else line, markup=False, soft_wrap=True)
+        self.last, self.printed_at = (line, eta), now
+
+
 def watch_sweep(
     client: RegbenchClient, sweep_id: str, console: Console, poll_s: float = 2.0
 ) -> dict[str, Any]:
@@ -260,19 +284,15 @@ def watch_sweep(
 
     Off a terminal (a CI log) a bar cannot redraw, so each change is printed as a line.
     """
-    last_line = ""
+    log = ChangeLog(console)
     with _progress(console) as progress:
         task = progress.add_task(f"sweep {sweep_id[:8]}", total=1.0, counts="", eta="")
 
         def show(sweep: dict[str, Any]) -> None:
-            nonlocal last_line
             counts = state_counts(sweep["experiments"]).plain
             eta = eta_text(sweep)
             progress.update(task, completed=sweep.get("progress", 0.0), counts=counts, eta=eta)
-            line = f"sweep {sweep_id}: {sweep.get('progress', 0.0):4.0%}  {counts}  {eta}"
-            if not console.is_terminal and line != last_line:
-                console.print(line, markup=False)
-                last_line = line
+            log.show(f"sweep {sweep_id}: {sweep.get('progress', 0.0):4.0%}  {counts}", eta)
 
         sweep = client.wait_sweep(sweep_id, on_update=show, poll_s=poll_s)
     console.print(
@@ -285,6 +305,7 @@ def watch_experiment(
     client: RegbenchClient, experiment_id: str, console: Console, poll_s: float = 2.0
 ) -> dict[str, Any]:
     """A progress bar over the experiment's jobs until it finished; returns it."""
+    log = ChangeLog(console)
     with _progress(console) as progress:
         task = progress.add_task(f"experiment {experiment_id[:8]}", total=1.0, counts="", eta="")
 
@@ -298,6 +319,7 @@ def watch_experiment(
                 counts[job["state"]] = counts.get(job["state"], 0) + 1
             fraction = done / len(jobs) if jobs else 0.0
             progress.update(task, completed=fraction, counts=f"jobs: {state_counts(counts).plain}")
+            log.show(f"experiment {experiment_id}: {fraction:4.0%}  {state_counts(counts).plain}")
 
         experiment = client.wait_experiment(experiment_id, on_update=show, poll_s=poll_s)
     console.print(f"experiment {experiment_id} {experiment['status']}", markup=False)
@@ -326,15 +348,16 @@ def status(
     sweep, then the running jobs and the live workers.
     """
 
+    reports = ReportWait()
+
     def render() -> tuple[RenderableType, bool]:
-        """The view, and whether there is nothing left to wait for."""
+        """The view, and whether there is nothing left to wait for (reports included)."""
         if sweep_id is not None:
             sweep = client.sweep(sweep_id)
-            return sweep_status(sweep), sweep["status"] in FINISHED
+            return sweep_status(sweep), reports.settled([sweep])
         sweeps, queue = client.sweeps(limit=limit), client.queue()
         idle = not any(queue.get("by_state", {}).get(s) for s in ("queued", "running"))
-        done = idle and all(s["status"] in FINISHED for s in sweeps.get("data", []))
-        return overview(sweeps, queue), done
+        return overview(sweeps, queue), idle and reports.settled(sweeps.get("data", []))
 
     console = stdout_console()
     view, done = render()
@@ -350,6 +373,28 @@ def status(
                 live.update(view, refresh=True)
         except KeyboardInterrupt:
             pass  # stopping the watch leaves the work running: nothing to report
+
+
+class ReportWait:
+    """When ``status --watch`` may stop: every sweep finished and its report done or
+    failed. A finished sweep's report still "none" after ``REPORT_START_GRACE_S`` is
+    not waited for (no worker or reconciler is there to build it)."""
+
+    def __init__(self) -> None:
+        self.finished_since: float | None = None
+
+    def settled(self, sweeps: list[dict[str, Any]]) -> bool:
+        if not all(sweep["status"] in FINISHED for sweep in sweeps):
+            self.finished_since = None
+            return False
+        reports = [(sweep.get("report") or {}).get("status", "none") for sweep in sweeps]
+        if "building" in reports:
+            return False
+        if "none" not in reports:
+            return True
+        now = time.monotonic()
+        self.finished_since = now if self.finished_since is None else self.finished_since
+        return now - self.finished_since >= REPORT_START_GRACE_S
 
 
 # --------------------------------------------------------------------------- results

@@ -1014,3 +1014,52 @@ def test_regbench_run_table_fits_the_terminal_too(capsys: pytest.CaptureFixture[
 
     text = capsys.readouterr().out
     assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+def test_status_watch_waits_for_the_report(server: FakeServer) -> None:
+    building = finished_sweep()
+    building["report"] = {"status": "building", "mlflow_run_id": None, "error": None, "files": []}
+    not_started = {**building, "report": {**building["report"], "status": "none"}}
+    server[f"GET /sweeps/{SWEEP_ID}"] = [RUNNING_SWEEP, not_started, building, finished_sweep()]
+
+    result = regbench("status", SWEEP_ID, "--watch", "--interval", "0")
+
+    assert result.exit_code == 0, result.output
+    assert server.paths().count(f"GET /sweeps/{SWEEP_ID}") == 4  # until the report is done
+    assert "report: done (report.png, report.html)" in result.stdout
+
+
+def test_status_watch_stops_when_no_report_is_started(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    never = finished_sweep()
+    never["report"] = {"status": "none", "mlflow_run_id": None, "error": None, "files": []}
+    server[f"GET /sweeps/{SWEEP_ID}"] = never
+    monkeypatch.setattr(cli, "REPORT_START_GRACE_S", 0.0)
+
+    result = regbench("status", SWEEP_ID, "--watch", "--interval", "0")
+
+    assert result.exit_code == 0, result.output
+    assert "report: none" in result.stdout
+
+
+def test_submit_wait_off_a_terminal_prints_a_line_only_when_progress_changes(
+    server: FakeServer, grid_file: Path
+) -> None:
+    server["POST /sweeps"] = SUBMITTED
+    # Five polls, 2 s apart: only the ETA moves, then one more experiment succeeds.
+    polls = [{**RUNNING_SWEEP, "eta_s": 185.0 - 2 * n} for n in range(5)]
+    advanced = {**RUNNING_SWEEP, "progress": 0.75, "eta_s": 120.0}
+    advanced["experiments"] = {**RUNNING_SWEEP["experiments"], "succeeded": 4, "queued": 1}
+    server[f"GET /sweeps/{SWEEP_ID}"] = [*polls, advanced, finished_sweep()]
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = RESULTS
+
+    result = regbench("submit", str(grid_file), "--wait")
+
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"sweep {SWEEP_ID}:")]
+    assert [line.split(":")[1].split()[0] for line in lines] == ["62%", "75%", "100%"], lines
+    assert "ETA 3m05s" in lines[0] and "ETA 2m00s" in lines[1]
