@@ -490,12 +490,17 @@ def state_counts(counts: Mapping[str, int]) -> Text:
 
 
 def eta_text(item: Mapping[str, Any]) -> str:
-    """``ETA 3m05s``; ``took 12m40s`` once finished; ``ETA unknown`` before the server knows."""
+    """``ETA 3m05s``; ``ETA ~3m05s (estimate)`` while some job kinds were never timed;
+    ``took 12m40s`` once finished; ``ETA unknown`` before the server knows anything."""
     if item.get("status") in FINISHED:
         took = _seconds_between(item.get("started_at"), item.get("finished_at"))
         return f"took {format_duration(took)}" if took is not None else "finished"
     eta = item.get("eta_s")
-    return f"ETA {format_duration(eta)}" if _finite(eta) else "ETA unknown"
+    if not _finite(eta):
+        return "ETA unknown"
+    if item.get("eta_estimated"):
+        return f"ETA ~{format_duration(eta)} (estimate)"
+    return f"ETA {format_duration(eta)}"
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:

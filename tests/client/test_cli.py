@@ -1063,3 +1063,12 @@ def test_submit_wait_off_a_terminal_prints_a_line_only_when_progress_changes(
     lines = [line for line in result.stderr.splitlines() if line.startswith(f"sweep {SWEEP_ID}:")]
     assert [line.split(":")[1].split()[0] for line in lines] == ["62%", "75%", "100%"], lines
     assert "ETA 3m05s" in lines[0] and "ETA 2m00s" in lines[1]
+
+
+def test_an_estimated_eta_says_so(server: FakeServer) -> None:
+    server[f"GET /sweeps/{SWEEP_ID}"] = {**RUNNING_SWEEP, "eta_estimated": True}
+
+    result = regbench("status", SWEEP_ID)
+
+    assert result.exit_code == 0, result.output
+    assert "ETA ~3m05s (estimate)" in result.stdout
