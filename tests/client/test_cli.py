@@ -1005,11 +1005,12 @@ def test_results_fit_a_narrow_terminal_with_legends(server: FakeServer, width: i
     assert "n=1: no test possible" in flat and "baseline" in text
 
 
-def test_regbench_run_table_fits_the_terminal_too(capsys: pytest.CaptureFixture[str]) -> None:
+def test_results_view_fits_the_width_it_is_given(capsys: pytest.CaptureFixture[str]) -> None:
     from rich.console import Console
 
     from client.tables import results_view
 
+    # as `regbench run` prints its table (print_results), without a server
     Console(width=80).print(results_view(digits_grid_results(), width=80))
 
     text = capsys.readouterr().out
