@@ -410,6 +410,7 @@ def _sweep_public(sweep: Sweep, state: sweeps.SweepProgress, now: datetime) -> S
         jobs=state.jobs,
         progress=state.progress,
         eta_s=state.eta_s,
+        eta_estimated=state.eta_estimated,
         started_at=state.started_at,
         finished_at=state.finished_at,
         running=[

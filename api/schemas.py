@@ -317,6 +317,7 @@ class SweepPublic(BaseModel):
     jobs: dict[str, int]  # job state -> count
     progress: float  # 0..1, each job weighted by the expected duration of its kind
     eta_s: float | None  # remaining expected work over the live workers; null: unknown yet
+    eta_estimated: bool = False  # some remaining job kind never finished: its time is guessed
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     running: list[SweepRunningJobPublic]

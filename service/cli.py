@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +19,25 @@ import click
 import yaml
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from client.tables import TABLE_METRICS, baseline_table, results_table
+from client.cli import print_results
+from client.tables import TABLE_METRICS
 from regcore import grid as grids
 from regcore.analysis.base import as_json_value
 from regcore.significance import UnknownBaselineError, resolve_baseline
 from regcore.spec import AnalysisSpec, ExperimentSpec, SpecError, format_validation_error
 
 if TYPE_CHECKING:
+    from regcore.analysis.base import AnalysisEvent
     from service.db import Database
 
 EXIT_INVALID = 2
@@ -135,12 +145,8 @@ def run(
         payload: Any = runs[0] if len(plan) == 1 else runs
         click.echo(json.dumps(payload, sort_keys=True, allow_nan=False))
     else:
-        # Off a terminal rich would wrap the table at 80 columns; let it be as wide as it needs.
-        out = Console(width=None if sys.stdout.isatty() else 250)
         answer = local_results(results, TABLE_METRICS, runner.predictions, baseline)
-        out.print(results_table(answer, title="regbench results (mean ± std over seeds)"))
-        if (compared := baseline_table(answer)) is not None:
-            out.print(compared)
+        print_results(answer, title="regbench results (mean ± std over seeds)")
 
 
 def _with_device(spec: ExperimentSpec, device: str) -> ExperimentSpec:
@@ -219,8 +225,10 @@ def analyze(run_id: str, analyses: tuple[str, ...], as_json: bool, data_dir: Pat
     from service.settings import Settings
 
     settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+    err.print(f"run {run_id}: fetching its checkpoint and data", markup=False, highlight=False)
     try:
-        metrics = LocalRunner(settings).analyze(run_id, parsed)
+        with AnalysisFeedback(err) as feedback:
+            metrics = LocalRunner(settings).analyze(run_id, parsed, feedback.show)
     except RunFailedError as exc:
         err.print(f"[red]analysis failed:[/red] {exc}", highlight=False)
         sys.exit(EXIT_FAILED)
@@ -233,6 +241,58 @@ def analyze(run_id: str, analyses: tuple[str, ...], as_json: bool, data_dir: Pat
     for name, value in sorted(metrics.items()):
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
+
+
+class AnalysisFeedback:
+    """``regbench analyze``'s progress on stderr: a line as each analysis starts and as it
+    finishes (with its time); on a terminal a bar in between, off one (a log) a line
+    with its progress at most every ``LOG_EVERY_S`` seconds."""
+
+    LOG_EVERY_S = 10.0
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task: TaskID | None = None
+        self.logged_at = 0.0
+
+    def __enter__(self) -> AnalysisFeedback:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.bar.stop()
+
+    def show(self, event: AnalysisEvent) -> None:
+        name = f"analysis {event.index}/{event.total} {event.kind}"
+        if event.finished:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+                self.task = None
+            self._line(f"{name}: done in {event.seconds:.1f} s")
+        elif self.task is None:
+            self._line(f"{name}: started")
+            self.task = self.bar.add_task(name, total=1.0, status="")
+            self.logged_at = time.monotonic()
+        else:
+            self.bar.update(self.task, completed=event.fraction, status=event.message)
+            if (
+                not self.console.is_terminal
+                and time.monotonic() - self.logged_at >= self.LOG_EVERY_S
+            ):
+                self._line(f"{name}: {event.fraction:.0%} {event.message} ({event.seconds:.0f} s)")
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        self.logged_at = time.monotonic()
 
 
 @click.group()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from rich.progress import Progress
 
+from regcore.analysis.base import AnalysisEvent
 from regcore.compare import compare
 from regcore.data import DatasetNotFoundError, DataSplits, load_dataset
 from regcore.instability import StoredPrediction
@@ -91,8 +92,14 @@ class LocalRunner:
         self.predictions[tracker.run_id] = result.predictions
         return {**result.metrics, "mlflow_run_id": tracker.run_id}
 
-    def analyze(self, run_id: str, analyses: list[AnalysisSpec]) -> dict[str, Any]:
-        """Run analyses on a finished MLflow run's checkpoint, logging into that same run."""
+    def analyze(
+        self,
+        run_id: str,
+        analyses: list[AnalysisSpec],
+        on_progress: Callable[[AnalysisEvent], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run analyses on a finished MLflow run's checkpoint, logging into that same run;
+        ``on_progress`` hears as each starts, how far it is, and when it finished."""
         try:
             workdir = self.settings.run_workdir(run_id)  # a run id given on the command line
         except UnsafePathKeyError as exc:
@@ -115,6 +122,7 @@ class LocalRunner:
             workdir=workdir,
             history=json.loads(history_file.read_text()),
             data=self.dataset(spec),
+            on_progress=on_progress,
         )
         return {**metrics, "mlflow_run_id": run_id}
 

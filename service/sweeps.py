@@ -655,38 +655,53 @@ class SweepProgress:
     experiments: dict[str, int]  # experiment state -> count
     jobs: dict[str, int]  # job state -> count
     progress: float  # 0..1, weighted by the expected duration of each job's kind
-    eta_s: float | None  # None until a job of each remaining kind has finished once
+    eta_s: float | None  # None while no job has finished or shown progress
     started_at: datetime | None
     finished_at: datetime | None
     running: list[RunningJob]
+    eta_estimated: bool = False  # a remaining kind has no finished job: its time is guessed
 
 
-def progress(sweep: Sweep, *, expected_s: dict[str, float], workers: int) -> SweepProgress:
+def progress(
+    sweep: Sweep, *, expected_s: dict[str, float], workers: int, now: datetime | None = None
+) -> SweepProgress:
     """Counts, weighted progress and an ETA for a loaded sweep (``summarize`` of its tally)."""
-    return summarize(tally(sweep), expected_s=expected_s, workers=workers)
+    return summarize(tally(sweep), expected_s=expected_s, workers=workers, now=now)
 
 
-def summarize(counted: SweepTally, *, expected_s: dict[str, float], workers: int) -> SweepProgress:
+def summarize(
+    counted: SweepTally,
+    *,
+    expected_s: dict[str, float],
+    workers: int,
+    now: datetime | None = None,
+) -> SweepProgress:
     """Counts, weighted progress and an ETA from a sweep's tally.
 
     ``expected_s``: expected seconds per job kind (``expected_durations``); ``workers``:
     live workers that share the remaining work. The ETA is the remaining expected work
-    (a running job counts its unfinished fraction) divided among the workers."""
+    (a running job counts its unfinished fraction) divided among the workers. A kind no
+    job of which has finished yet is estimated (``eta_estimated``): from its running jobs'
+    pace (``estimated_durations``), else as long as the kinds that are known."""
     fallback = _fallback(expected_s)
+    for_eta = estimated_durations(counted, expected_s, now or utcnow())
     done_work = total_work = remaining = 0.0
-    unknown = False
+    unknown = estimated = False
     for kind in sorted(counted.kinds):
         kind_tally = counted.kinds[kind]
         weight = expected_s.get(kind, fallback)
         total_work += weight * kind_tally.jobs
         finished = kind_tally.jobs - kind_tally.unfinished
         done_work += weight * (finished + kind_tally.progress)
-        remaining += weight * (kind_tally.unfinished - kind_tally.progress)
-        unknown = unknown or (kind_tally.unfinished > 0 and kind not in expected_s)
+        if kind_tally.unfinished > 0:
+            unknown = unknown or kind not in for_eta
+            estimated = estimated or kind not in expected_s
+            remaining += for_eta.get(kind, 0.0) * (kind_tally.unfinished - kind_tally.progress)
     status = sweep_status(counted.jobs, counted.experiments)
     if status in ("succeeded", "failed", "cancelled"):
         eta: float | None = 0.0
-    elif unknown or not expected_s:
+        estimated = False
+    elif unknown:
         eta = None
     else:
         eta = round(remaining / max(1, workers), 1)
@@ -699,11 +714,38 @@ def summarize(counted: SweepTally, *, expected_s: dict[str, float], workers: int
         started_at=counted.started_at,
         finished_at=counted.finished_at if status in jobstore.TERMINAL else None,
         running=list(counted.running),
+        eta_estimated=estimated and eta is not None,
     )
 
 
 def _fallback(expected_s: dict[str, float]) -> float:
     return sum(expected_s.values()) / len(expected_s) if expected_s else 1.0
+
+
+MIN_PACE_PROGRESS = 0.02  # below this a running job's pace says too little
+
+
+def estimated_durations(
+    counted: SweepTally, expected_s: Mapping[str, float], now: datetime
+) -> dict[str, float]:
+    """Seconds per job kind for the ETA: measured (``expected_s``) where a job of the kind
+    has finished; else the pace of its running jobs (elapsed / progress, averaged); else
+    the mean of the kinds known so far. Empty when nothing is known at all."""
+    paces: dict[str, list[float]] = {}
+    for running in counted.running:
+        job = running.job
+        if job.kind in expected_s or job.started_at is None or job.progress < MIN_PACE_PROGRESS:
+            continue
+        started = job.started_at
+        started = started.replace(tzinfo=now.tzinfo) if started.tzinfo is None else started
+        elapsed = (now - started).total_seconds()
+        if elapsed > 0:
+            paces.setdefault(job.kind, []).append(elapsed / job.progress)
+    known = dict(expected_s) | {kind: sum(p) / len(p) for kind, p in paces.items()}
+    if not known:
+        return {}
+    guess = sum(known.values()) / len(known)
+    return {kind: known.get(kind, guess) for kind in counted.kinds}
 
 
 def tally(sweep: Sweep) -> SweepTally:

@@ -60,6 +60,7 @@ from worker.supervisor import EXIT_CANCELLED, EXIT_FAILED, EXIT_SUCCEEDED
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from regcore.analysis.base import AnalysisEvent
     from regcore.data import DataSplits
     from regcore.instability import StoredPrediction
     from regcore.spec import ExperimentSpec
@@ -185,9 +186,18 @@ class ProgressReporter:
             log.warning("progress not recorded: %s", exc)
         self.last_write = time.monotonic()
 
-    def throttled(self, progress: float) -> None:
+    def throttled(self, progress: float, message: str | None = None) -> None:
         if time.monotonic() - self.last_write >= self.min_interval_s:
-            self.write(progress)
+            self.write(progress, message)
+
+    def analysis(self, event: AnalysisEvent) -> None:
+        """An analysis job's progress: its one analysis's fraction and what it does now
+        (``pipeline.analyze``'s ``on_progress``); start and end are written at once."""
+        message = f"{event.kind}: {event.message}"
+        if event.fraction in (0.0, 1.0):
+            self.write(event.fraction, message)
+        else:
+            self.throttled(event.fraction, message)
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -594,6 +604,7 @@ def run_analysis(
             workdir=workdir,
             history=history,
             data=load_data(settings, spec),
+            on_progress=reporter.analysis,
         )
         tracker.deliver_all()  # every metric is in MLflow before the job is recorded
     finally:

@@ -201,6 +201,7 @@ class GeometryAnalysis(Analysis):
             hessian_steps.append(torch.full((len(x),), float(hessian.iterations)))
             hessian_converged.append(hessian.converged)
             columns["jacobian_frobenius"].append(frobenius_norm_sq(ctx.model, x).sqrt())
+            ctx.report(stop / len(x_all), f"{stop}/{len(x_all)} samples")
         values = {name: torch.cat(parts).double().cpu() for name, parts in columns.items()}
         values["curvature"] = values["hessian_norm"] / (values["grad_norm"] + CURVATURE_EPS)
 

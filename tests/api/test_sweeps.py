@@ -256,11 +256,29 @@ def test_progress_weights_jobs_by_their_expected_duration_and_gives_an_eta(api: 
     }  # fmt: skip
     # Work: 4 x (30 + 10) = 160 s; done: 40 + 0.5 x 30 = 55 s; remaining 105 s, 1 worker.
     assert state["progress"] == pytest.approx(55 / 160, abs=1e-4)
-    assert state["eta_s"] == pytest.approx(105.0, abs=0.1)
+    assert state["eta_s"] == pytest.approx(105.0, abs=0.1) and state["eta_estimated"] is False
     [job] = state["running"]
     assert job["configuration"] == second["configuration"] and job["seed"] == second["seed"]
     assert job["progress"] == 0.5 and job["device"] == "cpu" and job["worker"] == "w1"
     assert job["kind"] == "train" and job["heartbeat_age_s"] is not None
+
+
+def test_an_eta_before_any_job_finished_is_estimated_from_the_running_train(api: Api) -> None:
+    sweep = submit(api)
+    now = utcnow()
+    with api.database.session() as session:
+        running = session.get(Experiment, sweep["experiments"][0]["id"])
+        assert running is not None
+        train = jobstore.train_job(running)
+        train.state, train.progress, train.worker = JobState.RUNNING, 0.5, "w1"
+        train.started_at = train.heartbeat_at = now - timedelta(seconds=60)
+        session.commit()
+    state = api.client.get(f"{SWEEPS}/{sweep['id']}").json()
+    listed = api.client.get(SWEEPS).json()["data"][0]
+    # Half a train job in 60 s: 120 s each, calibration guessed alike; 7.5 jobs left.
+    for answer in (state, listed):
+        assert answer["eta_s"] == pytest.approx(7.5 * 120, rel=0.01)
+        assert answer["eta_estimated"] is True
 
 
 def test_cancel_cancels_every_experiment_and_the_reconciler_reports_it(api: Api) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,12 @@ def test_analyze_a_finished_run_logs_into_the_same_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     metrics = json.loads(done.stdout)
     assert metrics["mlflow_run_id"] == run_id and "calibration/ece" in metrics
+    # Feedback on stderr while it works (off a terminal: a line as each starts, finishes).
+    said = done.stderr.splitlines()
+    assert f"run {run_id}: fetching its checkpoint and data" in said
+    for number, kind in ((1, "calibration"), (2, "boundary")):
+        assert f"analysis {number}/2 {kind}: started" in said, done.stderr
+        assert re.search(rf"^analysis {number}/2 {kind}: done in \d+\.\d s$", done.stderr, re.M)
     client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     assert client.list_artifacts(run_id, "analyses/calibration")
     assert client.list_artifacts(run_id, "analyses/boundary")

@@ -813,13 +813,17 @@ def test_progress_counts_weights_and_eta(database: Database) -> None:
         ]
         lone = sweeps.progress(sweep, expected_s=expected, workers=0)
         assert lone.eta_s == pytest.approx(10.5)  # no live worker: counted as one
-        # calibration still has work left and no expected duration: no ETA, and its
-        # weight falls back to the mean of the known kinds (10)
-        partial = sweeps.progress(sweep, expected_s={"train": 10.0}, workers=3)
-        assert partial.eta_s is None
+        assert not state.eta_estimated
+        # calibration still has work left and no expected duration: its weight falls back
+        # to the mean of the known kinds (10); its ETA is estimated from the running
+        # calibration job, half done 2 s after it started (4 s): 0.5 * 4 + 7.5 + 4 on 3
+        partial = sweeps.progress(sweep, expected_s={"train": 10.0}, workers=3, now=at(12))
+        assert partial.eta_s == pytest.approx(4.5) and partial.eta_estimated
         assert partial.progress == pytest.approx((10 + 5 + 2.5) / 40)
-        unknown = sweeps.progress(sweep, expected_s={}, workers=3)
-        assert unknown.eta_s is None and unknown.progress == pytest.approx(1.75 / 4)
+        # nothing measured: train from its running job too (a quarter in 11 s: 44 s)
+        unknown = sweeps.progress(sweep, expected_s={}, workers=3, now=at(12))
+        assert unknown.eta_s == pytest.approx((2 + 33 + 4) / 3) and unknown.eta_estimated
+        assert unknown.progress == pytest.approx(1.75 / 4)
 
         # the remaining kinds known: an ETA even though a finished kind is not
         a, b = (jobs_by_kind(m.experiment) for m in sweep.members)
@@ -830,6 +834,31 @@ def test_progress_counts_weights_and_eta(database: Database) -> None:
         only_calibration = sweeps.progress(sweep, expected_s={"calibration": 2.0}, workers=1)
         assert only_calibration.eta_s == pytest.approx(1.0)
         session.rollback()
+
+
+def test_eta_of_job_kinds_that_never_finished_is_estimated(database: Database) -> None:
+    submission = submit(database, document({"regularizers": [[], L2]}))
+    with database.session() as session:
+        sweep = load(session, submission.sweep.id)
+        a, _ = (jobs_by_kind(m.experiment) for m in sweep.members)
+        set_job(a["train"], JobState.RUNNING, progress=0.25, started=T0)
+        session.commit()
+    with database.session() as session:
+        sweep = load(session, submission.sweep.id)
+        # A fresh store: no job has ever finished. The running train job, a quarter done
+        # after 30 s, takes about 120 s; the calibration jobs are guessed alike.
+        fresh = sweeps.progress(sweep, expected_s={}, workers=1, now=at(30))
+        assert fresh.eta_s == pytest.approx(0.75 * 120 + 120 + 2 * 120) and fresh.eta_estimated
+        counted = sweeps.tallies(session, [sweep])[sweep.id]  # the API's path, counted in SQL
+        listed = sweeps.summarize(counted, expected_s={}, workers=1, now=at(30))
+        assert listed.eta_s == fresh.eta_s and listed.eta_estimated
+        # train measured (10 s), calibration never finished anywhere: as long as train
+        trained = sweeps.progress(sweep, expected_s={"train": 10.0}, workers=1, now=at(30))
+        assert trained.eta_s == pytest.approx(7.5 + 10 + 2 * 10) and trained.eta_estimated
+        # every remaining kind measured: the ETA is no guess
+        known = {"train": 10.0, "calibration": 2.0}
+        measured = sweeps.progress(sweep, expected_s=known, workers=1, now=at(30))
+        assert measured.eta_s == pytest.approx(7.5 + 10 + 2 * 2) and not measured.eta_estimated
 
 
 def test_finished_sweep_has_eta_zero_and_a_finish_time(database: Database) -> None:
