@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import docs
 from api.bodies import BodyLimits
 from api.deps import authenticate
 from api.operations import ConflictError, ForbiddenError, NotEnqueuedError
@@ -74,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="A job queue for benchmarking neural-network regularizers",
         lifespan=_lifespan(settings),
+        docs_url=None,  # api.docs serves /docs and /redoc with local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.include_router(
@@ -81,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health.router, responses=EVERY_ROUTE)
     app.include_router(metrics.router, responses=EVERY_ROUTE)
+    docs.install(app)
     for error, handler in _EXCEPTION_HANDLERS.items():
         app.add_exception_handler(error, handler)
     app.add_middleware(
