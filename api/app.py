@@ -1,6 +1,6 @@
 """The FastAPI app: ``create_app(settings)``; serve with
 ``uvicorn --factory api.app:create_app``. Routes under ``/api/v1``, ``/healthz`` at the
-root, OpenAPI at ``/docs``.
+root, OpenAPI at ``/docs``, the sweep dashboard at ``/dashboard`` (``api.dashboard``).
 
 Start-up (the lifespan) opens the job store and refuses to serve a database that is not
 at the newest migration: ``SchemaOutdatedError`` propagates with the command to run
@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import docs
+from api import dashboard, docs
 from api.bodies import BodyLimits
 from api.deps import authenticate
 from api.operations import ConflictError, ForbiddenError, NotEnqueuedError
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router, responses=EVERY_ROUTE)
     app.include_router(metrics.router, responses=EVERY_ROUTE)
     docs.install(app)
+    dashboard.install(app)  # /dashboard: server-rendered pages over the same calls
     for error, handler in _EXCEPTION_HANDLERS.items():
         app.add_exception_handler(error, handler)
     app.add_middleware(
