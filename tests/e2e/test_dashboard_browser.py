@@ -34,6 +34,7 @@ SWEEP: dict[str, Any] = {
     },
     "grid": {"training.seed": [0, 1]},
 }
+NEEDED = {"document", "script", "stylesheet", "font", "fetch", "xhr"}  # what a page needs to work
 FINISH_S = 240  # the worker's start and two tiny jobs on 2 shared cores, with room
 
 
@@ -129,3 +130,33 @@ def test_the_dashboard_shows_a_sweep_and_follows_its_jobs_in_the_browser(
         "(img) => img.complete && img.naturalWidth > 100", arg=figure.element_handle()
     )
     assert not errors, errors
+
+
+@pytest.mark.slow
+def test_the_api_docs_render_in_the_browser_without_a_cdn(
+    embedded: Backend, browser_page: Any
+) -> None:
+    """Every script, stylesheet, font and fetch of the pages comes from the API itself
+    (point 3 of issue 14), and Swagger UI and ReDoc draw the operations from them. (ReDoc's
+    "API docs by Redocly" footer still points its small logo at Redocly's site; without
+    internet that image is missing, nothing else.)"""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    api = start_api(embedded)
+    base = str(api.base_url).rstrip("/")
+    elsewhere: list[str] = []
+    page.on(
+        "request",
+        lambda r: (
+            elsewhere.append(r.url)
+            if r.resource_type in NEEDED and not r.url.startswith((base, "blob:", "data:"))
+            else None
+        ),
+    )
+    page.goto(f"{base}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("regbench")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    page.goto(f"{base}/redoc")
+    expect(page.get_by_text("/api/v1/sweeps/{sweep_id}/results").first).to_be_attached()
+    assert not elsewhere, elsewhere
