@@ -362,22 +362,30 @@ async def login(request: Request, settings: SettingsDep) -> Response:
     """Check the token of the sign-in form and keep it in the dashboard's cookie."""
     if not _same_origin(request):
         return _page(request, "login.html", status.HTTP_403_FORBIDDEN, message="cross-site")
+    root = request.scope.get("root_path", "").rstrip("/")
     body = await request.body()
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=5)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=5)
+    except ValueError:  # more fields than a sign-in form has
+        fields = {}
     token = (fields.get("token") or [""])[0].strip()
-    principal = None
-    if token and len(token) <= MAX_TOKEN_CHARS:
-        database = request.app.state.database
+    database = request.app.state.database
 
-        def lookup() -> Principal | None:
-            with database.session() as session:
-                return check_token(settings, session, token)
+    def lookup() -> Principal | bool | None:
+        """Whom the token names; True when this server has no tokens at all."""
+        with database.session() as session:
+            if settings.api_token is None and not users.any_users(session):
+                return True
+            if not token or len(token) > MAX_TOKEN_CHARS:
+                return None
+            return check_token(settings, session, token)
 
-        principal = await run_in_threadpool(lookup)
+    principal = await run_in_threadpool(lookup)
+    if principal is True:  # the embedded default: everyone is the local user already
+        return RedirectResponse(f"{root}{PREFIX}", status_code=status.HTTP_303_SEE_OTHER)
     if principal is None:
         message = "wrong API token (unknown or revoked)" if token else "enter your API token"
         return _page(request, "login.html", status.HTTP_401_UNAUTHORIZED, message=message)
-    root = request.scope.get("root_path", "").rstrip("/")
     response = RedirectResponse(f"{root}{PREFIX}", status_code=status.HTTP_303_SEE_OTHER)
     response.set_cookie(
         TOKEN_COOKIE,

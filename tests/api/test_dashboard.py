@@ -136,6 +136,12 @@ def test_an_unknown_sweep_is_a_404_page(api: Api) -> None:
     assert "no sweep with id" in text_of(page(api, f"{DASHBOARD}/sweeps/nope", 404))
 
 
+def test_signing_in_where_no_token_is_needed_just_opens_the_dashboard(api: Api) -> None:
+    response = api.client.post(f"{DASHBOARD}/login", data={"token": "x"}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == DASHBOARD
+    assert "set-cookie" not in response.headers
+
+
 # --------------------------------------------------------------------------- tokens
 
 
@@ -184,6 +190,8 @@ def test_signing_in_sets_a_strict_httponly_cookie_good_for_reads_only(
     api, tokens = users_api
     client = api.client
     assert client.post(f"{DASHBOARD}/login", data={"token": "rb_wrong"}).status_code == 401
+    crowded = {f"field{i}": "x" for i in range(10)}
+    assert client.post(f"{DASHBOARD}/login", data=crowded).status_code == 401
     foreign = client.post(
         f"{DASHBOARD}/login", data={"token": tokens["alice"]}, headers={"Origin": "https://evil"}
     )
