@@ -405,3 +405,4 @@ class ComponentHealthPublic(BaseModel):
 class HealthPublic(BaseModel):
     status: Literal["ok", "unavailable"]
     components: dict[str, ComponentHealthPublic]  # database, broker, tracking
+    instance: str | None = None  # REGBENCH_INSTANCE_ID: which `regbench serve` started it
