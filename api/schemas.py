@@ -112,6 +112,10 @@ class CancelPublic(ExperimentPublic):
     cancelled_jobs: list[str]  # cancelled now (queued) or asked to stop (running)
 
 
+class RetryPublic(ExperimentPublic):
+    retried_jobs: list[str]  # failed or cancelled jobs put back in the queue
+
+
 class AnalysesPublic(ExperimentPublic):
     added_jobs: list[str]
 
@@ -327,6 +331,11 @@ class SweepPublic(BaseModel):
 class SweepCancelPublic(SweepPublic):
     cancelled_jobs: list[str]
     kept_experiments: list[str]  # shared with another owner's work: not cancelled
+
+
+class SweepRetryPublic(SweepPublic):
+    retried_jobs: list[str]  # failed or cancelled jobs put back in the queue
+    kept_experiments: list[str]  # shared with another owner's work: not retried
 
 
 class SweepsPublic(BaseModel):
