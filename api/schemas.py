@@ -77,6 +77,7 @@ class ExperimentSummary(BaseModel):
     spec_hash: str
     mlflow_run_id: str | None
     created_at: UtcDatetime
+    seed: int | None = None  # the spec's training.seed: tells a configuration's runs apart
 
     @classmethod
     def of(cls, experiment: Experiment) -> ExperimentSummary:
@@ -136,6 +137,7 @@ def _summary_fields(experiment: Experiment) -> dict[str, Any]:
         "spec_hash": experiment.spec_hash,
         "mlflow_run_id": experiment.mlflow_run_id,
         "created_at": experiment.created_at,
+        "seed": (experiment.spec.get("training") or {}).get("seed"),
     }
 
 
