@@ -128,7 +128,7 @@ def run(
         err.print(format_validation_error(exc), markup=False, highlight=False)
         sys.exit(EXIT_INVALID)
     except OverrideError as exc:
-        err.print(str(exc), style="red", markup=False, highlight=False)
+        click.secho(str(exc), fg="red", err=True)  # unwrapped: a long list of keys stays whole
         sys.exit(EXIT_INVALID)
     except (SpecError, grids.GridError) as exc:
         err.print(f"[red]invalid spec {path}:[/red]", highlight=False)
@@ -170,9 +170,9 @@ def run(
         out = Console(width=None if sys.stdout.isatty() else 250)
         answer = local_results(results, TABLE_METRICS, runner.predictions, baseline)
         out.print(results_table(answer, title="regbench results (mean ± std over seeds)"))
+        out.print(run_ids_table(plan, results, settings))  # the runs behind those rows
         if (compared := baseline_table(answer)) is not None:
             out.print(compared)
-        out.print(run_ids_table(plan, results, settings))
 
 
 def run_ids_table(
