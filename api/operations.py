@@ -490,3 +490,62 @@ def rebuild_report(session: Session, settings: Settings, database: Database, swe
     if built is None:
         raise ConflictError(f"the report of sweep {sweep.id} is being built right now")
     session.expire_all()
+
+
+# --------------------------------------------------------------------------- retry
+
+
+def retry_jobs(
+    session: Session,
+    celery: Celery,
+    settings: Settings,
+    jobs: Sequence[Job],
+    owner: str,
+    *,
+    experiment_id: str | None = None,
+    sweep_id: str | None = None,
+) -> None:
+    """Failed and cancelled ``jobs`` back in the queue (``sweeps.retry``), counted in
+    ``owner``'s queue (429 past its limit, nothing changed), committed, then the runnable
+    ones enqueued (analyses whose train job is retried wait for it, as at submission)."""
+    limits.check_queue(session, len(jobs), settings.max_queued_jobs_per_user, owner)
+    sweeps.retry(session, jobs)
+    session.commit()
+    experiments = {job.experiment_id: job.experiment for job in jobs}
+    ready = [
+        (job.id, job.queue)
+        for experiment in experiments.values()
+        for job in runnable(experiment, [j for j in jobs if j.experiment_id == experiment.id])
+    ]
+    try:
+        send(session, celery, settings, ready, experiment_id=experiment_id, sweep_id=sweep_id)
+    finally:
+        session.expire_all()  # marked by bulk UPDATEs: reload what they changed
+
+
+def retry_sweep(
+    session: Session, celery: Celery, settings: Settings, sweep: Sweep, principal: Principal
+) -> tuple[list[Job], list[str]]:
+    """Retry the sweep's failed and cancelled experiments that ``principal`` may change
+    (403 unless the sweep's owner or an admin): the jobs requeued, and the experiments
+    left alone because another user owns them. Succeeded jobs are untouched."""
+    require_change(principal, f"sweep {sweep.id}", sweep.owner)
+    jobs, kept = sweeps.retryable(
+        sweep, lambda experiment: users.may_change(principal, experiment.owner)
+    )
+    retry_jobs(session, celery, settings, jobs, sweep.owner, sweep_id=sweep.id)
+    return jobs, kept
+
+
+def retry_experiment(
+    session: Session,
+    celery: Celery,
+    settings: Settings,
+    experiment: Experiment,
+    principal: Principal,
+) -> list[Job]:
+    """Retry one experiment's failed and cancelled jobs (403 unless its owner or an admin)."""
+    require_change(principal, f"experiment {experiment.id}", experiment.owner)
+    jobs = jobstore.unsuccessful_jobs(experiment)
+    retry_jobs(session, celery, settings, jobs, experiment.owner, experiment_id=experiment.id)
+    return jobs

@@ -77,6 +77,7 @@ class ExperimentSummary(BaseModel):
     spec_hash: str
     mlflow_run_id: str | None
     created_at: UtcDatetime
+    seed: int | None = None  # the spec's training.seed: tells a configuration's runs apart
 
     @classmethod
     def of(cls, experiment: Experiment) -> ExperimentSummary:
@@ -112,6 +113,10 @@ class CancelPublic(ExperimentPublic):
     cancelled_jobs: list[str]  # cancelled now (queued) or asked to stop (running)
 
 
+class RetryPublic(ExperimentPublic):
+    retried_jobs: list[str]  # failed or cancelled jobs put back in the queue
+
+
 class AnalysesPublic(ExperimentPublic):
     added_jobs: list[str]
 
@@ -132,6 +137,7 @@ def _summary_fields(experiment: Experiment) -> dict[str, Any]:
         "spec_hash": experiment.spec_hash,
         "mlflow_run_id": experiment.mlflow_run_id,
         "created_at": experiment.created_at,
+        "seed": (experiment.spec.get("training") or {}).get("seed"),
     }
 
 
@@ -330,6 +336,11 @@ class SweepCancelPublic(SweepPublic):
     kept_experiments: list[str]  # shared with another owner's work: not cancelled
 
 
+class SweepRetryPublic(SweepPublic):
+    retried_jobs: list[str]  # failed or cancelled jobs put back in the queue
+    kept_experiments: list[str]  # shared with another owner's work: not retried
+
+
 class SweepsPublic(BaseModel):
     data: list[SweepPublic]
     count: int
@@ -406,3 +417,4 @@ class ComponentHealthPublic(BaseModel):
 class HealthPublic(BaseModel):
     status: Literal["ok", "unavailable"]
     components: dict[str, ComponentHealthPublic]  # database, broker, tracking
+    instance: str | None = None  # REGBENCH_INSTANCE_ID: which `regbench serve` started it

@@ -1,7 +1,7 @@
 """The ``regbench`` command.
 
 Commands that talk to a regbench server (submit, status, results, artifacts, report,
-cancel) use HTTP only and take ``--server`` and ``--token``. Commands that run work on
+cancel, retry) use HTTP only and take ``--server`` and ``--token``. Commands that run work on
 this machine (``run``, ``catalog``, ``serve``...) live in ``service`` and are imported
 only when called, so the client itself never loads torch, a database or MLflow.
 
@@ -22,18 +22,22 @@ from typing import Any, NoReturn
 
 import click
 import yaml
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from client.overrides import KeysAt, OverrideError, apply_to_file, keys_from_schema
 from client.remote import FINISHED, RegbenchClient, ServerError, path_inside
 from client.tables import (
     baseline_markdown,
     eta_text,
+    experiment_view,
+    experiments_table,
     format_size,
     metrics_table,
+    mlflow_lines,
     overview,
     results_markdown,
     results_view,
@@ -171,6 +175,36 @@ def read_document(path: Path) -> dict[str, Any]:
     return document
 
 
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="Change the spec (a grid: its base) before it is used, e.g. training.epochs=2 or "
+    "regularizers.0.weight=0.1; VALUE is YAML; repeatable. A grid's own axes cannot be set.",
+)
+
+
+def with_overrides(
+    document: dict[str, Any], overrides: tuple[str, ...], keys_at: KeysAt | None
+) -> dict[str, Any]:
+    """The document with ``--set`` applied; a bad override exits with status 2."""
+    try:
+        return apply_to_file(document, overrides, keys_at)
+    except OverrideError as exc:
+        fail(str(exc), EXIT_INVALID)
+
+
+def server_spec_keys(client: RegbenchClient) -> KeysAt | None:
+    """The keys a spec may have, from the server's OpenAPI schema (None: unknown, and the
+    server's validation has the last word)."""
+    try:
+        schemas = client.openapi()["components"]["schemas"]
+    except (ServerError, KeyError, TypeError, ValueError):
+        return None
+    return keys_from_schema({"$ref": "#/components/schemas/ExperimentSpec"}, schemas)
+
+
 def is_grid(document: Mapping[str, Any]) -> bool:
     # Either key makes it a grid file: the server then names the one that is missing.
     return "base" in document or "grid" in document
@@ -186,13 +220,23 @@ def is_grid(document: Mapping[str, Any]) -> bool:
 @click.option(
     "--poll", "poll_s", type=float, default=2.0, show_default=True, help="Seconds between polls."
 )
+@set_option
 @remote_command
-def submit(client: RegbenchClient, path: Path, force: bool, wait: bool, poll_s: float) -> None:
+def submit(
+    client: RegbenchClient,
+    path: Path,
+    force: bool,
+    wait: bool,
+    poll_s: float,
+    overrides: tuple[str, ...],
+) -> None:
     """Submit a grid (one sweep) or a spec.
 
     A grid file is {base, grid, name?}: the server expands it; anything else is one spec.
     """
     document = read_document(path)
+    if overrides:
+        document = with_overrides(document, overrides, server_spec_keys(client))
     if not is_grid(document):
         submit_one(client, document, force, wait, poll_s)
         return
@@ -201,8 +245,11 @@ def submit(client: RegbenchClient, path: Path, force: bool, wait: bool, poll_s: 
     click.echo(
         f"sweep {sweep_id}: {submitted['size']} experiments, {submitted['new_experiments']} new"
     )
+    if not submitted.get("created", True):
+        say_what_resubmitting_left(client.sweep(sweep_id))
     if not wait:
         click.echo(f"follow it with: regbench status {sweep_id} --watch", err=True)
+        click.echo(f"its experiment ids: regbench status {sweep_id} --ids", err=True)
         return
     try:
         sweep = watch_sweep(client, sweep_id, stderr_console(), poll_s)
@@ -214,13 +261,36 @@ def submit(client: RegbenchClient, path: Path, force: bool, wait: bool, poll_s: 
         fail(f"{unsuccessful}; see `regbench status {sweep_id}`", EXIT_FAILED)
 
 
+def say_what_resubmitting_left(sweep: Mapping[str, Any]) -> None:
+    """A resubmitted sweep runs nothing again: say so when some of it failed or was
+    cancelled, and which command does."""
+    if unsuccessful := report_unsuccessful(sweep):
+        click.echo(
+            f"{unsuccessful}: submitting again runs none of them; "
+            f"`regbench retry {sweep['id']}` does (--force would rerun every experiment)",
+            err=True,
+        )
+
+
 def submit_one(
     client: RegbenchClient, spec: dict[str, Any], force: bool, wait: bool, poll_s: float
 ) -> None:
     experiment = client.submit_experiment(spec, force)
-    novelty = "new" if experiment.get("created", True) else "already submitted (--force: again)"
-    click.echo(f"experiment {experiment['id']}: {novelty}")
+    experiment_id, state = experiment["id"], experiment.get("status")
+    if experiment.get("created", True):
+        novelty = "new"
+    elif state in ("failed", "cancelled"):
+        novelty = (
+            f"already submitted, and {state}: `regbench retry {experiment_id}` runs its "
+            f"{state} jobs again (--force: a new experiment)"
+        )
+    else:
+        novelty = f"already submitted, {state} (--force: again)"
+    click.echo(f"experiment {experiment_id}: {novelty}")
+    for line in mlflow_lines(experiment):
+        click.echo(line.plain, err=True)
     if not wait:
+        click.echo(f"follow it with: regbench status {experiment_id} --watch", err=True)
         return
     experiment = watch_experiment(client, experiment["id"], stderr_console(), poll_s)
     if experiment["status"] != "succeeded":
@@ -232,6 +302,8 @@ def submit_one(
         f"experiment {experiment['id']} ({experiment.get('configuration') or experiment['name']})"
     )
     stdout_console().print(metrics_table(experiment.get("metrics") or {}, title))
+    for line in mlflow_lines(experiment):
+        stdout_console().print(line)
 
 
 def report_unsuccessful(sweep: Mapping[str, Any]) -> str | None:
@@ -330,8 +402,11 @@ def watch_experiment(
 
 
 @main.command()
-@click.argument("sweep_id", metavar="[SWEEP]", required=False)
+@click.argument("sweep_id", metavar="[SWEEP|EXPERIMENT]", required=False)
 @click.option("--watch", is_flag=True, help="Refresh until the sweep (or every sweep) is done.")
+@click.option(
+    "--ids", is_flag=True, help="With SWEEP: list its experiments' ids and MLflow runs too."
+)
 @click.option(
     "--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes."
 )
@@ -340,21 +415,40 @@ def watch_experiment(
 )
 @remote_command
 def status(
-    client: RegbenchClient, sweep_id: str | None, watch: bool, interval: float, limit: int
+    client: RegbenchClient,
+    sweep_id: str | None,
+    watch: bool,
+    ids: bool,
+    interval: float,
+    limit: int,
 ) -> None:
     """Progress of sweeps, running jobs and workers.
 
-    With SWEEP: that sweep's progress, counts, ETA, report and running jobs. Without: every
-    sweep, then the running jobs and the live workers.
+    With SWEEP: that sweep's progress, counts, ETA, report and running jobs (--ids: each
+    experiment's id and MLflow run). With EXPERIMENT (as `regbench submit SPEC` prints it):
+    its jobs, MLflow run and link, metrics. Without: every sweep, then the running jobs
+    and the live workers.
     """
+    target, first = client.sweep_or_experiment(sweep_id) if sweep_id else ("", {})
 
     reports = ReportWait()
 
     def render() -> tuple[RenderableType, bool]:
         """The view, and whether there is nothing left to wait for (reports included)."""
+        nonlocal first
         if sweep_id is not None:
-            sweep = client.sweep(sweep_id)
-            return sweep_status(sweep), reports.settled([sweep])
+            item = first or (client.sweep if target == "sweep" else client.experiment)(sweep_id)
+            first = {}
+            if target == "experiment":
+                return experiment_view(item), item["status"] in FINISHED
+            view: RenderableType = sweep_status(item)
+            if ids:
+                listed = experiments_table(client.experiments(sweep_id), title="experiments")
+                view = Group(view, listed)
+            else:
+                hint = f"experiment ids and MLflow runs: regbench status {sweep_id} --ids"
+                view = Group(view, Text(hint, "dim"))
+            return view, reports.settled([item])
         sweeps, queue = client.sweeps(limit=limit), client.queue()
         idle = not any(queue.get("by_state", {}).get(s) for s in ("queued", "running"))
         return overview(sweeps, queue), idle and reports.settled(sweeps.get("data", []))
@@ -417,6 +511,7 @@ class ReportWait:
     help="The row the others are compared with: a configuration, or a row's index from 0 "
     "(default: the first).",
 )
+@click.option("--ids", is_flag=True, help="List each experiment's id and MLflow run too.")
 @remote_command
 def results(
     client: RegbenchClient,
@@ -425,6 +520,7 @@ def results(
     as_markdown: bool,
     patterns: tuple[str, ...],
     baseline: str | None,
+    ids: bool,
 ) -> None:
     """A sweep's results, mean ± std over seeds, and each row against a baseline.
 
@@ -448,8 +544,14 @@ def results(
         click.echo(results_markdown(answer, patterns) + (f"\n{versus}" if versus else ""), nl=False)
         return
     print_results(answer, patterns)
+    if ids:
+        order = [row["configuration"] for row in answer.get("rows", [])]
+        title = "experiments (for regbench status, artifacts, retry; MLflow runs)"
+        stdout_console().print(experiments_table(client.experiments(sweep_id), order, title))
     if not answer.get("rows"):
         click.echo(f"no results yet; see `regbench status {sweep_id}`", err=True)
+    elif not ids:
+        click.echo(f"experiment ids and MLflow runs: regbench results {sweep_id} --ids", err=True)
 
 
 # --------------------------------------------------------------------------- files
@@ -544,6 +646,37 @@ def cancel(client: RegbenchClient, target_id: str) -> None:
             f"{len(kept)} experiment(s) shared with another user's work left alone "
             "(only their owner or an admin cancels them)"
         )
+
+
+# --------------------------------------------------------------------------- retry
+
+
+@main.command()
+@click.argument("target_id", metavar="ID")
+@remote_command
+def retry(client: RegbenchClient, target_id: str) -> None:
+    """Run a sweep's (or an experiment's) failed and cancelled experiments again.
+
+    Their failed and cancelled jobs go back in the queue (a train job resumes from its
+    last checkpoint, in its MLflow run); succeeded ones are kept. Submitting the grid
+    again never does this, and --force would rerun every experiment.
+    """
+    answer = client.retry(target_id)
+    count = len(answer.get("retried_jobs", []))
+    if count:
+        jobs = "job" if count == 1 else "jobs"
+        click.echo(f"{answer['target']} {target_id}: {count} failed or cancelled {jobs} queued")
+    else:
+        click.echo(
+            f"{answer['target']} {target_id}: nothing to retry (no job failed or was cancelled)"
+        )
+    if kept := answer.get("kept_experiments"):
+        click.echo(
+            f"{len(kept)} experiment(s) shared with another user's work left alone "
+            "(only their owner or an admin retries them)"
+        )
+    if count:
+        click.echo(f"follow it with: regbench status {target_id} --watch", err=True)
 
 
 if __name__ == "__main__":

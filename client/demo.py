@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,15 +27,20 @@ from client.tables import results_table
 PORT, MLFLOW_PORT = 8765, 5765
 
 
-def wait_until_up(url: str, serve: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+def wait_until_up(
+    url: str, serve: subprocess.Popen[bytes], instance: str, timeout_s: float = 180
+) -> None:
+    """Until the API that ``serve`` started answers: its /healthz echoes ``instance``, so
+    another server on the port is never taken for it."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if serve.poll() is not None:
-            raise ServerError("regbench serve exited during start-up (see the data dir's logs/)")
+            raise ServerError("regbench serve exited during start-up (its message is above)")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            answer = httpx.get(url, timeout=2)
+            if answer.status_code == 200 and answer.json().get("instance") == instance:
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ValueError, AttributeError):
             pass
         time.sleep(0.5)
     raise ServerError(f"regbench serve not ready after {timeout_s:.0f} s")
@@ -47,14 +53,16 @@ def main() -> int:
     args = parser.parse_args()
     console = Console(stderr=True)
     server = f"http://127.0.0.1:{PORT}"
+    instance = secrets.token_hex(8)  # serve refuses a taken port; this tells us it is ours
     serve = subprocess.Popen(
         [sys.executable, "-m", "client.cli", "serve", "--data-dir", str(args.data_dir),
          "--port", str(PORT), "--mlflow-port", str(MLFLOW_PORT)],
+        env={**os.environ, "REGBENCH_INSTANCE_ID": instance},
         start_new_session=True,
     )  # fmt: skip
     try:
         console.print("starting the embedded stack (API, worker, reconciler, MLflow UI)...")
-        wait_until_up(f"{server}/healthz", serve)
+        wait_until_up(f"{server}/healthz", serve, instance)
         # No token needed on a data dir without users; REGBENCH_TOKEN if it has some.
         with RegbenchClient(server, os.environ.get("REGBENCH_TOKEN")) as client:
             me = client.whoami()

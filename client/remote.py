@@ -103,6 +103,21 @@ class RegbenchClient:
     def experiment(self, experiment_id: str) -> dict[str, Any]:
         return self._json("GET", f"/experiments/{_segment(experiment_id)}")
 
+    def experiments(self, sweep_id: str, page: int = 500) -> list[dict[str, Any]]:
+        """Every experiment of the sweep (``ExperimentSummary``: id, configuration, seed,
+        status, mlflow_run_id), all pages, newest first."""
+        found: list[dict[str, Any]] = []
+        while True:
+            params = {"sweep": sweep_id, "limit": page, "offset": len(found)}
+            answer = self._json("GET", "/experiments", params=params)
+            found += answer["data"]
+            if not answer["data"] or len(found) >= answer["count"]:
+                return found
+
+    def sweep_or_experiment(self, target_id: str) -> tuple[str, dict[str, Any]]:
+        """("sweep", the sweep) or else ("experiment", the experiment) with that id."""
+        return self._on_sweep_or_experiment(target_id, "GET", "")
+
     def results(self, sweep_id: str, baseline: str | None = None) -> dict[str, Any]:
         """``{"sweep_id", "metrics": [...], "rows": [...], "baseline"}``: mean, std, n per
         configuration, each row against ``baseline`` (a configuration or a row's index;
@@ -114,6 +129,10 @@ class RegbenchClient:
         path = f"/sweeps/{_segment(sweep_id)}/results"
         params = {"format": "csv", **({"baseline": baseline} if baseline is not None else {})}
         return self._request("GET", path, params=params).text
+
+    def openapi(self) -> dict[str, Any]:
+        """The server's OpenAPI document (``/openapi.json``, beside ``/api/v1``)."""
+        return self._json("GET", f"{self.server}/openapi.json")
 
     def whoami(self) -> dict[str, Any]:
         """Who this client's token names: {name, admin, authenticated}."""
@@ -143,6 +162,23 @@ class RegbenchClient:
         except ServerError as exc:
             if not exc.not_found:
                 raise
+        raise ServerError(f"no sweep or experiment has the id {target_id!r}", 404)
+
+    def retry(self, target_id: str) -> dict[str, Any]:
+        """Retry a sweep's (or else the experiment's) failed and cancelled jobs: the
+        server's answer, with ``retried_jobs``, plus ``"target"`` ("sweep"/"experiment")."""
+        target, body = self._on_sweep_or_experiment(target_id, "POST", "/retry")
+        return {**body, "target": target}
+
+    def _on_sweep_or_experiment(
+        self, target_id: str, method: str, action: str
+    ) -> tuple[str, dict[str, Any]]:
+        for target in ("sweep", "experiment"):
+            try:
+                return target, self._json(method, f"/{target}s/{_segment(target_id)}{action}")
+            except ServerError as exc:
+                if not exc.not_found:
+                    raise
         raise ServerError(f"no sweep or experiment has the id {target_id!r}", 404)
 
     # ------------------------------------------------------------------- files

@@ -665,3 +665,80 @@ def overview(sweeps: Mapping[str, Any], queue: Mapping[str, Any]) -> RenderableT
     parts.append(queue_jobs_table(running) if running else Text("no running jobs"))
     parts.append(workers_table(workers) if workers else Text("no live workers"))
     return Group(*parts)
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def experiments_table(
+    experiments: Sequence[Mapping[str, Any]], order: Sequence[str] = (), title: str | None = None
+) -> Table:
+    """GET /experiments?sweep= -> the ids the next command needs: each experiment's id (for
+    status, artifacts, cancel, retry) and its MLflow run. Rows by configuration (in
+    ``order``, e.g. the results' rows, then by name), then seed."""
+    rank = {configuration: number for number, configuration in enumerate(order)}
+
+    def key(experiment: Mapping[str, Any]) -> tuple[int, str, int]:
+        configuration = str(experiment.get("configuration") or experiment.get("name") or "")
+        seed = experiment.get("seed")
+        return rank.get(configuration, len(rank)), configuration, seed if seed is not None else -1
+
+    table = Table(title=title or "experiments", title_justify="left")
+    for column in ("experiment", "configuration", "seed", "status", "MLflow run"):
+        table.add_column(column, justify="right" if column == "seed" else "left", no_wrap=True)
+    for experiment in sorted(experiments, key=key):
+        table.add_row(
+            Text(experiment["id"]),
+            _cell(experiment.get("configuration") or experiment.get("name")),
+            _cell(experiment.get("seed")),
+            _status(experiment.get("status", "")),
+            _cell(experiment.get("mlflow_run_id")),
+        )
+    return table
+
+
+def mlflow_lines(experiment: Mapping[str, Any]) -> list[Text]:
+    """``MLflow run <id>`` and ``MLflow UI <link>`` as far as the server knows them."""
+    lines = []
+    if run_id := experiment.get("mlflow_run_id"):
+        lines.append(Text.assemble("MLflow run  ", (str(run_id), "bold")))
+    if url := experiment.get("mlflow_url"):
+        lines.append(Text.assemble("MLflow UI   ", (str(url), "link " + str(url))))
+    return lines
+
+
+def experiment_view(experiment: Mapping[str, Any]) -> RenderableType:
+    """GET /experiments/{id} -> status, its jobs with progress, its MLflow run and link,
+    its final metrics once it has some."""
+    what = experiment.get("configuration") or experiment.get("name") or ""
+    jobs = experiment.get("jobs") or []
+    done = sum(1.0 if j["state"] in FINISHED else j.get("progress") or 0.0 for j in jobs)
+    parts: list[RenderableType] = [
+        Text.assemble(
+            ("experiment ", "bold"),
+            (experiment["id"], "bold"),
+            f"  {what}  ",
+            _status(experiment["status"]),
+        ),
+        Text.assemble(progress_bar(done / len(jobs) if jobs else 0.0)),
+    ]
+    if experiment.get("sweep_id"):
+        parts.append(Text(f"sweep {experiment['sweep_id']}"))
+    table = Table(title="jobs", title_justify="left")
+    for column in ("job", "kind", "state", "progress", "device", "worker", "error"):
+        table.add_column(column)
+    for job in jobs:
+        table.add_row(
+            Text(job["id"]),
+            _cell(job.get("kind")),
+            _status(job["state"]),
+            progress_bar(1.0 if job["state"] == "succeeded" else job.get("progress") or 0.0),
+            _cell(job.get("device")),
+            _cell(job.get("worker")),
+            _cell(job.get("error")),
+        )
+    parts.append(table)
+    parts += mlflow_lines(experiment)
+    if experiment.get("metrics"):
+        parts.append(metrics_table(experiment["metrics"], "final metrics"))
+    return Group(*parts)

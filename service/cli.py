@@ -29,7 +29,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from client.cli import print_results
+from client.cli import print_results, stdout_console
+from client.overrides import KeysAt, OverrideError, apply_to_file, keys_from_document
 from client.tables import TABLE_METRICS
 from regcore import grid as grids
 from regcore.analysis.base import as_json_value
@@ -39,6 +40,7 @@ from regcore.spec import AnalysisSpec, ExperimentSpec, SpecError, format_validat
 if TYPE_CHECKING:
     from regcore.analysis.base import AnalysisEvent
     from service.db import Database
+    from service.settings import Settings
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
@@ -51,8 +53,9 @@ class PlannedRun:
     spec: ExperimentSpec
 
 
-def load_plan(path: Path) -> list[PlannedRun]:
-    """Read a spec or a grid file and validate every spec in it (raises on the first bad)."""
+def load_plan(path: Path, overrides: tuple[str, ...] = ()) -> list[PlannedRun]:
+    """Read a spec or a grid file, apply ``--set`` overrides (to a grid's base), and
+    validate every spec in it (raises on the first bad; OverrideError on a bad override)."""
     try:
         document = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -61,6 +64,8 @@ def load_plan(path: Path) -> list[PlannedRun]:
         raise SpecError(f"{path} is not valid YAML or JSON: {exc}") from None
     if not isinstance(document, Mapping):
         raise SpecError(f"{path}: expected a spec or a grid (a mapping) at the top level")
+    if overrides:
+        document = apply_to_file(document, overrides, _spec_keys(document))
     if not grids.is_grid(document):
         spec = ExperimentSpec.model_validate(document)
         return [PlannedRun(spec.name, spec)]
@@ -77,6 +82,20 @@ def load_plan(path: Path) -> list[PlannedRun]:
     return plan
 
 
+def _spec_keys(document: Mapping[str, Any]) -> KeysAt | None:
+    """The keys each level of the spec has, defaults included (a grid: its first point's),
+    for ``--set``; None when the file is invalid before the overrides (they may fix it)."""
+    try:
+        if grids.is_grid(document):
+            point = next(iter(grids.expand(document["base"], document["grid"])))
+            spec = ExperimentSpec.model_validate(point.spec)
+        else:
+            spec = ExperimentSpec.model_validate(document)
+    except (ValidationError, grids.GridError, KeyError, StopIteration, TypeError):
+        return None
+    return keys_from_document(spec.model_dump(mode="json"))
+
+
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print final metrics as JSON on stdout.")
@@ -89,6 +108,14 @@ def load_plan(path: Path) -> list[PlannedRun]:
     help="The row the others are compared with: a configuration, or a row's index from 0 "
     "(default: the first).",
 )
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="Change the spec (a grid: its base) before it runs, e.g. training.epochs=2 or "
+    "regularizers.0.weight=0.1; VALUE is YAML; repeatable. A grid's own axes cannot be set.",
+)
 def run(
     path: Path,
     as_json: bool,
@@ -96,18 +123,22 @@ def run(
     device: str | None,
     quiet: bool,
     baseline: str | None,
+    overrides: tuple[str, ...],
 ) -> None:
     """Run a spec (or a grid: {base, grid}) in-process and print the results: mean ± std
     over seeds, the instability of each configuration's predictions across seeds, and each
     configuration against the baseline row (difference, 95% CI, Holm-corrected p)."""
     err = Console(stderr=True)
     try:
-        plan = load_plan(path)
+        plan = load_plan(path, overrides)
         if device is not None:
             plan = [PlannedRun(p.configuration, _with_device(p.spec, device)) for p in plan]
     except ValidationError as exc:
         err.print(f"[red]invalid spec {path}:[/red]", highlight=False)
         err.print(format_validation_error(exc), markup=False, highlight=False)
+        sys.exit(EXIT_INVALID)
+    except OverrideError as exc:
+        click.secho(str(exc), fg="red", err=True)  # unwrapped: a long list of keys stays whole
         sys.exit(EXIT_INVALID)
     except (SpecError, grids.GridError) as exc:
         err.print(f"[red]invalid spec {path}:[/red]", highlight=False)
@@ -147,6 +178,41 @@ def run(
     else:
         answer = local_results(results, TABLE_METRICS, runner.predictions, baseline)
         print_results(answer, title="regbench results (mean ± std over seeds)")
+        stdout_console().print(run_ids_table(plan, results, settings))  # the runs behind them
+
+
+def run_ids_table(
+    plan: list[PlannedRun], results: list[tuple[str, dict[str, Any]]], settings: Settings
+) -> Table:
+    """Each run's MLflow run id (what `regbench analyze` takes) and, with
+    REGBENCH_MLFLOW_UI_URL, its link in the MLflow UI."""
+    links = _run_links(settings, [str(m.get("mlflow_run_id")) for _, m in results])
+    table = Table(
+        title="MLflow runs (regbench analyze RUN_ID --analysis KIND)", title_justify="left"
+    )
+    table.add_column("configuration")
+    table.add_column("seed", justify="right")
+    table.add_column("MLflow run", no_wrap=True)
+    if links:
+        table.add_column("MLflow UI", no_wrap=True)
+    for planned, (configuration, metrics) in zip(plan, results, strict=False):
+        run_id = str(metrics.get("mlflow_run_id"))
+        cells = [configuration, str(planned.spec.training.seed), run_id]
+        table.add_row(*cells, *([links.get(run_id, "")] if links else []))
+    return table
+
+
+def _run_links(settings: Settings, run_ids: list[str]) -> dict[str, str]:
+    if not settings.mlflow_ui_url:
+        return {}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    base = settings.mlflow_ui_url.rstrip("/")
+    return {
+        run_id: f"{base}/#/experiments/{client.get_run(run_id).info.experiment_id}/runs/{run_id}"
+        for run_id in run_ids
+    }
 
 
 def _with_device(spec: ExperimentSpec, device: str) -> ExperimentSpec:

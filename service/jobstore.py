@@ -648,12 +648,43 @@ def requeue_stale(session: Session, stale_before: datetime, max_attempts: int) -
     )
     ids = list(session.scalars(select(Job.id).where(stale)))
     if ids:
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(ids))
-            .values(state=JobState.QUEUED, worker=None, enqueued_at=None, message="requeued")
-        )
+        session.execute(update(Job).where(Job.id.in_(ids)).values(**_back_in_queue("requeued")))
     return ids
+
+
+def _back_in_queue(message: str) -> dict[str, Any]:
+    """A job put back in the queue (by the reaper, or a retry): no worker holds it and the
+    broker has not got it (the reconciler, or the caller, enqueues it)."""
+    return {"state": JobState.QUEUED, "worker": None, "enqueued_at": None, "message": message}
+
+
+def unsuccessful_jobs(experiment: Experiment) -> list[Job]:
+    """The experiment's failed and cancelled jobs: what a retry puts back in the queue."""
+    return [job for job in experiment.jobs if job.state in (JobState.FAILED, JobState.CANCELLED)]
+
+
+def retry_jobs(session: Session, jobs: Sequence[Job]) -> None:
+    """Failed or cancelled jobs back in the queue, as new: attempts from zero, no error, no
+    cancel flag. Each keeps its MLflow run and checkpoint, so a train job resumes from its
+    last checkpoint into the same run. Succeeded jobs are never passed here."""
+    ids = [job.id for job in jobs if job.state in (JobState.FAILED, JobState.CANCELLED)]
+    if not ids:
+        return
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(ids), Job.state.in_((JobState.FAILED, JobState.CANCELLED)))
+        .values(
+            **_back_in_queue("retried"),
+            attempt=0,
+            progress=0.0,
+            error=None,
+            cancel_requested=False,
+            started_at=None,
+            heartbeat_at=None,
+            finished_at=None,
+        )
+        .execution_options(synchronize_session="fetch")  # loaded Jobs see the new state
+    )
 
 
 def worker_heartbeat(

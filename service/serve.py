@@ -1,8 +1,10 @@
 """``regbench serve``: the whole embedded stack on one machine, one command.
 
-Upgrades the job store, then starts the API (uvicorn), one worker with the reconciler
-(``regbench worker``) and the MLflow UI as child processes, waits until the API is
-healthy, prints the addresses and runs until interrupted; then it stops them all.
+Refuses a port something already listens on, upgrades the job store, then starts the
+API (uvicorn), one worker with the reconciler (``regbench worker``) and the MLflow UI as
+child processes, waits until the API is healthy (its /healthz echoes the instance id
+serve gave it, so another server's answer is never taken for it), prints the addresses
+and runs until interrupted; then it stops them all.
 Everything lives under the data directory: SQLite job store, SQLite broker, local
 MLflow store. Point REGBENCH_* at PostgreSQL/Redis/a tracking server for the same
 stack on cluster services.
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -100,7 +104,26 @@ def auth_line(settings: Settings) -> str:
         database.dispose()
 
 
-def wait_healthy(url: str, stack: Stack, timeout_s: float) -> None:
+def check_port_free(host: str, port: int, option: str) -> None:
+    """ClickException naming the port when something listens there already: the API (or
+    the MLflow UI) would fail to bind while the other server answered in its place."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # as uvicorn binds: a port left in TIME_WAIT by a stopped stack is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.ClickException(
+                f"port {port} on {host} is already in use ({exc.strerror}): another server "
+                f"(maybe another regbench serve) listens there; stop it or pick a free port "
+                f"with {option}"
+            ) from None
+
+
+def wait_healthy(url: str, stack: Stack, timeout_s: float, instance: str | None = None) -> None:
+    """Until ``url`` answers 200 with our ``instance`` id (the API echoes
+    REGBENCH_INSTANCE_ID): another server answering there fails at once."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if dead := stack.exited():
@@ -108,12 +131,29 @@ def wait_healthy(url: str, stack: Stack, timeout_s: float) -> None:
                 f"{', '.join(dead)} exited during start-up; see {stack.log_dir}/<name>.log"
             )
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+            answer = httpx.get(url, timeout=2)
         except httpx.HTTPError:
-            pass
+            answer = None
+        if answer is not None and answer.status_code in (200, 503):
+            if instance is not None and _instance(answer) != instance:
+                port = httpx.URL(url).port
+                raise click.ClickException(
+                    f"port {port} answers, but not as this regbench serve's API ({url} gave "
+                    f"{answer.status_code} without our instance id): another server holds "
+                    "the port; stop it or pick a free port with --port"
+                )
+            if answer.status_code == 200:
+                return
         time.sleep(0.5)
     raise click.ClickException(f"{url} not healthy after {timeout_s:.0f} s; see {stack.log_dir}")
+
+
+def _instance(answer: httpx.Response) -> str | None:
+    try:
+        body = answer.json()
+    except ValueError:
+        return None
+    return body.get("instance") if isinstance(body, dict) else None
 
 
 @click.command()
@@ -128,11 +168,16 @@ def serve(
     """Run the API, a worker, the reconciler and the MLflow UI until interrupted."""
     from service.schema import upgrade_database
 
+    check_port_free(host, port, "--port")
+    if not no_mlflow_ui:
+        check_port_free(host, mlflow_port, "--mlflow-port (or --no-mlflow-ui)")
     settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     ui = None if no_mlflow_ui else f"http://{host}:{mlflow_port}"
-    env = {**os.environ, "REGBENCH_DATA_DIR": str(data)}
+    # /healthz echoes it: the answer on the port is this stack's API, not another server
+    instance = os.environ.get("REGBENCH_INSTANCE_ID") or secrets.token_hex(8)
+    env = {**os.environ, "REGBENCH_DATA_DIR": str(data), "REGBENCH_INSTANCE_ID": instance}
     install_log_redaction(settings.secrets)
     if ui is not None and not settings.mlflow_ui_url:
         env["REGBENCH_MLFLOW_UI_URL"] = ui
@@ -158,7 +203,7 @@ def serve(
             settings, host, port, None if no_mlflow_ui else mlflow_port
         ).items():
             stack.start(name, command)
-        wait_healthy(f"{api}/healthz", stack, timeout_s=120)
+        wait_healthy(f"{api}/healthz", stack, timeout_s=120, instance=instance)
         click.echo(f"regbench API   {api}  (docs: {api}/docs)", err=True)
         if ui is not None:
             click.echo(f"MLflow UI      {ui}", err=True)

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     mlflow_ui_url: str | None = Field(
         None, description="public address of the MLflow UI, for links (default: none)"
     )
+    instance_id: str | None = Field(
+        None,
+        description="set by `regbench serve` for its API; /healthz echoes it, so serve "
+        "knows the answer on its port is its own API's and not another server's",
+    )
     database_url: str | None = Field(
         None, description="job store (SQLAlchemy URL); default: SQLite under the data dir"
     )

@@ -1144,6 +1144,45 @@ def cancel(
     return changed, kept
 
 
+def retryable(
+    sweep: Sweep, may_retry: Callable[[Experiment], bool] = lambda experiment: True
+) -> tuple[list[Job], list[str]]:
+    """The failed and cancelled jobs of the sweep's experiments that ``may_retry`` allows
+    (``retry`` puts them back in the queue), and the ids of the experiments with such jobs
+    left alone (another user's, shared with their work). Succeeded jobs are never among
+    them."""
+    jobs: list[Job] = []
+    kept: list[str] = []
+    for member in sweep.members:
+        unsuccessful = jobstore.unsuccessful_jobs(member.experiment)
+        if not unsuccessful:
+            continue
+        if may_retry(member.experiment):
+            jobs += unsuccessful
+        else:
+            kept.append(member.experiment_id)
+    return jobs, kept
+
+
+def retry(session: Session, jobs: Sequence[Job]) -> None:
+    """Put ``jobs`` (failed or cancelled: ``retryable``) back in the queue. Every sweep
+    holding one of their experiments is unfinished again: its report is built anew when
+    it finishes."""
+    if not jobs:
+        return
+    jobstore.retry_jobs(session, jobs)
+    experiments = sorted({job.experiment_id for job in jobs})
+    for start in range(0, len(experiments), jobstore.BULK_LOOKUP):
+        chunk = experiments[start : start + jobstore.BULK_LOOKUP]
+        holding = select(SweepMember.sweep_id).where(SweepMember.experiment_id.in_(chunk))
+        session.execute(
+            update(Sweep)
+            .where(Sweep.id.in_(holding))
+            .values(report_status=ReportStatus.NONE, report_error=None)
+            .execution_options(synchronize_session="fetch")
+        )
+
+
 def unfinished_member_jobs(sweep_id: Any) -> Any:
     """SQL: a job of one of the sweep's experiments is still queued or running."""
     return exists().where(

@@ -28,6 +28,7 @@ from api.schemas import (
     ExperimentSummary,
     MetricPointPublic,
     MetricsPublic,
+    RetryPublic,
     SubmissionPublic,
 )
 from api.tracking import ArtifactNotFoundError, remove_download
@@ -204,3 +205,23 @@ def download_artifact(experiment: ExperimentDep, path: str, tracking: TrackingDe
         filename=fetched.file.name,
         background=BackgroundTask(remove_download, fetched.directory),
     )
+
+
+@router.post(
+    "/{experiment_id}/retry", responses={**NOT_FOUND, **FORBIDDEN, **QUEUE_FULL, **NOT_ENQUEUED}
+)
+def retry_experiment(
+    experiment: ExperimentDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    principal: PrincipalDep,
+) -> RetryPublic:
+    """Put the experiment's failed and cancelled jobs back in the queue (attempts from
+    zero; the train job resumes from its last checkpoint, in its MLflow run); succeeded
+    jobs are untouched. Nothing to retry: 200 with no job. Only the owner or an admin
+    (403); 429 past the owner's ``REGBENCH_MAX_QUEUED_JOBS_PER_USER``."""
+    jobs = operations.retry_experiment(session, celery, settings, experiment, principal)
+    retried = [job.id for job in jobs]
+    session.refresh(experiment)
+    return RetryPublic.of_experiment(experiment, settings.mlflow_ui_url, retried_jobs=retried)

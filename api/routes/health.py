@@ -67,4 +67,8 @@ def health(
     ready = all(component.status == "ok" for component in components.values())
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return HealthPublic(status="ok" if ready else "unavailable", components=components)
+    return HealthPublic(
+        status="ok" if ready else "unavailable",
+        components=components,
+        instance=settings.instance_id,
+    )

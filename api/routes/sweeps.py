@@ -28,6 +28,7 @@ from api.schemas import (
     SweepPointPublic,
     SweepPublic,
     SweepResultsPublic,
+    SweepRetryPublic,
     SweepsPublic,
     SweepSubmissionPublic,
 )
@@ -243,3 +244,26 @@ def download_report(sweep: SweepDep, path: str, tracking: TrackingDep) -> FileRe
         content_disposition_type="inline",  # report.html and report.png open in the browser
         background=BackgroundTask(remove_download, fetched.directory),
     )
+
+
+@router.post(
+    "/{sweep_id}/retry", responses={**NOT_FOUND, **FORBIDDEN, **QUEUE_FULL, **NOT_ENQUEUED}
+)
+def retry_sweep(
+    sweep: SweepDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    principal: PrincipalDep,
+) -> SweepRetryPublic:
+    """Put the failed and cancelled jobs of the sweep's experiments back in the queue
+    (attempts from zero; a train job resumes from its last checkpoint, in its MLflow run);
+    succeeded jobs are untouched, and the report is built again when the sweep finishes.
+    Nothing to retry: 200 with no job. The same owner checks as cancel: only the sweep's
+    owner or an admin (403); an experiment shared with another user's work is left alone
+    unless the caller is an admin (``kept_experiments``). 429 when the jobs would take the
+    sweep's owner past ``REGBENCH_MAX_QUEUED_JOBS_PER_USER``."""
+    jobs, kept = operations.retry_sweep(session, celery, settings, sweep, principal)
+    retried = [job.id for job in jobs]
+    described = operations.describe_sweep(session, settings, sweep)
+    return SweepRetryPublic(**described.model_dump(), retried_jobs=retried, kept_experiments=kept)
