@@ -100,7 +100,8 @@ def test_grid_runs_every_point_and_prints_a_comparison(tmp_path: Path) -> None:
     assert " churn " in done.stdout and " all agree " in done.stdout  # instability of 2 seeds
     # each row against the first: paired by seed, a test per metric, marked or n.s.
     assert "vs baseline regularizers=none" in done.stdout
-    versus = lines[-2:]
+    after = done.stdout.split("vs baseline regularizers=none", 1)[1].splitlines()
+    versus = [line for line in after if "regularizers=" in line]
     assert "baseline" in versus[0] and "paired" in versus[1]
     assert "p=" in versus[1] and ("n.s." in versus[1] or " *" in versus[1])
 
