@@ -34,6 +34,7 @@ from regcore.tracking import MemoryTracker, Tracker
 from regcore.train import (
     Callbacks,
     TrainResult,
+    best_epoch_of,
     build_model,
     evaluate,
     resolve_device,
@@ -223,7 +224,13 @@ def run_analyses(
     """Run the spec's analyses in order on the trained model; log their files as they come."""
     model.eval()
     device = next(iter(model.parameters())).device
-    ctx = AnalysisContext(model, data, device, workdir / "analyses", history)
+    # the best epoch from the history itself: a re-analysis has only history.json
+    early = spec.training.early_stopping
+    ctx = AnalysisContext(
+        model, data, device, workdir / "analyses", history,
+        best_epoch=best_epoch_of(spec.training, history),
+        restored_best=early is not None and early.restore_best,
+    )  # fmt: skip
     metrics: dict[str, float] = {}
     for analysis_spec in spec.analyses:
         analysis = ANALYSES.get(analysis_spec.name).target(analysis_spec.params)

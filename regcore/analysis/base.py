@@ -29,6 +29,8 @@ class AnalysisContext:
     device: torch.device
     outdir: Path  # this analysis writes its artifacts here
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch training metrics
+    best_epoch: int | None = None  # early stopping's best epoch, None without it
+    restored_best: bool = True  # the model holds the best epoch's weights, not the last
 
 
 @dataclass
