@@ -4,13 +4,10 @@ needs them to be read, titles clear of the images."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from itertools import combinations
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pytest
 import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -27,20 +24,6 @@ from regcore.pipeline import run_analyses
 from regcore.spec import AnalysisSpec, EarlyStopping, ExperimentSpec
 from regcore.tracking import MemoryTracker
 from regcore.train import best_epoch_of, train
-
-
-@pytest.fixture
-def saved(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Figure]]:
-    """Every figure saved meanwhile, by file name (closed figures keep their artists)."""
-    figures: dict[str, Figure] = {}
-    original = Figure.savefig
-
-    def recording(self: Figure, fname: Any, *args: Any, **kwargs: Any) -> None:
-        figures[Path(str(fname)).name] = self
-        original(self, fname, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", recording)
-    yield figures
 
 
 def line_labels(ax: Axes) -> list[str]:
