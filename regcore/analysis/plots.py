@@ -15,10 +15,11 @@ matplotlib.use("Agg")  # headless: workers and CI have no display
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FormatStrFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 STYLE = {
     "figure.dpi": 110,
@@ -110,6 +111,13 @@ def line_style(index: int) -> dict[str, object]:
     }
 
 
+def readable_log_axis(ax: Axes) -> None:
+    """A log y axis labelled 0.05, 0.1, 0.2, 0.5 rather than 5 x 10^-2 or every minor tick."""
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def curves(
     x: Sequence[float], series: dict[str, Sequence[float]], path: Path, *,
     title: str, xlabel: str, ylabel: str, marks: Sequence[tuple[float, str]] = (),
@@ -124,10 +132,11 @@ def curves(
         for position, label in marks:
             ax.axvline(position, color="black", linestyle=":", linewidth=1.2, label=label)
         ax.set(title=title, xlabel=xlabel, ylabel=f"{ylabel} (log scale)" if log else ylabel)
+        if all(float(v).is_integer() for v in x):  # epochs: no ticks between them
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if log:
             ax.set_yscale("log")
-            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-                axis(FormatStrFormatter("%g"))  # 0.2, 0.3 rather than 2 x 10^-1
+            readable_log_axis(ax)
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
     return path
 
