@@ -5,7 +5,10 @@ of them do it: the worker that finished a sweep's last job, the reconciler (for 
 sweep whose last worker died before building it), and ``POST /sweeps/{id}/report``
 (a rebuild on demand). The run holds ``report.png``, ``report.html`` (self-contained),
 ``results.csv`` and ``results.json``, tagged with the sweep's id, in the sweep's
-MLflow experiment beside its experiments' runs.
+MLflow experiment beside its experiments' runs. The learning curves come from the
+members' per-epoch metric histories in MLflow (the job store keeps final metrics only);
+the page links each member's run in the MLflow UI (``Settings.mlflow_ui_url``) and shows
+each configuration's stored spec.
 """
 
 from __future__ import annotations

@@ -221,7 +221,12 @@ def label_maps(
     count = len(maps)
     columns = min(count, 4)
     rows = -(-count // columns)
-    colours = plt.get_cmap("tab10" if classes <= 10 else "tab20")
+    # one colour per class: qualitative maps up to 20 classes, then a resampled rainbow
+    colours = (
+        plt.get_cmap("tab10" if classes <= 10 else "tab20")
+        if classes <= 20
+        else matplotlib.colormaps["turbo"].resampled(classes)
+    )
     names = list(class_names) if class_names is not None else [str(k) for k in range(classes)]
     extent = (-half_width, half_width, -half_width, half_width)
     with figure(path, size=(2.5 * columns + 1.4, 2.5 * rows + 0.6)) as fig:

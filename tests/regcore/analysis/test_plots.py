@@ -227,3 +227,21 @@ def test_saliency_titles_clear_the_images_and_each_other(
         assert not any(title.overlaps(box) for box in others), f"title {number} covers an image"
     for first, second in combinations(titles, 2):
         assert not first.overlaps(second)
+
+
+def test_boundary_planes_give_each_of_many_classes_its_own_colour(
+    saved: dict[str, Figure], tmp_path: Path
+) -> None:
+    maps = np.array([[[0, 19], [20, 29]]], dtype=np.int16)  # (1, 2, 2): four of 30 classes
+    names = [f"class {k}" for k in range(30)]
+    plots.label_maps(maps, 1.0, tmp_path / "many.png", title="t", classes=30, class_names=names)
+    figure = saved["many.png"]
+    image = next(ax for ax in figure.axes if ax.images).images[0]
+    colours = [tuple(image.cmap(image.norm(k))) for k in (0, 19, 20, 29)]
+    assert len(set(colours)) == 4  # no two classes share a colour past the 20 of tab20
+    legend = figure.legends[0]
+    shown = dict(
+        zip([t.get_text() for t in legend.get_texts()], legend.get_patches(), strict=False)
+    )
+    for k, colour in zip((0, 19, 20, 29), colours, strict=True):
+        assert np.allclose(shown[f"class {k}"].get_facecolor(), colour)
