@@ -35,6 +35,7 @@ from regcore.tracking import MemoryTracker, Tracker
 from regcore.train import (
     Callbacks,
     TrainResult,
+    best_epoch_of,
     build_model,
     evaluate,
     resolve_device,
@@ -234,7 +235,13 @@ def run_analyses(
     ``on_progress`` gets an ``AnalysisEvent`` as each starts, reports progress, finishes."""
     model.eval()
     device = next(iter(model.parameters())).device
-    ctx = AnalysisContext(model, data, device, workdir / "analyses", history, spec)
+    # the best epoch from the history itself: a re-analysis has only history.json
+    early = spec.training.early_stopping
+    ctx = AnalysisContext(
+        model, data, device, workdir / "analyses", history, spec,
+        best_epoch=best_epoch_of(spec.training, history),
+        restored_best=early is not None and early.restore_best,
+    )  # fmt: skip
     metrics: dict[str, float] = {}
     total = len(spec.analyses)
     for index, analysis_spec in enumerate(spec.analyses, start=1):

@@ -618,6 +618,18 @@ def _update_early_stopping(
     return False
 
 
+def best_epoch_of(training: TrainingSpec, history: Sequence[Mapping[str, float]]) -> int | None:
+    """The epoch early stopping picked, replayed from the per-epoch history (which records
+    the validation metrics it monitors); None without early stopping."""
+    if training.early_stopping is None:
+        return None
+    state = _EarlyStoppingState()
+    for row in history:
+        if "val/loss" in row and "val/accuracy" in row:
+            _update_early_stopping(state, training, int(row["epoch"]), dict(row))
+    return state.best_epoch
+
+
 def _is_finished(progress: _Progress, training: TrainingSpec) -> bool:
     early = training.early_stopping
     return early is not None and progress.early.bad_epochs >= early.patience

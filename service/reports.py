@@ -5,7 +5,10 @@ of them do it: the worker that finished a sweep's last job, the reconciler (for 
 sweep whose last worker died before building it), and ``POST /sweeps/{id}/report``
 (a rebuild on demand). The run holds ``report.png``, ``report.html`` (self-contained),
 ``results.csv`` and ``results.json``, tagged with the sweep's id, in the sweep's
-MLflow experiment beside its experiments' runs.
+MLflow experiment beside its experiments' runs. The learning curves come from the
+members' per-epoch metric histories in MLflow (the job store keeps final metrics only);
+the page links each member's run in the MLflow UI (``Settings.mlflow_ui_url``) and shows
+each configuration's stored spec.
 """
 
 from __future__ import annotations
@@ -13,18 +16,22 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from mlflow.entities import RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.orm import Session
 
-from regcore.report import build_report
-from service import sweeps
+from regcore.report import HISTORY_KEYS, History, RunLink, build_report
+from service import jobstore, sweeps
 from service.db import Database
 from service.settings import Settings
-from service.tables import Sweep, utcnow
+from service.tables import Sweep, SweepMember, utcnow
 from service.tracking import check_run_location, ensure_experiment
 
 log = logging.getLogger(__name__)
@@ -93,6 +100,82 @@ def build(
     return BuiltReport(sweep_id, run_id, error)
 
 
+def member_histories(
+    client: MlflowClient, members: Sequence[SweepMember], *, threads: int = 8
+) -> dict[str, list[History]]:
+    """configuration -> each member run's per-epoch history of the learning curves' metrics,
+    read from MLflow (the job store keeps final metrics only): one request per run and
+    metric, ``threads`` at a time. A run MLflow cannot read is left out (logged)."""
+    wanted = [(m.configuration, m.experiment.mlflow_run_id) for m in members]
+    requests = [(run_id, key) for _, run_id in wanted if run_id for key in HISTORY_KEYS]
+
+    def fetch(request: tuple[str, str]) -> list[tuple[float, float]] | None:
+        run_id, key = request
+        try:
+            points = client.get_metric_history(run_id, key)
+        except MlflowException as exc:
+            log.warning("report: no %s history for run %s: %s", key, run_id, exc)
+            return None
+        latest = {int(p.step): float(p.value) for p in sorted(points, key=lambda p: p.timestamp)}
+        return sorted((float(step), value) for step, value in latest.items())
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        fetched = dict(zip(requests, pool.map(fetch, requests), strict=True))
+    histories: dict[str, list[History]] = {}
+    for configuration, run_id in wanted:
+        if not run_id:
+            continue
+        run = {key: points for key in HISTORY_KEYS if (points := fetched[(run_id, key)])}
+        if run:
+            histories.setdefault(configuration, []).append(run)
+    return histories
+
+
+def run_links(
+    members: Sequence[SweepMember], ui_url: str | None
+) -> tuple[dict[str, list[RunLink]], str]:
+    """configuration -> its runs, linked into the MLflow UI, and a note on where links lead:
+    absolute with ``REGBENCH_MLFLOW_UI_URL`` set, else relative to the MLflow UI's root."""
+    runs: dict[str, list[RunLink]] = {}
+    for member in sorted(members, key=lambda m: m.position):
+        experiment = member.experiment
+        path = (
+            f"#/experiments/{experiment.mlflow_experiment_id}/runs/{experiment.mlflow_run_id}"
+            if experiment.mlflow_experiment_id and experiment.mlflow_run_id
+            else None
+        )
+        url = f"{ui_url.rstrip('/')}/{path}" if ui_url and path else path
+        state = str(jobstore.experiment_status(experiment))
+        runs.setdefault(member.configuration, []).append(
+            RunLink(f"seed {member.seed}", experiment.mlflow_run_id, url, state)
+        )
+    note = (
+        f"Links open the runs in the MLflow UI at {ui_url}."
+        if ui_url
+        else "The MLflow UI's address is not configured (REGBENCH_MLFLOW_UI_URL): the links "
+        "are paths relative to the MLflow UI; they work once this page is placed under its "
+        "address, and the run ids find the runs there."
+    )
+    return runs, note
+
+
+def configuration_specs(members: Sequence[SweepMember]) -> dict[str, str]:
+    """configuration -> its first member's spec as YAML, the seeds of all members noted."""
+    seeds: dict[str, list[int]] = {}
+    first: dict[str, SweepMember] = {}
+    for member in sorted(members, key=lambda m: m.position):
+        seeds.setdefault(member.configuration, []).append(member.seed)
+        first.setdefault(member.configuration, member)
+    return {
+        configuration: (
+            f"# the spec of seed {member.seed}; the runs differ only in training.seed: "
+            f"{', '.join(str(s) for s in seeds[configuration])}\n"
+            + yaml.safe_dump(member.experiment.spec, sort_keys=False, allow_unicode=True)
+        )
+        for configuration, member in first.items()
+    }
+
+
 def _render_and_log(settings: Settings, session: Session, sweep: Sweep) -> str:
     results = sweeps.results(sweep)
     progress = sweeps.progress(sweep, expected_s={}, workers=1)
@@ -102,11 +185,15 @@ def _render_and_log(settings: Settings, session: Session, sweep: Sweep) -> str:
         configuration: (results.succeeded[configuration], total)
         for configuration, total in results.experiments.items()
     }
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    members = list(sweep.members)
+    runs, links_note = run_links(members, settings.mlflow_ui_url)
     report = build_report(
         f"regbench sweep: {sweep.name}", results.rows, results.metrics, counts=counts,
         subtitle=subtitle, versus=results.versus, baseline=results.baseline,
+        histories=member_histories(client, members), runs=runs,
+        specs=configuration_specs(members), links_note=links_note,
     )  # fmt: skip
-    client = MlflowClient(tracking_uri=settings.tracking_uri)
     experiment_id = sweep.mlflow_experiment_id or ensure_experiment(
         client, settings.mlflow_experiment, settings.default_artifact_location
     )

@@ -37,6 +37,8 @@ class AnalysisContext:
     outdir: Path  # this analysis writes its artifacts here
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch training metrics
     spec: ExperimentSpec | None = None  # the run's spec (replaying its training); None if unknown
+    best_epoch: int | None = None  # early stopping's best epoch, None without it
+    restored_best: bool = True  # the model holds the best epoch's weights, not the last
     progress: ProgressCallback | None = None
 
     def report(self, fraction: float, message: str = "") -> None:

@@ -119,5 +119,6 @@ class CalibrationAnalysis(Analysis):
         confidence_plot = plots.histogram(
             confidence.cpu().numpy(), outdir / "confidence_histogram.png",
             title="confidence of the predicted class", xlabel="max softmax probability",
+            log=True,
         )  # fmt: skip
         return AnalysisResult(metrics, [table, diagram, confidence_plot])

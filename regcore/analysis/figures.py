@@ -61,7 +61,9 @@ class PlotsAnalysis(Analysis):
         x, y = test.x[order[: self.params.samples]], test.y[order[: self.params.samples]]
         is_image = len(ctx.data.info.input_shape) == 3
 
-        paths = training_curves(ctx.history, outdir)
+        paths = training_curves(
+            ctx.history, outdir, best_epoch=ctx.best_epoch, restored=ctx.restored_best
+        )
         paths.append(weight_distributions(ctx.model, outdir / "weights.png"))
         embedding_x = test.x[order[: self.params.embedding_samples]]
         embedding_y = test.y[order[: self.params.embedding_samples]]
@@ -104,17 +106,35 @@ class PlotsAnalysis(Analysis):
         )  # fmt: skip
 
 
-def training_curves(history: list[dict[str, float]], outdir: Path) -> list[Path]:
-    """Loss and accuracy, train against validation, per epoch."""
+# per-epoch history keys -> legend labels: "train/loss" is the whole objective (data loss
+# plus every penalty) while "val/loss" is data loss only, so they are never shown unlabelled
+LOSS_SERIES = {
+    "train/loss": "train: total (data + penalties)",
+    "train/data_loss": "train: data loss (cross-entropy)",
+    "val/loss": "val: data loss (cross-entropy)",
+}
+ACCURACY_SERIES = {"train/accuracy": "train", "val/accuracy": "val"}
+
+
+def training_curves(
+    history: list[dict[str, float]], outdir: Path, *, best_epoch: int | None = None,
+    restored: bool = True,
+) -> list[Path]:  # fmt: skip
+    """Loss and accuracy per epoch, train against validation; ``best_epoch`` (early
+    stopping's) is marked, as the epoch whose weights the model holds when ``restored``."""
     if not history:
         return []
     epochs = [row["epoch"] for row in history]
+    marks = []
+    if best_epoch is not None:
+        kept = "weights restored" if restored else "last weights kept"
+        marks.append((float(best_epoch), f"best epoch {best_epoch} ({kept})"))
     paths = []
-    for quantity in ("loss", "accuracy"):
+    for quantity, names in (("loss", LOSS_SERIES), ("accuracy", ACCURACY_SERIES)):
         series = {
-            split: [row[f"{split}/{quantity}"] for row in history]
-            for split in ("train", "val")
-            if all(f"{split}/{quantity}" in row for row in history)
+            label: [row[key] for row in history]
+            for key, label in names.items()
+            if all(key in row for row in history)
         }
         paths.append(
             plots.curves(
@@ -124,9 +144,18 @@ def training_curves(history: list[dict[str, float]], outdir: Path) -> list[Path]
                 title=f"{quantity} per epoch",
                 xlabel="epoch",
                 ylabel=quantity,
+                marks=marks,
+                log=quantity == "loss" and _spread(series) > 10,
             )
         )
     return paths
+
+
+def _spread(series: dict[str, list[float]]) -> float:
+    """max / min over every positive value: above ~10 a linear axis flattens the smaller
+    curves (a penalty can make the total loss many times the data loss)."""
+    values = [v for line in series.values() for v in line if v > 0]
+    return max(values) / min(values) if values else 1.0
 
 
 def weight_distributions(model: nn.Module, path: Path) -> Path:
@@ -261,4 +290,5 @@ def occlusion(
         panels, path,
         title=f"occlusion sensitivity (drop in p_y, {patch}px square)", labels=labels,
         columns=8, diverging=[k % 2 == 1 for k in range(len(panels))],
+        colorbar="drop in p_y when occluded",
     )  # fmt: skip

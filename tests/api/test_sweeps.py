@@ -445,7 +445,7 @@ def test_the_report_is_logged_to_mlflow_and_served_as_png_and_html(any_api: Api)
     assert "data:image/png;base64," in page.text and 'src="http' not in page.text
     for configuration in CONFIGURATIONS:
         assert configuration in page.text
-    assert "<table>" in page.text and "attack/pgd_linf/acc_eps0.1" in page.text
+    assert '<table class="results">' in page.text and "attack/pgd_linf/acc_eps0.1" in page.text
     assert any_api.client.get(f"{url}/nothing.txt").status_code == 404
     assert any_api.client.get(f"{url}/../secret").status_code in (400, 404)
     # A sweep-level run in the sweep's own MLflow experiment, tagged with the sweep.

@@ -1,19 +1,31 @@
-"""The sweep report: a decodable PNG with the right panels and a self-contained HTML page."""
+"""The sweep report: the figures a paper would use (read from their matplotlib objects)
+and a readable, self-contained HTML page."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import math
 import re
 
 import matplotlib.image
+import numpy as np
 import pytest
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+from scipy import stats
 
-from regcore.analysis.plots import STYLE
-from regcore.compare import ComparisonRow, Summary, summarize
+from regcore.compare import ComparisonRow, Summary, compare, result_metrics, summarize
 from regcore.instability import CHURN, Instability, add_instability
-from regcore.report import PANEL_SIZE, build_report
+from regcore.report import (
+    RunLink,
+    build_report,
+    confidence_interval,
+    metric_name,
+)
 from regcore.significance import versus_baseline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,20 +40,18 @@ METRICS = [
     "boundary/w20/tv_iso_mean",
     "geometry/curvature_mean",
 ]
-COLUMNS = [
-    "test_accuracy",
-    "attack/fgsm_linf/acc_eps0.1",
-    "attack/pgd_linf/acc_eps0",
-    "attack/pgd_linf/acc_eps0.1",
-    "boundary/w20/tv_iso",  # the "_mean" suffix is dropped from the column title
-    "geometry/curvature",
+COLUMNS = [  # readable names, each with its metric key as the abbreviation's title
+    ("test acc", "test_accuracy"),
+    ("FGSM L∞ ε=0.1", "attack/fgsm_linf/acc_eps0.1"),
+    ("PGD L∞ ε=0", "attack/pgd_linf/acc_eps0"),
+    ("PGD L∞ ε=0.1", "attack/pgd_linf/acc_eps0.1"),
+    ("TV w=20", "boundary/w20/tv_iso_mean"),
+    ("curvature", "geometry/curvature_mean"),
 ]
-FULL_PANELS = [
-    "robust accuracy vs eps: fgsm_linf",
-    "robust accuracy vs eps: pgd_linf",
-    "decision-boundary total variation",
-    "curvature",
+FULL_FIGURES = [
     "test accuracy",
+    "robust accuracy vs eps",
+    "decision-boundary TV and curvature",
 ]
 
 
@@ -84,89 +94,220 @@ def rows() -> list[ComparisonRow]:
     ]
 
 
-def embedded_png(page: str) -> bytes:
-    match = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert match is not None
-    return base64.b64decode(match.group(1), validate=True)
+HISTORIES = {  # two seeds of the baseline, one of L2 (stopped early after 2 epochs)
+    BASELINE: [
+        {"train/data_loss": [(1, 1.0), (2, 0.5), (3, 0.25)], "val/accuracy": [(1, 0.5), (2, 0.7)]},
+        {"train/data_loss": [(1, 2.0), (2, 1.5), (3, 0.75)], "val/accuracy": [(1, 0.7), (2, 0.9)]},
+    ],
+    L2: [{"train/data_loss": [(1, 1.2), (2, 0.6)], "val/accuracy": [(1, 0.6), (2, 0.8)]}],
+}
+
+
+def embedded_pngs(page: str) -> list[bytes]:
+    found = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    return [base64.b64decode(data, validate=True) for data in found]
 
 
 def html_rows(page: str) -> dict[str, list[str]]:
-    """The page's table: configuration (unescaped) -> the other cells (unescaped)."""
+    """The results table: configuration (unescaped) -> the other cells (unescaped)."""
     body = page.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     table: dict[str, list[str]] = {}
     for line in re.findall(r"<tr>(.*?)</tr>", body):
-        cells = [html.unescape(cell) for cell in re.findall(r"<td>(.*?)</td>", line)]
+        cells = [html.unescape(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", line)]
         table[cells[0]] = cells[1:]
     return table
 
 
-def test_png_is_decodable_and_sized_by_its_panels() -> None:
-    report = build_report("sweep demo", rows(), METRICS, subtitle="3 configurations")
-    assert report.png[:8] == PNG_MAGIC
-    image = matplotlib.image.imread(io.BytesIO(report.png), format="png")
-    height, width = image.shape[:2]
-    dpi = STYLE["savefig.dpi"]
-    assert width == round(2 * PANEL_SIZE[0] * dpi)  # two panels side by side
-    # two lines of panels, the accuracy table (three rows and its header), the title
-    inches = 2 * PANEL_SIZE[1] + 0.5 + 0.22 * 4 + 0.6
-    assert height == pytest.approx(inches * dpi, abs=2)
-    assert image.std() > 0.01  # something was drawn
+def header(page: str) -> list[tuple[str, str]]:
+    head = page.split("<thead>", 1)[1].split("</thead>", 1)[0]
+    return [
+        (html.unescape(name), html.unescape(key))
+        for key, name in re.findall(r'<th><abbr title="(.*?)">(.*?)</abbr></th>', head)
+    ]
 
 
-def test_panels_follow_the_metrics() -> None:
-    report = build_report("sweep demo", rows(), METRICS)
-    assert report.panels == FULL_PANELS
+# --------------------------------------------------------------------------- figures
 
+
+def test_figures_follow_the_metrics_and_none_is_empty(saved: dict[str, Figure]) -> None:
+    report = build_report("sweep demo", rows(), METRICS, histories=HISTORIES)
+    assert report.panels == ["learning curves", *FULL_FIGURES]
+    assert [figure.title for figure in report.figures] == report.panels
+    for figure in saved.values():  # every panel of every figure shows something
+        for ax in figure.axes:
+            assert ax.get_lines() or ax.collections or ax.patches, ax.get_title()
+
+    no_boundary = [name for name in METRICS if not name.startswith("boundary/")]
+    assert build_report("t", rows(), no_boundary).panels == [
+        "test accuracy",
+        "robust accuracy vs eps",
+        "decision-boundary TV and curvature",  # curvature alone
+    ]
     only_accuracy = [
         ComparisonRow(row.configuration, row.n, {"test_accuracy": row.metrics["test_accuracy"]})
         for row in rows()
     ]
-    bare = build_report("accuracy only", only_accuracy, ["test_accuracy"])
-    assert bare.panels == ["test accuracy"]
-    assert bare.png[:8] == PNG_MAGIC
-    height, width = matplotlib.image.imread(io.BytesIO(bare.png), format="png").shape[:2]
-    assert height < width  # the table alone: no lines of panels
+    assert build_report("t", only_accuracy, ["test_accuracy"]).panels == ["test accuracy"]
+    empty = build_report("empty", [], [])  # nothing at all: still a picture and a page
+    assert empty.panels == [] and empty.png[:8] == PNG_MAGIC and "<h1>empty</h1>" in empty.html
 
-    no_boundary = [name for name in METRICS if not name.startswith("boundary/")]
-    assert build_report("t", rows(), no_boundary).panels == [
-        "robust accuracy vs eps: fgsm_linf",
-        "robust accuracy vs eps: pgd_linf",
-        "curvature",
-        "test accuracy",
+
+def test_report_png_stacks_the_figures(saved: dict[str, Figure]) -> None:
+    report = build_report("sweep demo", rows(), METRICS, histories=HISTORIES)
+    assert report.png[:8] == PNG_MAGIC
+    image = matplotlib.image.imread(io.BytesIO(report.png), format="png")
+    parts = [matplotlib.image.imread(io.BytesIO(f.png), format="png") for f in report.figures]
+    assert image.shape[0] >= sum(part.shape[0] for part in parts)
+    assert image.shape[1] == max(part.shape[1] for part in parts)
+
+
+def test_legends_sit_outside_the_axes_and_lines_differ_beyond_colour(
+    saved: dict[str, Figure],
+) -> None:
+    build_report("sweep demo", rows(), METRICS, histories=HISTORIES)
+    line_figures = [f for f in saved.values() if f.legends]
+    assert len(line_figures) == 2  # learning curves, robust accuracy
+    for figure in line_figures:
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        (legend,) = figure.legends
+        box = legend.get_window_extent(renderer)
+        for ax in figure.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+        looks = [(h.get_marker(), h.get_linestyle(), h.get_color()) for h in legend.legend_handles]
+        assert len({look[:2] for look in looks}) == len(looks)  # marker and dashes differ too
+    robust = next(f for f in line_figures if any("PGD" in ax.get_title() for ax in f.axes))
+    assert sorted(ax.get_title() for ax in robust.axes) == ["FGSM L∞", "PGD L∞"]
+    labels = [text.get_text() for text in robust.legends[0].get_texts()]
+    assert labels == [BASELINE, L2, ODD]
+
+
+def test_learning_curves_are_the_mean_over_seeds_with_a_std_band(
+    saved: dict[str, Figure],
+) -> None:
+    report = build_report("t", rows(), METRICS, histories=HISTORIES)
+    figure = saved[f"figure{report.panels.index('learning curves')}"]
+    loss, accuracy = figure.axes
+    assert loss.get_title() == "train data loss" and accuracy.get_title() == "val accuracy"
+    assert loss.get_yscale() == "log"
+    baseline_line, l2_line = loss.get_lines()
+    assert list(baseline_line.get_xdata()) == [1, 2, 3]
+    assert list(baseline_line.get_ydata()) == pytest.approx([1.5, 1.0, 0.5])
+    assert list(l2_line.get_xdata()) == [1, 2]  # its run stopped after two epochs
+    band = next(c for c in loss.collections if isinstance(c, PolyCollection))
+    ys = band.get_paths()[0].vertices[:, 1]  # mean ± std at each epoch, the widest ends
+    assert ys.max() == pytest.approx(1.5 + np.std([1.0, 2.0], ddof=1))
+    assert ys.min() == pytest.approx(0.5 - np.std([0.25, 0.75], ddof=1))
+
+
+def test_test_accuracy_has_95_percent_intervals_and_the_difference_from_the_baseline(
+    saved: dict[str, Figure],
+) -> None:
+    summary = Summary(0.9, 0.02, 3)
+    half = stats.t.ppf(0.975, 2) * 0.02 / math.sqrt(3)
+    assert confidence_interval(summary) == pytest.approx((0.9 - half, 0.9 + half))
+    assert confidence_interval(Summary(0.9, 0.0, 1)) is None
+
+    data = seeded_rows()
+    _, versus = versus_baseline(data, ["test_accuracy"])
+    report = build_report("t", data, ["test_accuracy"], versus=versus, baseline=BASELINE)
+    figure = saved[f"figure{report.panels.index('test accuracy')}"]
+    means, differences = figure.axes
+    assert "95% CI" in means.get_title() and "difference from baseline" in differences.get_title()
+    assert [t.get_text() for t in means.get_yticklabels()] == [BASELINE, L2, ODD]
+    bars = [c for c in means.collections if c.get_segments()]
+    segments = [segment for bar in bars for segment in bar.get_segments()]
+    low, high = confidence_interval(data[1].metrics["test_accuracy"])  # type: ignore[misc]
+    assert any(
+        np.allclose(s[:, 0], [low, high]) or np.allclose(s[:, 0], [high, low]) for s in segments
+    )
+    l2 = versus[L2]["test_accuracy"]
+    difference_segments = [s for c in differences.collections for s in c.get_segments()]
+    assert any(np.allclose(sorted(s[:, 0]), [l2.ci_low, l2.ci_high]) for s in difference_segments)
+    notes = [text.get_text() for text in differences.texts]
+    assert "baseline" in notes and any(text.startswith("p=") for text in notes)
+
+
+def test_noise_metrics_are_read_from_their_names(saved: dict[str, Figure]) -> None:
+    keys = [
+        "test_accuracy", "noise/uniform_linf/acc_eps0.1", "noise/gaussian_l2/acc_eps1",
+        "noise/gaussian_l2/acc_eps0", "attack/pgd_linf/acc_eps0.1", "boundary/w20/tv_iso_mean",
+    ]  # fmt: skip
+    assert result_metrics(keys) == [
+        "test_accuracy", "attack/pgd_linf/acc_eps0.1", "noise/gaussian_l2/acc_eps0",
+        "noise/gaussian_l2/acc_eps1", "noise/uniform_linf/acc_eps0.1", "boundary/w20/tv_iso_mean",
+    ]  # fmt: skip
+    assert metric_name("noise/gaussian_l2/acc_eps1")[0] == "Gaussian L2 ε=1"
+    runs = [
+        (config, {"noise/gaussian_l2/acc_eps0": 0.9, "noise/gaussian_l2/acc_eps1": value})
+        for config, value in ((BASELINE, 0.5), (BASELINE, 0.7), (L2, 0.8))
     ]
-    pgd_only = [
-        ComparisonRow(
-            row.configuration,
-            row.n,
-            {k: v for k, v in row.metrics.items() if k.startswith("attack/pgd")},
-        )
-        for row in rows()
-    ]
-    report = build_report("t", pgd_only, ["attack/pgd_linf/acc_eps0", "attack/pgd_linf/acc_eps0.1"])
-    assert report.panels == ["robust accuracy vs eps: pgd_linf", "test accuracy"]
-    # nothing at all still gives a page with an (empty) table
-    empty = build_report("empty", [], [])
-    assert empty.panels == ["test accuracy"] and empty.png[:8] == PNG_MAGIC
+    metrics = result_metrics([*runs[0][1]])
+    report = build_report("t", compare(runs, metrics), metrics)
+    assert report.panels == ["noise robustness"]
+    (ax,) = saved["figure0"].axes
+    assert ax.get_title() == "Gaussian L2"
+    baseline_line = ax.get_lines()[0]
+    assert list(baseline_line.get_xdata()) == [0, 1]
+    assert list(baseline_line.get_ydata()) == pytest.approx([0.9, 0.6])
 
 
-def test_html_is_self_contained_and_embeds_exactly_the_png() -> None:
-    report = build_report("sweep <demo> & co", rows(), METRICS, subtitle="sub & title")
+def test_instability_gets_a_figure_of_its_own(saved: dict[str, Figure]) -> None:
+    data = seeded_rows()
+    columns = add_instability(
+        data[:2],
+        ["test_accuracy"],
+        {BASELINE: Instability({CHURN: 0.125}, 3), L2: Instability({CHURN: 0.0}, 3)},
+    )
+    report = build_report("t", data, columns)
+    assert report.panels == ["test accuracy", "instability across seeds"]
+    figure = saved["figure1"]
+    (ax,) = figure.axes
+    assert ax.get_title() == "churn"
+    xs = sorted(line.get_xdata()[0] for line in ax.get_lines())
+    assert xs == [0.0, 0.125]
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def test_html_has_the_title_once_and_each_figure_as_its_own_image() -> None:
+    report = build_report(
+        "sweep <demo> & co", rows(), METRICS, subtitle="sub & title", histories=HISTORIES
+    )
     page = report.html
     assert page.startswith("<!DOCTYPE html>")
-    assert "data:image/png;base64," in page
-    assert embedded_png(page) == report.png
     assert 'src="http' not in page and "<script" not in page and "<link" not in page
     assert "<title>sweep &lt;demo&gt; &amp; co</title>" in page
-    assert "<p>sub &amp; title</p>" in page
+    assert page.count("sweep &lt;demo&gt; &amp; co") == 2  # <title> and <h1>, nowhere else
+    assert page.count("<h1>") == 1 and "<p>sub &amp; title</p>" in page
+    images = embedded_pngs(page)
+    assert images == [figure.png for figure in report.figures]
+    assert report.png not in images  # not the stacked picture again
+    for figure in report.figures:
+        title = figure.title[:1].upper() + figure.title[1:]
+        assert f"<b>{html.escape(title)}.</b>" in page  # a caption each
 
 
-def test_html_table_lists_every_configuration_and_metric() -> None:
+def test_html_table_has_readable_names_a_legend_and_fits_the_page() -> None:
     counts = {BASELINE: (3, 3), L2: (2, 3), ODD: (1, 1)}
     page = build_report("sweep demo", rows(), METRICS, counts=counts).html
     assert html.escape(ODD) in page and ODD not in page
-    assert "jacobian&lt;0.1&gt; &amp; friends" in page
-    header = page.split("<thead>", 1)[1].split("</thead>", 1)[0]
-    assert re.findall(r"<th>(.*?)</th>", header) == ["configuration", "runs", *COLUMNS]
+    assert header(page) == COLUMNS
+    # inside a container that scrolls sideways instead of widening the page
+    assert re.search(r'<div class="scroll"><table class="results">', page)
+    assert re.search(r"\.scroll \{ overflow-x: auto;", page)
+    legend = page.split('<dl class="legend">', 1)[1].split("</dl>", 1)[0]
+    entries = [html.unescape(name) for name in re.findall(r"<dt>(.*?)</dt>", legend)]
+    patterns = [html.unescape(code) for code in re.findall(r"<code>(.*?)</code>", legend)]
+    assert entries == [  # one entry per family of columns
+        "test acc", "FGSM L∞ ε=0.1", "PGD L∞ ε=0, 0.1", "TV w=20", "curvature",
+    ]  # fmt: skip
+    assert patterns == [
+        "test_accuracy", "attack/fgsm_linf/acc_eps<ε>", "attack/pgd_linf/acc_eps<ε>",
+        "boundary/w<w>/tv_iso_mean", "geometry/curvature_mean",
+    ]  # fmt: skip
 
     table = html_rows(page)
     assert list(table) == [BASELINE, L2, ODD]
@@ -182,12 +323,9 @@ def test_html_table_lists_every_configuration_and_metric() -> None:
     }
     l2 = dict(zip(METRICS, table[L2][1:], strict=True))
     assert l2["attack/fgsm_linf/acc_eps0.1"] == "0.4000 ± 0.0600 (n=2)"
-    assert l2["boundary/w20/tv_iso_mean"] == "80.00 ± 5.00 (n=3)"
     assert l2["geometry/curvature_mean"] == "–"  # missing metric
     odd = dict(zip(METRICS, table[ODD][1:], strict=True))
     assert odd["test_accuracy"] == "0.5000 (n=1)"  # one run: no std
-    assert odd["attack/fgsm_linf/acc_eps0.1"] == "–"
-    assert odd["boundary/w20/tv_iso_mean"] == "–"
 
 
 def test_runs_default_to_the_row_count_and_nan_shows_a_dash() -> None:
@@ -199,37 +337,30 @@ def test_runs_default_to_the_row_count_and_nan_shows_a_dash() -> None:
     assert table == {"a": ["2", "0.8000 ± 0.1000 (n=2)"], "b": ["2", "–"]}
 
 
-def test_html_table_shows_boundary_found_right_after_each_distance() -> None:
-    from regcore.compare import result_metrics
-
-    data = [
-        ComparisonRow(
-            BASELINE,
-            3,
-            {
-                "test_accuracy": Summary(0.9, 0.01, 3),
-                "boundary/w20/tv_iso_mean": Summary(1.5, 0.1, 3),
-                "boundary/w20/distance_mean": Summary(4.0, 0.5, 3),
-                "boundary/w20/boundary_found": Summary(0.25, 0.05, 3),
-            },
-        )
+def test_html_links_every_run_and_shows_each_configuration_spec() -> None:
+    runs = {
+        BASELINE: [
+            RunLink("seed 0", "r0", "http://mlflow:5000/#/experiments/1/runs/r0", "succeeded"),
+            RunLink("seed 1", None, None, "failed"),
+        ],
+        L2: [RunLink("seed 0", "r2", "#/experiments/1/runs/r2", "succeeded")],
+    }
+    specs = {BASELINE: "model:\n  name: lenet\n", ODD: "a: '<b>'\n"}
+    page = build_report(
+        "t", rows(), METRICS, runs=runs, specs=specs, links_note="relative to the UI"
+    ).html
+    assert '<a href="http://mlflow:5000/#/experiments/1/runs/r0">seed 0</a>' in page
+    assert '<a href="#/experiments/1/runs/r2">seed 0</a>' in page
+    assert "seed 1: no MLflow run (failed)" in page
+    assert "<p>relative to the UI</p>" in page
+    details = re.findall(r"<details><summary>spec \(YAML\)</summary><pre>(.*?)</pre>", page, re.S)
+    assert [yaml.safe_load(html.unescape(text)) for text in details] == [
+        {"model": {"name": "lenet"}},
+        {"a": "<b>"},
     ]
-    metrics = result_metrics([*data[0].metrics, "boundary/w20/distance_std"])
-    report = build_report("t", data, metrics)
-    header = report.html.split("<thead>", 1)[1].split("</thead>", 1)[0]
-    assert re.findall(r"<th>(.*?)</th>", header) == [
-        "configuration", "runs", "test_accuracy", "boundary/w20/tv_iso",
-        "boundary/w20/distance", "boundary/w20/boundary_found",
-    ]  # fmt: skip
-    cells = html_rows(report.html)[BASELINE]
-    assert cells[-2:] == ["4.0000 ± 0.5000 (n=3)", "0.2500 ± 0.0500 (n=3)"]
-    # the found fraction is no total variation: the TV panel shows only tv_iso
-    assert report.panels == ["decision-boundary total variation", "test accuracy"]
 
 
-def test_report_shows_significance_against_the_baseline_and_instability() -> None:
-    """The comparison from real values: a significant row marked, one of one run says no
-    test is possible; the instability metrics are columns (one number, n members)."""
+def seeded_rows() -> list[ComparisonRow]:
     data = [
         ComparisonRow(BASELINE, 3, values={"test_accuracy": [(0, 0.90), (1, 0.91), (2, 0.89)]}),
         ComparisonRow(L2, 3, values={"test_accuracy": [(0, 0.95), (1, 0.97), (2, 0.93)]}),
@@ -237,6 +368,13 @@ def test_report_shows_significance_against_the_baseline_and_instability() -> Non
     ]
     for row in data:
         row.metrics["test_accuracy"] = summarize([v for _, v in row.values["test_accuracy"]])
+    return data
+
+
+def test_report_shows_significance_against_the_baseline_and_instability() -> None:
+    """The comparison from real values: a significant row marked, one of one run says no
+    test is possible; the instability metrics are columns (one number, n members)."""
+    data = seeded_rows()
     columns = add_instability(
         data[:2],
         ["test_accuracy"],
@@ -251,7 +389,7 @@ def test_report_shows_significance_against_the_baseline_and_instability() -> Non
     section = report.html.split(f"Against the baseline {BASELINE}", 1)[1]
     body = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     lines = [
-        [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", line)]
+        [html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", line)]
         for line in re.findall(r"<tr>(.*?)</tr>", body)
     ]
     l2 = versus[L2]["test_accuracy"]

@@ -298,12 +298,7 @@ def test_noise_curves_and_the_report_panels() -> None:
     assert curves[2].std == [0.01, 0.02, 0.02] and curves[2].n == [2, 2, 2]
     metrics = result_metrics(rows()[0].metrics)
     report = build_report("noise", rows(), metrics)
-    assert report.panels == [
-        "robust accuracy vs eps: pgd_linf",
-        "accuracy under random noise vs size: gaussian_l2",
-        "accuracy under random noise vs size: uniform_linf",
-        "test accuracy",
-    ]
+    assert report.panels == ["test accuracy", "robust accuracy vs eps", "noise robustness"]
     assert "noise/gaussian_l2/acc_eps8" in report.html
 
 
