@@ -6,6 +6,14 @@ spectral norm ||H||_2 by power iteration on Hessian-vector products Hu = grad_x(
 C = ||H||_2 / (||g||_2 + 1e-6) (Srinivas et al. 2022); and the exact Jacobian norm
 ||J||_F of the logits. Reported as mean and std over N samples, batched: in eval mode
 samples are independent, so one backward pass serves a whole batch.
+
+``input_space``: pixel (default) differentiates with respect to x in [0, 1]; normalized
+with respect to the model's normalized input z = (x - mean) / std, by differentiating the
+composed function z -> model(mean + std * z) (``regcore.jacobian.in_input_space``): for
+one channel ||g|| and ||J||_F are std times the pixel ones, ||H||_2 std^2 times, C std
+times. Hoffman et al.'s ||J||_F (MNIST LeNet 32.9 unregularized) is in normalized units.
+The metric names do not change; the space is the analysis param ``input_space``, in
+the spec and in the tracker's params (``analyses.N.input_space``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from regcore.analysis.base import Aggregate, Analysis, AnalysisContext, AnalysisResult, batched
+from regcore.jacobian import InputSpace, in_input_space, input_space_field
 from regcore.registries import ANALYSES
 from regcore.registry import MAX_BATCH, MAX_COUNT, MAX_SAMPLES, MAX_SEED, ComponentParams
 
@@ -35,6 +44,7 @@ class GeometryParams(ComponentParams):
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="picks the samples and power-iteration starts"
     )
+    input_space: InputSpace = input_space_field()
 
 
 def hessian_spectral_norm(
@@ -77,6 +87,9 @@ class GeometryAnalysis(Analysis):
         generator = torch.Generator().manual_seed(params.seed)
         order = torch.randperm(len(split), generator=generator)[: params.samples]
         x_all, y_all = split.x[order.to(split.x.device)], split.y[order.to(split.x.device)]
+        # The model as a function of inputs in params.input_space (pixel: itself), x_all in it
+        model, to_input = in_input_space(ctx.model, params.input_space, "geometry")
+        x_all = to_input(x_all)
 
         columns: dict[str, list[torch.Tensor]] = {
             "grad_norm": [], "hessian_norm": [], "jacobian_frobenius": [],
@@ -85,12 +98,12 @@ class GeometryAnalysis(Analysis):
             x, y = x_all[start:stop], y_all[start:stop]
 
             def loss(inputs: torch.Tensor, y: torch.Tensor = y) -> torch.Tensor:
-                return F.cross_entropy(ctx.model(inputs), y, reduction="none")  # (B,)
+                return F.cross_entropy(model(inputs), y, reduction="none")  # (B,)
 
             grad_norm, hessian_norm = hessian_spectral_norm(loss, x, params.iterations, generator)
             columns["grad_norm"].append(grad_norm)  # kept on the device: one copy at the end
             columns["hessian_norm"].append(hessian_norm)
-            columns["jacobian_frobenius"].append(frobenius_norm_sq(ctx.model, x).sqrt())
+            columns["jacobian_frobenius"].append(frobenius_norm_sq(model, x).sqrt())
         values = {name: torch.cat(parts).double().cpu() for name, parts in columns.items()}
         values["curvature"] = values["hessian_norm"] / (values["grad_norm"] + CURVATURE_EPS)
 
