@@ -243,19 +243,25 @@ def format_report(
         f"published ‖J‖_F ({units})",
         f"ours ‖J‖_F ({units})",
     ]
-    lines = [f"{reproduction.title} ({reproduction.source})", ""]
+    lines = [f"{reproduction.title}: {reproduction.source}", ""]
     lines += [f"- {line}" for line in budget_lines]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         published = row.published
         cells = [
             row.name,
-            f"{published.accuracy:g}" if published else "-",
+            _published(published.accuracy) if published else "-",
             row.accuracy.format(2),
-            f"{published.jacobian_frobenius:g}"
+            _published(published.jacobian_frobenius)
             if published and published.jacobian_frobenius is not None
             else "-",
             row.jacobian_frobenius.format(2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _published(value: float) -> str:
+    """A published number as printed there: 99.0 stays 99.0, 98.70 is 98.7."""
+    text = f"{value:g}"
+    return text if "." in text else f"{text}.0"

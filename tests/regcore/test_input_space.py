@@ -255,3 +255,20 @@ def test_input_space_counts_for_the_spec_hash_only_when_normalized() -> None:
     assert spec_hash({"input_space": "pixel"}, {"input_space": "pixel"}) == before
     assert spec_hash({"input_space": "normalized"}, {}) != before
     assert spec_hash({}, {"input_space": "normalized"}) != before
+
+
+@pytest.mark.slow
+def test_stacked_members_with_a_normalized_penalty_equal_separate_runs() -> None:
+    """Seeds trained stacked take the members' products in one backward pass; each member
+    maps its own to normalized units with its own model's statistics."""
+    from regcore.stacked import stack_key, train_stacked
+    from regcore.train import train
+    from tests.regcore.test_stacked import assert_same_run, make_spec, probe_inputs
+
+    specs = [
+        make_spec(seed, [{"name": "jacobian", "weight": w, "input_space": "normalized"}])
+        for seed, w in ((0, 0.1), (1, 0.2))
+    ]
+    assert stack_key(specs[0]) == stack_key(specs[1]) is not None
+    for spec, result in zip(specs, train_stacked(specs), strict=True):
+        assert_same_run(result, train(spec), rtol=1e-4, atol=1e-5, probe=probe_inputs(spec))

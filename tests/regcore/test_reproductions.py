@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from client.cli import main
 from regcore import reproductions
 from regcore.grid import SEED_PATH, expand, set_path
 from regcore.pipeline import run
 from regcore.reproductions import REPRODUCTIONS, Reproduction
 from regcore.spec import ExperimentSpec
-from service.cli import reproduce
 
 NAMES = sorted(REPRODUCTIONS)
 
@@ -136,17 +136,21 @@ def test_grid_document_writes_the_reduced_budget_into_a_copy() -> None:
 
 
 def test_reproduce_command_rejects_an_unknown_name() -> None:
-    result = CliRunner().invoke(reproduce, ["nope"])
+    result = CliRunner().invoke(main, ["reproduce", "nope"])  # the regbench group's routing
     assert result.exit_code == 2
-    assert "hoffman2019" in result.output
+    assert "no reproduction 'nope'" in result.output and "hoffman2019" in result.output
+    assert "reproduce" in CliRunner().invoke(main, ["--help"]).output
 
 
 # --------------------------------------------------------------------------- real MNIST
 
-# The reduced budget shortened again for a test: 1,000 training images, 10 epochs, one
-# seed, the unregularized and Jacobian rows (LeNet, ReLU, SGD lr 0.01 as published).
-TEST_BUDGET = {"dataset.train_size": 1000, "training.epochs": 10}
-MIN_RATIO = 1.6  # measured 2.0 at this budget (see the report); the paper's is 30x
+# The reduced budget shortened again for a test: 500 training images, 30 epochs (~240
+# steps), one seed, the unregularized and Jacobian rows (LeNet, ReLU, SGD lr 0.01 as
+# published). Measured at this budget (seed 0, 2026-11-30): ||J||_F 5.57 vs 2.61 (2.1x) at
+# 91.1% vs 92.4%; 1,000 images x 15 epochs gave 1.7x. The paper's 30x needs its full
+# budget: ||J||_F of the unregularized model keeps growing with training.
+TEST_BUDGET = {"dataset.train_size": 500, "training.epochs": 30}
+MIN_RATIO = 1.5
 MAX_ACCURACY_GAP = 3.0  # points
 
 
@@ -171,9 +175,11 @@ def test_jacobian_row_has_a_far_smaller_jacobian_at_comparable_accuracy_on_mnist
         metrics[point.configuration] = result.metrics
     none, jacobian = (metrics[reproduction.rows[i].configuration] for i in (0, 3))
     key = reproduction.metrics["jacobian_frobenius"]
-    print(f"none {none['test_accuracy']:.4f} {none[key]:.2f}")
-    print(f"jacobian {jacobian['test_accuracy']:.4f} {jacobian[key]:.2f}")
-    assert none["test_accuracy"] > 0.85 and jacobian["test_accuracy"] > 0.85  # it learned
+    measured = (
+        f"none {none['test_accuracy']:.4f} ||J||_F {none[key]:.2f}, "
+        f"jacobian {jacobian['test_accuracy']:.4f} ||J||_F {jacobian[key]:.2f}"
+    )
+    assert none["test_accuracy"] > 0.85 and jacobian["test_accuracy"] > 0.85, measured
     gap = 100 * abs(none["test_accuracy"] - jacobian["test_accuracy"])
-    assert gap <= MAX_ACCURACY_GAP
-    assert none[key] >= MIN_RATIO * jacobian[key]
+    assert gap <= MAX_ACCURACY_GAP, measured  # comparable accuracy
+    assert none[key] >= MIN_RATIO * jacobian[key], measured  # the published direction
