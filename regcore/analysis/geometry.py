@@ -72,7 +72,7 @@ def hessian_spectral_norm(
 
 @ANALYSES.register("geometry")
 class GeometryAnalysis(Analysis):
-    """Input-gradient norm, Hessian spectral norm, normalized curvature and ||J||_F."""
+    """Input-gradient norm, Hessian spectral norm, curvature, ||J||_F; pixel or normalized units."""
 
     Params = GeometryParams
     params: GeometryParams
