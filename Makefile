@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-local test gpu-test lint format bench clean
+.PHONY: demo demo-local test chromium gpu-test lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,22 @@ demo: $(STAMP)
 demo-local: $(STAMP)
 	$(BIN)/regbench run examples/demo-grid.yaml --data-dir regbench-data/demo-local
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	REGBENCH_RELIABILITY_OUT=regbench-data/reliability $(BIN)/python -m pytest -q
+
+# The dashboard's browser test drives Debian's chromium (Playwright cannot download its own
+# browser without its CDN): installed here when missing and we may (root, or sudo -n);
+# else the test says how (it skips, and fails in CI).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "chromium is missing and this user cannot install it (not root, no sudo -n):" \
+	    "the dashboard's browser test will skip (fail in CI); apt-get install chromium"; exit 0; fi; \
+	  echo "installing chromium (apt-get) for the dashboard's browser test"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium \
+	    >/dev/null || echo "apt-get could not install chromium: the browser test will say so"; }
 
 # On a machine with a CUDA GPU: the GPU path end to end (timings printed; skipped without CUDA).
 gpu-test: $(STAMP)

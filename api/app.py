@@ -1,6 +1,6 @@
 """The FastAPI app: ``create_app(settings)``; serve with
 ``uvicorn --factory api.app:create_app``. Routes under ``/api/v1``, ``/healthz`` at the
-root, OpenAPI at ``/docs``.
+root, OpenAPI at ``/docs``, the sweep dashboard at ``/dashboard`` (``api.dashboard``).
 
 Start-up (the lifespan) opens the job store and refuses to serve a database that is not
 at the newest migration: ``SchemaOutdatedError`` propagates with the command to run
@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import dashboard, docs
 from api.bodies import BodyLimits
 from api.deps import authenticate
 from api.operations import ConflictError, ForbiddenError, NotEnqueuedError
@@ -74,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="A job queue for benchmarking neural-network regularizers",
         lifespan=_lifespan(settings),
+        docs_url=None,  # api.docs serves /docs and /redoc with local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.include_router(
@@ -81,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health.router, responses=EVERY_ROUTE)
     app.include_router(metrics.router, responses=EVERY_ROUTE)
+    docs.install(app)
+    dashboard.install(app)  # /dashboard: server-rendered pages over the same calls
     for error, handler in _EXCEPTION_HANDLERS.items():
         app.add_exception_handler(error, handler)
     app.add_middleware(

@@ -66,6 +66,10 @@ def get_session(database: DatabaseDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The dashboard's sign-in (``api.dashboard``) keeps the token in this HttpOnly, SameSite=Strict
+# cookie. It is read for reads only: a write always needs the header, so no other site
+# can make a browser change anything with it (no CSRF).
+TOKEN_COOKIE = "regbench_token"
 
 
 def _unauthorized(message: str) -> HTTPException:
@@ -82,11 +86,15 @@ def authenticate(
 ) -> Principal:
     """Who the request acts as (see ``service.users``): the local user while no user
     exists and no ``REGBENCH_API_TOKEN`` is set; else the token's user, and 401 for a
-    wrong token, or for none on a write (or on a read with ``REGBENCH_AUTH_READS``).
+    wrong token, or for none on a write (or on a read with ``REGBENCH_AUTH_READS``). A read
+    without the header may present the token in the dashboard's cookie (``TOKEN_COOKIE``).
     The token itself goes nowhere: not into a log line, an error or the database."""
     shared = settings.api_token.get_secret_value() if settings.api_token else ""
     if not shared and not users.any_users(session):
         return Principal(settings.local_user, admin=True)
+    if authorization is None and request.method in READ_METHODS:
+        cookie = request.cookies.get(TOKEN_COOKIE)
+        authorization = f"Bearer {cookie}" if cookie else None
     scheme, _, given = (authorization or "").partition(" ")
     given = given.strip()
     if authorization is not None:

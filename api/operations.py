@@ -410,6 +410,7 @@ def _sweep_public(sweep: Sweep, state: sweeps.SweepProgress, now: datetime) -> S
         jobs=state.jobs,
         progress=state.progress,
         eta_s=state.eta_s,
+        eta_estimated=state.eta_estimated,
         started_at=state.started_at,
         finished_at=state.finished_at,
         running=[
@@ -438,10 +439,17 @@ def _sweep_public(sweep: Sweep, state: sweeps.SweepProgress, now: datetime) -> S
     )
 
 
-def sweep_results(sweep: Sweep) -> SweepResultsPublic:
-    results = sweeps.results(sweep)
+def sweep_results(sweep: Sweep, baseline: str | None = None) -> SweepResultsPublic:
+    """The comparison, each row against ``baseline`` (UnknownBaselineError: neither a
+    configuration's name nor a row's index)."""
+    results = sweeps.results(sweep, baseline)
     return SweepResultsPublic.model_validate(
-        {"sweep_id": sweep.id, "metrics": results.metrics, "rows": sweeps.results_records(results)}
+        {
+            "sweep_id": sweep.id,
+            "metrics": results.metrics,
+            "rows": sweeps.results_records(results),
+            "baseline": results.baseline,
+        }
     )
 
 

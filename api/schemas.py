@@ -317,6 +317,7 @@ class SweepPublic(BaseModel):
     jobs: dict[str, int]  # job state -> count
     progress: float  # 0..1, each job weighted by the expected duration of its kind
     eta_s: float | None  # remaining expected work over the live workers; null: unknown yet
+    eta_estimated: bool = False  # some remaining job kind never finished: its time is guessed
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     running: list[SweepRunningJobPublic]
@@ -340,17 +341,42 @@ class SummaryPublic(BaseModel):
     n: int  # experiments that have the metric
 
 
+class DifferencePublic(BaseModel):
+    """A configuration's metric against the baseline row's (``regcore.significance``)."""
+
+    diff: float | None  # mean(row) - mean(baseline)
+    ci_low: float | None  # its 95% confidence interval
+    ci_high: float | None
+    p: float | None  # two-sided p-value; null when no test is possible (see note)
+    p_holm: float | None  # Holm-corrected over the rows compared on this metric
+    test: Literal["welch", "paired"] | None  # paired: both rows trained on the same seeds
+    significant: bool | None  # p_holm < 0.05; null without a test
+    n: int
+    n_baseline: int
+    note: str | None = None  # why no test: "n=1: no test possible", "no variance", ...
+
+
+class InstabilityPublic(BaseModel):
+    """Which members the configuration's ``instability/*`` metrics were computed over."""
+
+    members: int  # members with predictions on one shared test set
+    left_out: dict[str, str] = {}  # experiment id -> why it was left out
+
+
 class ResultRowPublic(BaseModel):
     configuration: str
     experiments: int
     succeeded: int
     metrics: dict[str, SummaryPublic]
+    versus_baseline: dict[str, DifferencePublic] = {}  # empty for the baseline row
+    instability: InstabilityPublic | None = None  # null: fewer than two members
 
 
 class SweepResultsPublic(BaseModel):
     sweep_id: str
     metrics: list[str]  # the columns, in reading order
     rows: list[ResultRowPublic]
+    baseline: str | None = None  # the configuration every other row is compared with
 
 
 # --------------------------------------------------------------------------- catalog, health

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
@@ -29,12 +30,13 @@ from rich.text import Text
 
 from client.remote import FINISHED, RegbenchClient, ServerError, path_inside
 from client.tables import (
+    baseline_markdown,
     eta_text,
     format_size,
     metrics_table,
     overview,
     results_markdown,
-    results_table,
+    results_view,
     select_metrics,
     state_counts,
     sweep_status,
@@ -45,6 +47,10 @@ EXIT_FAILED = 1
 EXIT_INVALID = 2
 # Off a terminal rich would wrap at 80 columns; files and pipes get every column instead.
 NOT_A_TERMINAL_WIDTH = 1000
+# Off a terminal a progress line is printed when it changes, its ETA alone at most this often.
+OFF_TERMINAL_REPEAT_S = 60.0
+# How long `status --watch` waits for a finished sweep's report to start being built.
+REPORT_START_GRACE_S = 30.0
 
 LOCAL_COMMANDS = {
     "run": ("service.cli", "run", "Run a spec or a grid here, in-process, and print results."),
@@ -140,7 +146,17 @@ def fail(message: str, exit_code: int) -> NoReturn:
 
 
 def stdout_console() -> Console:
-    return Console(width=None if sys.stdout.isatty() else NOT_A_TERMINAL_WIDTH)
+    # COLUMNS, when set, is honoured off a terminal too (rich reads it when width is None).
+    wide = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    return Console(width=None if wide else NOT_A_TERMINAL_WIDTH)
+
+
+def print_results(
+    answer: Mapping[str, Any], patterns: Sequence[str] = (), title: str | None = None
+) -> None:
+    """The results and the comparison with the baseline, fitted to the terminal's width."""
+    console = stdout_console()
+    console.print(results_view(answer, patterns, console.width, title))
 
 
 def stderr_console() -> Console:
@@ -197,7 +213,8 @@ def submit(client: RegbenchClient, path: Path, force: bool, wait: bool, poll_s: 
         sweep = watch_sweep(client, sweep_id, stderr_console(), poll_s)
     except KeyboardInterrupt:
         fail(f"stopped watching; the sweep keeps running: regbench status {sweep_id}", 130)
-    stdout_console().print(results_table(client.results(sweep_id)))
+    answer = client.results(sweep_id)
+    print_results(answer)
     if unsuccessful := report_unsuccessful(sweep):
         fail(f"{unsuccessful}; see `regbench status {sweep_id}`", EXIT_FAILED)
 
@@ -245,6 +262,26 @@ def _progress(console: Console) -> Progress:
     )
 
 
+class ChangeLog:
+    """Progress for a log (off a terminal, where a bar cannot redraw): a line when what it
+    says changes; a changed ETA alone at most every ``OFF_TERMINAL_REPEAT_S``."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.last: tuple[str, str] | None = None
+        self.printed_at = 0.0
+
+    def show(self, line: str, eta: str = "") -> None:
+        if self.console.is_terminal or (line, eta) == self.last:
+            return
+        now = time.monotonic()
+        only_eta = self.last is not None and line == self.last[0]
+        if only_eta and now - self.printed_at < OFF_TERMINAL_REPEAT_S:
+            return
+        self.console.print(f"{line}  {eta}" if eta else line, markup=False, soft_wrap=True)
+        self.last, self.printed_at = (line, eta), now
+
+
 def watch_sweep(
     client: RegbenchClient, sweep_id: str, console: Console, poll_s: float = 2.0
 ) -> dict[str, Any]:
@@ -252,19 +289,15 @@ def watch_sweep(
 
     Off a terminal (a CI log) a bar cannot redraw, so each change is printed as a line.
     """
-    last_line = ""
+    log = ChangeLog(console)
     with _progress(console) as progress:
         task = progress.add_task(f"sweep {sweep_id[:8]}", total=1.0, counts="", eta="")
 
         def show(sweep: dict[str, Any]) -> None:
-            nonlocal last_line
             counts = state_counts(sweep["experiments"]).plain
             eta = eta_text(sweep)
             progress.update(task, completed=sweep.get("progress", 0.0), counts=counts, eta=eta)
-            line = f"sweep {sweep_id}: {sweep.get('progress', 0.0):4.0%}  {counts}  {eta}"
-            if not console.is_terminal and line != last_line:
-                console.print(line, markup=False)
-                last_line = line
+            log.show(f"sweep {sweep_id}: {sweep.get('progress', 0.0):4.0%}  {counts}", eta)
 
         sweep = client.wait_sweep(sweep_id, on_update=show, poll_s=poll_s)
     console.print(
@@ -277,6 +310,7 @@ def watch_experiment(
     client: RegbenchClient, experiment_id: str, console: Console, poll_s: float = 2.0
 ) -> dict[str, Any]:
     """A progress bar over the experiment's jobs until it finished; returns it."""
+    log = ChangeLog(console)
     with _progress(console) as progress:
         task = progress.add_task(f"experiment {experiment_id[:8]}", total=1.0, counts="", eta="")
 
@@ -290,6 +324,7 @@ def watch_experiment(
                 counts[job["state"]] = counts.get(job["state"], 0) + 1
             fraction = done / len(jobs) if jobs else 0.0
             progress.update(task, completed=fraction, counts=f"jobs: {state_counts(counts).plain}")
+            log.show(f"experiment {experiment_id}: {fraction:4.0%}  {state_counts(counts).plain}")
 
         experiment = client.wait_experiment(experiment_id, on_update=show, poll_s=poll_s)
     console.print(f"experiment {experiment_id} {experiment['status']}", markup=False)
@@ -318,15 +353,16 @@ def status(
     sweep, then the running jobs and the live workers.
     """
 
+    reports = ReportWait()
+
     def render() -> tuple[RenderableType, bool]:
-        """The view, and whether there is nothing left to wait for."""
+        """The view, and whether there is nothing left to wait for (reports included)."""
         if sweep_id is not None:
             sweep = client.sweep(sweep_id)
-            return sweep_status(sweep), sweep["status"] in FINISHED
+            return sweep_status(sweep), reports.settled([sweep])
         sweeps, queue = client.sweeps(limit=limit), client.queue()
         idle = not any(queue.get("by_state", {}).get(s) for s in ("queued", "running"))
-        done = idle and all(s["status"] in FINISHED for s in sweeps.get("data", []))
-        return overview(sweeps, queue), done
+        return overview(sweeps, queue), idle and reports.settled(sweeps.get("data", []))
 
     console = stdout_console()
     view, done = render()
@@ -344,6 +380,28 @@ def status(
             pass  # stopping the watch leaves the work running: nothing to report
 
 
+class ReportWait:
+    """When ``status --watch`` may stop: every sweep finished and its report done or
+    failed. A finished sweep's report still "none" after ``REPORT_START_GRACE_S`` is
+    not waited for (no worker or reconciler is there to build it)."""
+
+    def __init__(self) -> None:
+        self.finished_since: float | None = None
+
+    def settled(self, sweeps: list[dict[str, Any]]) -> bool:
+        if not all(sweep["status"] in FINISHED for sweep in sweeps):
+            self.finished_since = None
+            return False
+        reports = [(sweep.get("report") or {}).get("status", "none") for sweep in sweeps]
+        if "building" in reports:
+            return False
+        if "none" not in reports:
+            return True
+        now = time.monotonic()
+        self.finished_since = now if self.finished_since is None else self.finished_since
+        return now - self.finished_since >= REPORT_START_GRACE_S
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -358,6 +416,12 @@ def status(
     metavar="PATTERN",
     help="Only these metrics: a glob (attack/*) or a part of the name (pgd); repeatable.",
 )
+@click.option(
+    "--baseline",
+    metavar="CONFIGURATION",
+    help="The row the others are compared with: a configuration, or a row's index from 0 "
+    "(default: the first).",
+)
 @remote_command
 def results(
     client: RegbenchClient,
@@ -365,26 +429,30 @@ def results(
     as_csv: bool,
     as_markdown: bool,
     patterns: tuple[str, ...],
+    baseline: str | None,
 ) -> None:
-    """A sweep's results, mean ± std over seeds.
+    """A sweep's results, mean ± std over seeds, and each row against a baseline.
 
     One row per configuration; n is the experiments that succeeded (of all, when fewer).
+    Then, per metric, each configuration's difference from the baseline row with its 95%
+    confidence interval and Holm-corrected p-value: * significant (p < 0.05), n.s. not.
     """
     if as_csv and as_markdown:
         raise click.UsageError("--csv and --markdown: choose one")
     if as_csv and patterns:
         raise click.UsageError("--metrics does not apply to --csv (printed as the server sends it)")
     if as_csv:
-        click.echo(client.results_csv(sweep_id), nl=False)
+        click.echo(client.results_csv(sweep_id, baseline), nl=False)
         return
-    answer = client.results(sweep_id)
+    answer = client.results(sweep_id, baseline)
     if patterns and not select_metrics(answer.get("metrics", []), patterns):
         available = ", ".join(answer.get("metrics", [])) or "none yet"
         fail(f"no metric matches {' '.join(patterns)}; the sweep has: {available}", EXIT_INVALID)
     if as_markdown:
-        click.echo(results_markdown(answer, patterns), nl=False)
+        versus = baseline_markdown(answer, patterns)
+        click.echo(results_markdown(answer, patterns) + (f"\n{versus}" if versus else ""), nl=False)
         return
-    stdout_console().print(results_table(answer, patterns))
+    print_results(answer, patterns)
     if not answer.get("rows"):
         click.echo(f"no results yet; see `regbench status {sweep_id}`", err=True)
 

@@ -103,13 +103,17 @@ class RegbenchClient:
     def experiment(self, experiment_id: str) -> dict[str, Any]:
         return self._json("GET", f"/experiments/{_segment(experiment_id)}")
 
-    def results(self, sweep_id: str) -> dict[str, Any]:
-        """``{"sweep_id", "metrics": [...], "rows": [...]}``: mean, std, n per configuration."""
-        return self._json("GET", f"/sweeps/{_segment(sweep_id)}/results")
+    def results(self, sweep_id: str, baseline: str | None = None) -> dict[str, Any]:
+        """``{"sweep_id", "metrics": [...], "rows": [...], "baseline"}``: mean, std, n per
+        configuration, each row against ``baseline`` (a configuration or a row's index;
+        the server's default is the first row)."""
+        params = {"baseline": baseline} if baseline is not None else None
+        return self._json("GET", f"/sweeps/{_segment(sweep_id)}/results", params=params)
 
-    def results_csv(self, sweep_id: str) -> str:
+    def results_csv(self, sweep_id: str, baseline: str | None = None) -> str:
         path = f"/sweeps/{_segment(sweep_id)}/results"
-        return self._request("GET", path, params={"format": "csv"}).text
+        params = {"format": "csv", **({"baseline": baseline} if baseline is not None else {})}
+        return self._request("GET", path, params=params).text
 
     def whoami(self) -> dict[str, Any]:
         """Who this client's token names: {name, admin, authenticated}."""

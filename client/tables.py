@@ -16,7 +16,9 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.cells import cell_len
+from rich.columns import Columns
+from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -45,7 +47,12 @@ SHORT_TITLES = {
     "calibration/ece": "ECE",
     "calibration/mce": "MCE",
     "calibration/nll": "NLL",
+    "instability/churn": "churn",
+    "instability/label_entropy": "label entropy",
+    "instability/majority_agreement": "majority agr.",
+    "instability/all_agree": "all agree",
 }
+NOISE_TITLES = {"gaussian_l2": "gauss L2", "uniform_linf": "unif Linf"}  # noise/<kind>/...
 ATTACK_ACCURACY = re.compile(r"acc_eps(?P<eps>[^_]+)(?:_steps(?P<steps>\d+))?")
 
 
@@ -54,6 +61,7 @@ ATTACK_ACCURACY = re.compile(r"acc_eps(?P<eps>[^_]+)(?:_steps(?P<steps>\d+))?")
 
 def short_metric(name: str) -> str:
     """A column title that fits: ``attack/pgd_linf/acc_eps0.1`` -> ``pgd_linf ε=0.1``,
+    ``noise/gaussian_l2/acc_eps2`` -> ``gauss L2 noise ε=2``,
     ``boundary/w40/tv_iso_mean`` -> ``TV w40``, ``geometry/curvature_mean`` -> ``curvature``."""
     if name in SHORT_TITLES:
         return SHORT_TITLES[name]
@@ -65,6 +73,8 @@ def short_metric(name: str) -> str:
         if match := ATTACK_ACCURACY.fullmatch(statistic):
             steps = f" {match['steps']} steps" if match["steps"] else ""
             return f"{attack} ε={match['eps']}{steps}"
+    if len(parts) == 3 and parts[0] == "noise" and (match := ATTACK_ACCURACY.fullmatch(parts[2])):
+        return f"{NOISE_TITLES.get(parts[1], parts[1])} noise ε={match['eps']}"
     if len(parts) == 3 and parts[0] == "boundary":
         _, width, statistic = parts
         if statistic == "tv_iso_mean":
@@ -189,6 +199,233 @@ def _markdown_row(cells: Iterable[str]) -> str:
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
+# --------------------------------------------------------------------------- vs baseline
+
+SIGNIFICANT = "*"  # marks a difference whose Holm-corrected p is below 0.05
+NOT_SIGNIFICANT = "n.s."
+
+
+def format_difference(difference: Mapping[str, Any] | None) -> str:
+    """A row's ``versus_baseline`` entry -> ``+0.0600 [+0.0100, +0.1100] p=0.012 *``: the
+    difference of means, its 95% CI and the Holm-corrected p, ``*`` when significant and
+    ``n.s.`` when not; ``+0.0600 (n=1: no test possible)`` when no test could be made."""
+    if not difference or not _finite(difference.get("diff")):
+        note = (difference or {}).get("note")
+        return f"{MISSING} ({note})" if note else MISSING
+    diff = float(difference["diff"])
+    places = _decimals(diff)
+    text = f"{diff:+.{places}f}"
+    p_holm = difference.get("p_holm")
+    if not _finite(p_holm):
+        return f"{text} ({difference.get('note') or 'no test'})"
+    low, high = difference.get("ci_low"), difference.get("ci_high")
+    if _finite(low) and _finite(high):
+        text += f" [{float(low):+.{places}f}, {float(high):+.{places}f}]"
+    marker = SIGNIFICANT if difference.get("significant") else NOT_SIGNIFICANT
+    return f"{text} p={float(p_holm):.2g} {marker}"
+
+
+def compared_metrics(results: Mapping[str, Any], patterns: Sequence[str] = ()) -> list[str]:
+    """The selected metrics some row is compared on (never a per-configuration number)."""
+    rows = results.get("rows", [])
+    compared = {name for row in rows for name in row.get("versus_baseline") or {}}
+    return [
+        name for name in select_metrics(results.get("metrics", []), patterns) if name in compared
+    ]
+
+
+def baseline_table(results: Mapping[str, Any], patterns: Sequence[str] = ()) -> Table | None:
+    """Each configuration against the baseline row, per metric: difference of means with
+    its 95% CI, Holm-corrected p, significance; None when nothing was compared."""
+    metrics = compared_metrics(results, patterns)
+    if not metrics:
+        return None
+    baseline = results.get("baseline")
+    title = (
+        f"vs baseline {baseline}: difference of means [95% CI], Holm-corrected p; "
+        f"{SIGNIFICANT} p < 0.05, {NOT_SIGNIFICANT} not significant"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("configuration")
+    table.add_column("test")
+    for column in column_titles(metrics):
+        table.add_column(Text(column), justify="right")
+    for row in results.get("rows", []):
+        table.add_row(*(Text(c) for c in _baseline_cells(row, metrics, baseline)))
+    return table
+
+
+def baseline_markdown(results: Mapping[str, Any], patterns: Sequence[str] = ()) -> str:
+    """The same comparison as GitHub markdown ("" when nothing was compared)."""
+    metrics = compared_metrics(results, patterns)
+    if not metrics:
+        return ""
+    header = ["configuration", "test", *column_titles(metrics)]
+    lines = [_markdown_row(header), _markdown_row([":--", ":--", *("--:" for _ in metrics)])]
+    for row in results.get("rows", []):
+        lines.append(_markdown_row(_baseline_cells(row, metrics, results.get("baseline"))))
+    return "\n".join(lines) + "\n"
+
+
+def _baseline_cells(row: Mapping[str, Any], metrics: Sequence[str], baseline: Any) -> list[str]:
+    versus = row.get("versus_baseline") or {}
+    if row["configuration"] == baseline:
+        return [str(row["configuration"]), "baseline", *("" for _ in metrics)]
+    tests = sorted({str(d.get("test")) for d in versus.values() if d.get("test")})
+    cells = [format_difference(versus.get(name)) for name in metrics]
+    return [str(row["configuration"]), "/".join(tests) or MISSING, *cells]
+
+
+# --------------------------------------------------------------------------- narrow terminals
+
+Column = tuple[str, list[str], JustifyMethod]  # (title, one cell per row, justify)
+
+
+def results_view(
+    results: Mapping[str, Any],
+    patterns: Sequence[str] = (),
+    width: int | None = None,
+    title: str | None = None,
+) -> RenderableType:
+    """The results table, then the comparison with the baseline, fitted to ``width``
+    columns. As they are when they fit (or ``width`` is None); else the rows are numbered
+    with a legend of the full configurations, the metric columns are split into blocks
+    that fit, side by side with the row numbers, and a legend names each column's metric.
+    Nothing is cut: a researcher reads every configuration and every digit."""
+    tables: list[RenderableType] = [results_table(results, patterns, title)]
+    if (compared := baseline_table(results, patterns)) is not None:
+        tables.append(compared)
+    if width is None or all(_natural_width(table) <= width for table in tables):
+        return Group(*tables)
+    rows = results.get("rows", [])
+    numbers = [str(number) for number in range(1, len(rows) + 1)]
+    metrics = select_metrics(results.get("metrics", []), patterns)
+    titles = column_titles(metrics)
+    if title is None:
+        sweep = results.get("sweep_id")
+        title = f"sweep {sweep}: mean ± std over seeds" if sweep else "mean ± std over seeds"
+    parts: list[RenderableType] = [_configuration_legend(rows)]
+    summaries = [
+        (
+            column,
+            [format_summary(r.get("metrics", {}).get(m), int(r.get("succeeded", 0))) for r in rows],
+            "right",
+        )
+        for column, m in zip(titles, metrics, strict=True)
+    ]
+    first: list[Column] = [("#", numbers, "right"), ("n", [_runs_cell(r) for r in rows], "right")]
+    parts += _blocks(title, first, [("#", numbers, "right")], summaries, width)
+    compared_names = compared_metrics(results, patterns)
+    if compared_names:
+        baseline = results.get("baseline")
+        differences = [
+            (
+                titles[metrics.index(name)],
+                [_difference_lines(r, name, baseline) for r in rows],
+                "right",
+            )
+            for name in compared_names
+        ]
+        tests = [_baseline_cells(r, [], baseline)[1] for r in rows]
+        fixed: list[Column] = [("#", numbers, "right"), ("test", tests, "left")]
+        baseline_title = (
+            f"vs baseline {baseline}: difference of means, Holm-corrected p "
+            f"({SIGNIFICANT} p < 0.05, {NOT_SIGNIFICANT} not significant), [95% CI] below"
+        )
+        parts += _blocks(baseline_title, fixed, fixed, differences, width)
+    parts.append(_metric_legend(metrics, titles))
+    return Group(*parts)
+
+
+def _natural_width(table: Table) -> int:
+    """The columns a table takes when nothing limits it (its title wraps, so not counted)."""
+    return Console(width=100_000).measure(table).maximum
+
+
+def _column_width(column: Column) -> int:
+    title, cells, _ = column
+    return max(cell_len(line) for text in (title, *cells) for line in text.splitlines() or [""])
+
+
+def _blocks(
+    title: str, first: list[Column], rest: list[Column], columns: list[Column], width: int
+) -> list[RenderableType]:
+    """Tables of the row-identifying ``first`` (then ``rest``) columns and as many of
+    ``columns`` as fit in ``width`` (at least one: a lone wide column then wraps), as
+    evenly split as the fewest blocks allow; each under its title line."""
+
+    def pack(most: int) -> list[list[Column]]:
+        blocks: list[list[Column]] = []
+        block = list(first)
+        for column in columns:
+            fixed = rest if blocks else first
+            full = len(block) - len(fixed) >= most
+            if len(block) > len(fixed) and (full or _table_width([*block, column]) > width):
+                blocks.append(block)
+                block = list(rest)
+            block.append(column)
+        blocks.append(block)
+        return blocks
+
+    blocks = pack(len(columns))
+    even = pack(math.ceil(len(columns) / len(blocks)))
+    blocks = even if len(even) == len(blocks) else blocks
+    parts: list[RenderableType] = []
+    for number, block in enumerate(blocks):
+        parts.append(Text(title if number == 0 else f"{title.split(':')[0]} (continued)"))
+        table = Table()
+        for column_title, _, justify in block:
+            table.add_column(Text(column_title), justify=justify, overflow="fold")
+        for index in range(len(block[0][1])):
+            table.add_row(*(Text(cells[index]) for _, cells, _ in block))
+        parts.append(table)
+    return parts
+
+
+def _table_width(block: list[Column]) -> int:
+    """Columns of a table of these columns in rich's default box (edges, padding 1)."""
+    return sum(_column_width(c) + 3 for c in block) + 1
+
+
+def _configuration_legend(rows: Sequence[Mapping[str, Any]]) -> RenderableType:
+    legend = Table.grid(padding=(0, 1))
+    legend.add_column(justify="right")
+    legend.add_column(overflow="fold")
+    legend.add_row(Text("#", "bold"), Text("configuration", "bold"))
+    for number, row in enumerate(rows, start=1):
+        legend.add_row(Text(str(number)), Text(str(row["configuration"])))
+    return legend
+
+
+def _metric_legend(metrics: Sequence[str], titles: Sequence[str]) -> RenderableType:
+    """``title = metric`` for each abbreviated column, as many to a line as fit."""
+    named = [Text(f"{t} = {m}") for t, m in zip(titles, metrics, strict=True) if t != m]
+    if not named:
+        return Text("")
+    return Group(Text("columns", "bold"), Columns(named, padding=(0, 3)))
+
+
+def _difference_lines(row: Mapping[str, Any], name: str, baseline: Any) -> str:
+    """``format_difference`` over two lines (difference, p and mark; then the CI or the
+    note) so that a column stays about as wide as a mean ± std."""
+    if row["configuration"] == baseline:
+        return ""
+    difference = (row.get("versus_baseline") or {}).get(name)
+    text = format_difference(difference)
+    if (
+        not difference
+        or not _finite(difference.get("diff"))
+        or not _finite(difference.get("p_holm"))
+    ):
+        head, _, note = text.partition(" (")
+        return f"{head}\n({note}" if note else head
+    head, bracket, rest = text.partition(" [")
+    if not bracket:
+        return text
+    interval, _, p_and_mark = rest.partition("] ")
+    return f"{head} {p_and_mark}\n[{interval}]"
+
+
 def summarize_runs(
     runs: Iterable[tuple[str, Mapping[str, Any]]], metrics: Sequence[str]
 ) -> dict[str, Any]:
@@ -257,12 +494,17 @@ def state_counts(counts: Mapping[str, int]) -> Text:
 
 
 def eta_text(item: Mapping[str, Any]) -> str:
-    """``ETA 3m05s``; ``took 12m40s`` once finished; ``ETA unknown`` before the server knows."""
+    """``ETA 3m05s``; ``ETA ~3m05s (estimate)`` while some job kinds were never timed;
+    ``took 12m40s`` once finished; ``ETA unknown`` before the server knows anything."""
     if item.get("status") in FINISHED:
         took = _seconds_between(item.get("started_at"), item.get("finished_at"))
         return f"took {format_duration(took)}" if took is not None else "finished"
     eta = item.get("eta_s")
-    return f"ETA {format_duration(eta)}" if _finite(eta) else "ETA unknown"
+    if not _finite(eta):
+        return "ETA unknown"
+    if item.get("eta_estimated"):
+        return f"ETA ~{format_duration(eta)} (estimate)"
+    return f"ETA {format_duration(eta)}"
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:

@@ -25,6 +25,8 @@ class ComparisonRow:
     configuration: str
     n: int
     metrics: dict[str, Summary] = field(default_factory=dict)
+    # per metric, each run's (training seed, value): what significance tests pair and compare
+    values: dict[str, list[tuple[int | None, float]]] = field(default_factory=dict)
 
 
 def summarize(values: Sequence[float]) -> Summary:
@@ -49,8 +51,18 @@ def compare(
             values = [m[name] for m in group if isinstance(m.get(name), int | float)]
             if values:
                 row.metrics[name] = summarize(values)
+                row.values[name] = _seeded(group, name)
         rows.append(row)
     return rows
+
+
+def _seeded(group: Sequence[Mapping[str, Any]], name: str) -> list[tuple[int | None, float]]:
+    """The finite values of ``name`` with the seed of the run that measured each."""
+    return [
+        (seed if isinstance(seed := m.get("seed"), int) else None, float(m[name]))
+        for m in group
+        if isinstance(m.get(name), int | float) and math.isfinite(m[name])
+    ]
 
 
 # --------------------------------------------------------------------------- sweep results
@@ -58,25 +70,37 @@ def compare(
 TEST_ACCURACY = "test_accuracy"
 TRAIN_SECONDS = "train_seconds"
 ROBUST_ACCURACY = re.compile(r"^attack/(?P<attack>[^/]+)/acc_eps(?P<eps>[0-9.e+-]+)$")
-BOUNDARY = re.compile(r"^boundary/w(?P<width>[0-9.e+-]+)/(?P<metric>tv_iso|distance)_mean$")
+NOISE_ACCURACY = re.compile(r"^noise/(?P<kind>[^/]+)/acc_eps(?P<eps>[0-9.e+-]+)$")
+# boundary_found (the fraction of planes that showed a boundary) follows each distance column:
+# planes without one are left out of distance_mean, so the mean alone can mislead
+BOUNDARY = re.compile(
+    r"^boundary/w(?P<width>[0-9.e+-]+)/"
+    r"(?:(?P<metric>tv_iso|distance)_mean|(?P<found>boundary_found))$"
+)
 GEOMETRY = ("geometry/curvature_mean", "geometry/grad_norm_mean", "geometry/hessian_norm_mean")
 
 
 def result_metrics(keys: Iterable[str]) -> list[str]:
     """The comparison's columns among a sweep's metric names, in reading order: test
-    accuracy; robust accuracy per attack at every eps (ascending); boundary total
-    variation and distance per plane width; curvature; training time."""
+    accuracy; robust accuracy per attack at every eps (ascending); accuracy under random
+    noise per kind at every size (ascending); boundary total variation per plane width,
+    then per width the distance and the fraction of planes where a boundary was found;
+    curvature; training time."""
     keys = set(keys)
     robust = sorted(
         (m["attack"], float(m["eps"]), key) for key in keys if (m := ROBUST_ACCURACY.match(key))
     )
+    noise = sorted(
+        (m["kind"], float(m["eps"]), key) for key in keys if (m := NOISE_ACCURACY.match(key))
+    )
     boundary = sorted(
-        (m["metric"] != "tv_iso", float(m["width"]), key)
+        (m["metric"] != "tv_iso", float(m["width"]), m["found"] is not None, key)
         for key in keys
         if (m := BOUNDARY.match(key))
     )
     ordered = [TEST_ACCURACY] if TEST_ACCURACY in keys else []
-    ordered += [key for *_, key in robust] + [key for *_, key in boundary]
+    ordered += [key for *_, key in robust] + [key for *_, key in noise]
+    ordered += [key for *_, key in boundary]
     ordered += [key for key in GEOMETRY if key in keys]
     ordered += [TRAIN_SECONDS] if TRAIN_SECONDS in keys else []
     return ordered
@@ -108,6 +132,30 @@ def robust_curves(rows: Sequence[ComparisonRow]) -> list[RobustCurve]:
                 RobustCurve(
                     row.configuration,
                     attack,
+                    eps=[eps for eps, _ in values],
+                    mean=[s.mean for _, s in values],
+                    std=[s.std for _, s in values],
+                    n=[s.n for _, s in values],
+                )
+            )
+    return curves
+
+
+def noise_curves(rows: Sequence[ComparisonRow]) -> list[RobustCurve]:
+    """Per (configuration, noise kind), accuracy under random noise as a curve over its
+    size (``regcore.analysis.noise``); the curve's ``attack`` is the noise kind."""
+    curves = []
+    for row in rows:
+        points: dict[str, list[tuple[float, Summary]]] = {}
+        for key, summary in row.metrics.items():
+            if (match := NOISE_ACCURACY.match(key)) and summary.n > 0:
+                points.setdefault(match["kind"], []).append((float(match["eps"]), summary))
+        for kind, values in sorted(points.items()):
+            values.sort(key=lambda item: item[0])
+            curves.append(
+                RobustCurve(
+                    row.configuration,
+                    kind,
                     eps=[eps for eps, _ in values],
                     mean=[s.mean for _, s in values],
                     std=[s.std for _, s in values],

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import regcore
-from regcore.analysis.base import AnalysisContext
+from regcore.analysis.base import AnalysisContext, AnalysisEvent
 from regcore.data import DataSplits, Split, load_dataset
+from regcore.instability import StoredPrediction, labels_checksum
 from regcore.registries import ANALYSES
 from regcore.spec import AnalysisSpec, ExperimentSpec
 from regcore.stacked import train_stacked
@@ -45,6 +48,8 @@ class RunResult:
     history: list[dict[str, float]]
     workdir: Path
     model_path: Path
+    # the final model's predicted test labels (for instability across seeds); not a metric
+    predictions: StoredPrediction | None = None
 
 
 def environment_tags() -> dict[str, str]:
@@ -156,11 +161,31 @@ def _conclude(
     for name in ("metrics.json", "history.json"):
         tracker.log_artifact(workdir / name)
 
+    predictions = predicted_labels(result.model, data.test, spec.training.eval_batch_size)
+    (workdir / "predictions").mkdir(exist_ok=True)
+    np.save(workdir / "predictions" / "test.npy", predictions.labels)
+    tracker.log_artifact(workdir / "predictions" / "test.npy", "predictions")
+
     analysis_metrics = run_analyses(spec, result.model, data, result.history, workdir, tracker)
     tracker.log_metrics(analysis_metrics, step=result.epochs_run)
     metrics.update(analysis_metrics)
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    return RunResult(metrics, result.history, workdir, model_path)
+    return RunResult(metrics, result.history, workdir, model_path, predictions)
+
+
+@torch.no_grad()
+def predicted_labels(model: torch.nn.Module, split: Split, batch_size: int) -> StoredPrediction:
+    """The model's top-1 labels on a split (eval mode, restored), with the checksum of the
+    split's true labels that tells which test set they were predicted on."""
+    was_training = model.training
+    model.eval()
+    labels = [
+        model(split.x[start : start + batch_size]).argmax(dim=1)  # (B,)
+        for start in range(0, len(split), batch_size)
+    ]
+    model.train(was_training)
+    predicted = torch.cat(labels).cpu().numpy() if labels else np.zeros(0, dtype=np.int64)
+    return StoredPrediction(predicted.astype(np.int64), labels_checksum(split.y.cpu().numpy()))
 
 
 def analyze(
@@ -172,8 +197,10 @@ def analyze(
     workdir: Path,
     history: list[dict[str, float]] | None = None,
     data: DataSplits | None = None,
+    on_progress: Callable[[AnalysisEvent], None] | None = None,
 ) -> dict[str, float]:
-    """Run analyses on a finished run's weights (``model.pt``) and log them to its tracker."""
+    """Run analyses on a finished run's weights (``model.pt``) and log them to its tracker;
+    ``on_progress`` hears when each starts, how far it is, and when it finished."""
     data = data if data is not None else load_dataset(spec.dataset, spec.training.seed)
     model, _ = build_model(spec, data.info)
     model.load_state_dict(model_state)
@@ -181,7 +208,13 @@ def analyze(
     model.to(device)
     with_analyses = spec.model_copy(update={"analyses": analyses})
     metrics = run_analyses(
-        with_analyses, model, data.to(device), history or [], workdir, tracker or MemoryTracker()
+        with_analyses,
+        model,
+        data.to(device),
+        history or [],
+        workdir,
+        tracker or MemoryTracker(),
+        on_progress,
     )
     if tracker is not None:
         tracker.log_metrics(metrics, step=len(history or []))
@@ -195,15 +228,36 @@ def run_analyses(
     history: list[dict[str, float]],
     workdir: Path,
     tracker: Tracker,
+    on_progress: Callable[[AnalysisEvent], None] | None = None,
 ) -> dict[str, float]:
-    """Run the spec's analyses in order on the trained model; log their files as they come."""
+    """Run the spec's analyses in order on the trained model; log their files as they come.
+    ``on_progress`` gets an ``AnalysisEvent`` as each starts, reports progress, finishes."""
     model.eval()
     device = next(iter(model.parameters())).device
-    ctx = AnalysisContext(model, data, device, workdir / "analyses", history)
+    ctx = AnalysisContext(model, data, device, workdir / "analyses", history, spec)
     metrics: dict[str, float] = {}
-    for analysis_spec in spec.analyses:
+    total = len(spec.analyses)
+    for index, analysis_spec in enumerate(spec.analyses, start=1):
         analysis = ANALYSES.get(analysis_spec.name).target(analysis_spec.params)
+        started = time.perf_counter()
+
+        def tell(
+            fraction: float,
+            message: str,
+            finished: bool = False,
+            index: int = index,
+            kind: str = analysis_spec.name,
+            started: float = started,
+        ) -> None:
+            if on_progress is not None:
+                seconds = time.perf_counter() - started
+                on_progress(AnalysisEvent(index, total, kind, fraction, message, seconds, finished))
+
+        ctx.progress = tell
+        tell(0.0, "started")
         outcome = analysis.run(ctx)
+        ctx.progress = None
+        tell(1.0, "done", finished=True)
         metrics.update(outcome.metrics)
         for path in outcome.artifacts:
             tracker.log_artifact(path, path.parent.relative_to(workdir).as_posix())

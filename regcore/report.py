@@ -1,7 +1,8 @@
 """The sweep report: one PNG and one self-contained HTML page from a comparison.
 
 The figure holds, for every configuration side by side: robust accuracy against eps
-for each attack (mean over seeds, a band of ± one standard deviation), the decision
+for each attack and accuracy under random noise against its size for each noise kind
+(mean over seeds, a band of ± one standard deviation), the decision
 boundaries' total variation and the curvature as bar charts with std error bars, and a
 table of test accuracy. The HTML page embeds that PNG (base64) and the full table of
 every metric, so it opens anywhere with no other file.
@@ -29,12 +30,16 @@ from regcore.compare import (
     ComparisonRow,
     RobustCurve,
     Summary,
+    noise_curves,
     robust_curves,
 )
+from regcore.significance import Difference
 
 CURVATURE = "geometry/curvature_mean"
 PANEL_SIZE = (5.5, 3.6)  # inches per panel
 MAX_LABEL = 48  # characters of a configuration label on an axis
+NOISE_PANEL = "accuracy under random noise vs size"
+NOISE_UNITS = {"gaussian_l2": "L2 as s sqrt(D)", "uniform_linf": "Linf"}
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,12 @@ def build_report(
     *,
     counts: Mapping[str, tuple[int, int]] | None = None,
     subtitle: str = "",
+    versus: Mapping[str, Mapping[str, Difference]] | None = None,
+    baseline: str | None = None,
 ) -> Report:
-    """``counts``: configuration -> (succeeded, experiments), shown in the table."""
+    """``counts``: configuration -> (succeeded, experiments), shown in the table.
+    ``versus``: configuration -> metric -> its difference from the ``baseline`` row
+    (``regcore.significance``), shown beside test accuracy and as a table of its own."""
     curves = robust_curves(rows)
     attacks = sorted({curve.attack for curve in curves})
     tv_keys = sorted(  # (plane half-width, metric key)
@@ -62,6 +71,11 @@ def build_report(
     )
     panels: list[tuple[str, object]] = [
         (f"robust accuracy vs eps: {attack}", attack) for attack in attacks
+    ]
+    noise = noise_curves(rows)
+    panels += [
+        (f"{NOISE_PANEL}: {kind}", (NOISE_PANEL, kind))
+        for kind in sorted({curve.attack for curve in noise})
     ]
     if tv_keys:
         panels.append(("decision-boundary total variation", tv_keys))
@@ -80,6 +94,8 @@ def build_report(
             ax.set_title(panel_title, fontsize=9)
             if isinstance(what, str) and what != CURVATURE:
                 _robust_panel(ax, [c for c in curves if c.attack == what])
+            elif isinstance(what, tuple):
+                _noise_panel(ax, [c for c in noise if c.attack == what[1]], what[1])
             elif isinstance(what, list):
                 keys, names = [key for _, key in what], [f"half-width {w:g}" for w, _ in what]
                 _grouped_bars(ax, rows, keys, names)
@@ -89,12 +105,15 @@ def build_report(
                 ax.set_xlabel("curvature (mean ± std over seeds)")
         ax = figure.add_subplot(layout[lines, :])
         ax.set_title("test accuracy", fontsize=9)
-        _accuracy_table(ax, rows, counts or {})
+        _accuracy_table(ax, rows, counts or {}, versus or {}, baseline)
         figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
     png = buffer.getvalue()
     page = _html(title, subtitle, png, rows, metrics, counts or {})
+    if versus and baseline is not None:
+        section = _versus_html(rows, metrics, versus, baseline)
+        page = page.replace("</body></html>", f"{section}</body></html>")
     return Report(png, page, [panel for panel, _ in panels] + ["test accuracy"])
 
 
@@ -109,6 +128,12 @@ def _robust_panel(ax: Axes, curves: Sequence[RobustCurve]) -> None:
         ax.fill_between(eps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set(xlabel="eps", ylabel="robust accuracy", ylim=(-0.02, 1.02))
     ax.legend(fontsize=7, loc="best")
+
+
+def _noise_panel(ax: Axes, curves: Sequence[RobustCurve], kind: str) -> None:
+    _robust_panel(ax, curves)
+    units = NOISE_UNITS.get(kind, kind)
+    ax.set(xlabel=f"noise size ({units}, pixel units)", ylabel="accuracy")
 
 
 def _grouped_bars(
@@ -130,7 +155,11 @@ def _grouped_bars(
 
 
 def _accuracy_table(
-    ax: Axes, rows: Sequence[ComparisonRow], counts: Mapping[str, tuple[int, int]]
+    ax: Axes,
+    rows: Sequence[ComparisonRow],
+    counts: Mapping[str, tuple[int, int]],
+    versus: Mapping[str, Mapping[str, Difference]],
+    baseline: str | None,
 ) -> None:
     ax.axis("off")
     cells = [
@@ -141,15 +170,71 @@ def _accuracy_table(
         ]
         for row in rows
     ]
+    labels, widths = ["configuration", "runs", "mean ± std"], [0.6, 0.15, 0.25]
+    if versus and baseline is not None:  # the difference from the baseline, marked
+        for line, row in zip(cells, rows, strict=True):
+            difference = versus.get(row.configuration, {}).get(TEST_ACCURACY)
+            line.append("baseline" if row.configuration == baseline else _short_versus(difference))
+        labels, widths = [*labels, f"vs {_short(baseline)}"], [0.45, 0.1, 0.2, 0.25]
     table = ax.table(
-        cellText=cells or [["–", "–", "–"]],
-        colLabels=["configuration", "runs", "mean ± std"],
-        colWidths=[0.6, 0.15, 0.25],
+        cellText=cells or [["–"] * len(labels)],
+        colLabels=labels,
+        colWidths=widths,
         bbox=[0.0, 0.0, 1.0, 1.0],
         cellLoc="left",
     )
     table.auto_set_font_size(False)
     table.set_fontsize(7)
+
+
+def format_versus(difference: Difference | None, *, with_ci: bool = True) -> str:
+    """``+0.0177 [+0.0101, +0.0252] p=0.008 *``: the difference of means, its 95% CI, the
+    Holm-corrected p; ``*`` significant (p < 0.05), ``n.s.`` not; why there is no test."""
+    if difference is None or not math.isfinite(difference.diff):
+        return "–" if difference is None or not difference.note else f"– ({difference.note})"
+    places = 1 if abs(difference.diff) >= 100 else 2 if abs(difference.diff) >= 10 else 4
+    text = f"{difference.diff:+.{places}f}"
+    if difference.p_holm is None:
+        return f"{text} ({difference.note or 'no test'})"
+    if with_ci and difference.ci_low is not None and difference.ci_high is not None:
+        text += f" [{difference.ci_low:+.{places}f}, {difference.ci_high:+.{places}f}]"
+    marker = "*" if difference.significant else "n.s."
+    return f"{text} p={difference.p_holm:.2g} {marker}"
+
+
+def _short_versus(difference: Difference | None) -> str:
+    return format_versus(difference, with_ci=False)
+
+
+def _versus_html(
+    rows: Sequence[ComparisonRow],
+    metrics: Sequence[str],
+    versus: Mapping[str, Mapping[str, Difference]],
+    baseline: str,
+) -> str:
+    """The table of each row against the baseline, per metric compared."""
+    escape = html.escape
+    compared = [m for m in metrics if any(m in by_metric for by_metric in versus.values())]
+    header = "".join(f"<th>{escape(_column(m))}</th>" for m in compared)
+    body = ""
+    for row in rows:
+        differences = versus.get(row.configuration, {})
+        if row.configuration == baseline:
+            cells = "<td>baseline</td>" + "<td></td>" * len(compared)
+        else:
+            tests = sorted({d.test for d in differences.values() if d.test})
+            cells = f"<td>{escape('/'.join(tests) or '–')}</td>" + "".join(
+                f"<td>{escape(format_versus(differences.get(m)))}</td>" for m in compared
+            )
+        body += f"<tr><td>{escape(row.configuration)}</td>{cells}</tr>"
+    return f"""<h2>Against the baseline {escape(baseline)}: difference of means [95% CI],
+Holm-corrected p</h2>
+<p>* significant (corrected p &lt; 0.05); n.s. not significant. Paired t-test when both rows
+were trained on the same seeds, else Welch's; a row of one run cannot be tested. Two or
+three seeds give wide intervals.</p>
+<table class="versus"><thead><tr><th>configuration</th><th>test</th>{header}</tr></thead>
+<tbody>{body}</tbody></table>
+"""
 
 
 def _present(summary: Summary | None) -> bool:
@@ -202,7 +287,7 @@ img {{ max-width: 100%; }}
 </style></head><body>
 <h1>{escape(title)}</h1>
 <p>{escape(subtitle)}</p>
-<img alt="robust accuracy, total variation, curvature, test accuracy"
+<img alt="robust accuracy, accuracy under noise, total variation, curvature, test accuracy"
  src="data:image/png;base64,{image}">
 <h2>Every metric: mean ± std over seeds (n runs)</h2>
 <table><thead><tr><th>configuration</th><th>runs</th>{header}</tr></thead>

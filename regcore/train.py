@@ -304,9 +304,16 @@ def train(
     callbacks: Callbacks | None = None,
     resume: bool = True,
 ) -> TrainResult:
-    training = spec.training
-    callbacks = callbacks or Callbacks()
     run = open_run(spec, data, workdir=workdir, resume=resume)
+    run_epochs(run, callbacks or Callbacks())
+    return finish_run(run)
+
+
+def run_epochs(run: RunState, callbacks: Callbacks) -> None:
+    """The epochs left of an opened run (``open_run``), each ended by ``end_epoch``. A
+    caller that holds ``run`` sees ``run.model`` at every ``on_step`` (the
+    ``training_animation`` analysis replays a run this way)."""
+    training = run.spec.training
     for epoch in range(run.progress.epoch + 1, training.epochs + 1):
         if _is_finished(run.progress, training):  # patience ran out (possibly before a resume)
             break
@@ -323,7 +330,6 @@ def train(
         end_epoch(run, epoch, metrics, callbacks)
         if callbacks.should_cancel is not None and callbacks.should_cancel():
             raise TrainingCancelledError(f"cancelled after epoch {epoch}")
-    return finish_run(run)
 
 
 def end_epoch(run: RunState, epoch: int, metrics: dict[str, float], callbacks: Callbacks) -> None:

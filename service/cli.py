@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,25 @@ import click
 import yaml
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from client.tables import comparison_table
+from client.cli import print_results
+from client.tables import TABLE_METRICS
 from regcore import grid as grids
 from regcore.analysis.base import as_json_value
+from regcore.significance import UnknownBaselineError, resolve_baseline
 from regcore.spec import AnalysisSpec, ExperimentSpec, SpecError, format_validation_error
 
 if TYPE_CHECKING:
+    from regcore.analysis.base import AnalysisEvent
     from service.db import Database
 
 EXIT_INVALID = 2
@@ -72,8 +83,23 @@ def load_plan(path: Path) -> list[PlannedRun]:
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Override REGBENCH_DATA_DIR.")
 @click.option("--device", help="Override training.device (auto, cpu, cuda, cuda:N, mps).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def run(path: Path, as_json: bool, data_dir: Path | None, device: str | None, quiet: bool) -> None:
-    """Run a spec (or a grid: {base, grid}) in-process and print the results."""
+@click.option(
+    "--baseline",
+    metavar="CONFIGURATION",
+    help="The row the others are compared with: a configuration, or a row's index from 0 "
+    "(default: the first).",
+)
+def run(
+    path: Path,
+    as_json: bool,
+    data_dir: Path | None,
+    device: str | None,
+    quiet: bool,
+    baseline: str | None,
+) -> None:
+    """Run a spec (or a grid: {base, grid}) in-process and print the results: mean ± std
+    over seeds, the instability of each configuration's predictions across seeds, and each
+    configuration against the baseline row (difference, 95% CI, Holm-corrected p)."""
     err = Console(stderr=True)
     try:
         plan = load_plan(path)
@@ -88,9 +114,16 @@ def run(path: Path, as_json: bool, data_dir: Path | None, device: str | None, qu
         err.print(str(exc), markup=False, highlight=False)
         sys.exit(EXIT_INVALID)
 
-    from service.local_runs import LocalRunner, RunFailedError
+    from service.local_runs import LocalRunner, RunFailedError, local_results
     from service.settings import Settings
 
+    if baseline is not None and not as_json:  # a name the grid lacks: say so before training
+        configurations = list(dict.fromkeys(p.configuration for p in plan))
+        try:
+            resolve_baseline(configurations, baseline)
+        except UnknownBaselineError as exc:
+            err.print(f"[red]--baseline:[/red] {exc}", highlight=False)
+            sys.exit(EXIT_INVALID)
     settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
     runner = LocalRunner(settings)
     results: list[tuple[str, dict[str, Any]]] = []
@@ -112,8 +145,8 @@ def run(path: Path, as_json: bool, data_dir: Path | None, device: str | None, qu
         payload: Any = runs[0] if len(plan) == 1 else runs
         click.echo(json.dumps(payload, sort_keys=True, allow_nan=False))
     else:
-        # Off a terminal rich would wrap the table at 80 columns; let it be as wide as it needs.
-        Console(width=None if sys.stdout.isatty() else 250).print(comparison_table(results))
+        answer = local_results(results, TABLE_METRICS, runner.predictions, baseline)
+        print_results(answer, title="regbench results (mean ± std over seeds)")
 
 
 def _with_device(spec: ExperimentSpec, device: str) -> ExperimentSpec:
@@ -192,8 +225,10 @@ def analyze(run_id: str, analyses: tuple[str, ...], as_json: bool, data_dir: Pat
     from service.settings import Settings
 
     settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+    err.print(f"run {run_id}: fetching its checkpoint and data", markup=False, highlight=False)
     try:
-        metrics = LocalRunner(settings).analyze(run_id, parsed)
+        with AnalysisFeedback(err) as feedback:
+            metrics = LocalRunner(settings).analyze(run_id, parsed, feedback.show)
     except RunFailedError as exc:
         err.print(f"[red]analysis failed:[/red] {exc}", highlight=False)
         sys.exit(EXIT_FAILED)
@@ -206,6 +241,58 @@ def analyze(run_id: str, analyses: tuple[str, ...], as_json: bool, data_dir: Pat
     for name, value in sorted(metrics.items()):
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
+
+
+class AnalysisFeedback:
+    """``regbench analyze``'s progress on stderr: a line as each analysis starts and as it
+    finishes (with its time); on a terminal a bar in between, off one (a log) a line
+    with its progress at most every ``LOG_EVERY_S`` seconds."""
+
+    LOG_EVERY_S = 10.0
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task: TaskID | None = None
+        self.logged_at = 0.0
+
+    def __enter__(self) -> AnalysisFeedback:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.bar.stop()
+
+    def show(self, event: AnalysisEvent) -> None:
+        name = f"analysis {event.index}/{event.total} {event.kind}"
+        if event.finished:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+                self.task = None
+            self._line(f"{name}: done in {event.seconds:.1f} s")
+        elif self.task is None:
+            self._line(f"{name}: started")
+            self.task = self.bar.add_task(name, total=1.0, status="")
+            self.logged_at = time.monotonic()
+        else:
+            self.bar.update(self.task, completed=event.fraction, status=event.message)
+            if (
+                not self.console.is_terminal
+                and time.monotonic() - self.logged_at >= self.LOG_EVERY_S
+            ):
+                self._line(f"{name}: {event.fraction:.0%} {event.message} ({event.seconds:.0f} s)")
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        self.logged_at = time.monotonic()
 
 
 @click.group()

@@ -35,8 +35,19 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from regcore.instability import StoredPrediction, decode_labels, encode_labels
 from regcore.spec import ExperimentSpec
-from service.tables import Experiment, Job, JobKind, JobState, Worker, new_id, utcnow
+from service.tables import (
+    Experiment,
+    Job,
+    JobKind,
+    JobState,
+    Prediction,
+    SweepMember,
+    Worker,
+    new_id,
+    utcnow,
+)
 
 TERMINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
@@ -671,3 +682,52 @@ def seconds_between(
 def live_workers(session: Session, seen_within: timedelta) -> list[Worker]:
     cutoff = utcnow() - seen_within
     return list(session.scalars(select(Worker).where(Worker.heartbeat_at >= cutoff)))
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def store_predictions(
+    session: Session, experiment_id: str, prediction: StoredPrediction, split: str = "test"
+) -> None:
+    """Record (or replace: a retrained job predicts again) an experiment's final labels."""
+    data, dtype = encode_labels(prediction.labels)
+    session.merge(
+        Prediction(
+            experiment_id=experiment_id,
+            split=split,
+            labels=data,
+            dtype=dtype,
+            n=len(prediction.labels),
+            labels_checksum=prediction.labels_checksum,
+            created_at=utcnow(),
+        )
+    )
+    session.flush()
+
+
+def stored_predictions(
+    session: Session,
+    experiment_ids: Sequence[str] | None = None,
+    *,
+    sweep_id: str | None = None,
+    split: str = "test",
+) -> dict[str, StoredPrediction]:
+    """The stored predictions of these experiments, or of a sweep's members, in one query;
+    experiments without any are absent."""
+    query = select(Prediction).where(Prediction.split == split)
+    if sweep_id is not None:
+        query = query.join(
+            SweepMember, SweepMember.experiment_id == Prediction.experiment_id
+        ).where(SweepMember.sweep_id == sweep_id)
+    if experiment_ids is not None:
+        if not experiment_ids:
+            return {}
+        query = query.where(Prediction.experiment_id.in_(list(experiment_ids)))
+    rows = session.scalars(query)
+    return {
+        row.experiment_id: StoredPrediction(
+            decode_labels(row.labels, row.dtype), row.labels_checksum
+        )
+        for row in rows
+    }

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from rich.progress import Progress
 
+from regcore.analysis.base import AnalysisEvent
+from regcore.compare import compare
 from regcore.data import DatasetNotFoundError, DataSplits, load_dataset
+from regcore.instability import StoredPrediction
 from regcore.pipeline import analyze as analyze_checkpoint
 from regcore.pipeline import run as run_pipeline
 from regcore.spec import AnalysisSpec, ExperimentSpec
@@ -31,6 +35,8 @@ class LocalRunner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._datasets: dict[tuple[str, int], DataSplits] = {}
+        # MLflow run id -> the run's final test predictions (instability across seeds)
+        self.predictions: dict[str, StoredPrediction | None] = {}
 
     def dataset(self, spec: ExperimentSpec) -> DataSplits:
         """Load each (dataset, seed) once per runner: a grid reuses its splits."""
@@ -83,10 +89,17 @@ class LocalRunner:
         # The checkpoints are in MLflow now; keep only the small files locally.
         for name in ("last.pt", "best.pt"):
             (workdir / name).unlink(missing_ok=True)
+        self.predictions[tracker.run_id] = result.predictions
         return {**result.metrics, "mlflow_run_id": tracker.run_id}
 
-    def analyze(self, run_id: str, analyses: list[AnalysisSpec]) -> dict[str, Any]:
-        """Run analyses on a finished MLflow run's checkpoint, logging into that same run."""
+    def analyze(
+        self,
+        run_id: str,
+        analyses: list[AnalysisSpec],
+        on_progress: Callable[[AnalysisEvent], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run analyses on a finished MLflow run's checkpoint, logging into that same run;
+        ``on_progress`` hears as each starts, how far it is, and when it finished."""
         try:
             workdir = self.settings.run_workdir(run_id)  # a run id given on the command line
         except UnsafePathKeyError as exc:
@@ -109,5 +122,34 @@ class LocalRunner:
             workdir=workdir,
             history=json.loads(history_file.read_text()),
             data=self.dataset(spec),
+            on_progress=on_progress,
         )
         return {**metrics, "mlflow_run_id": run_id}
+
+
+def local_results(
+    runs: Sequence[tuple[str, Mapping[str, Any]]],
+    metrics: Sequence[str],
+    predictions: Mapping[str, StoredPrediction | None],
+    baseline: str | None = None,
+) -> dict[str, Any]:
+    """Runs made here ((configuration, final metrics with ``mlflow_run_id``)) in the shape
+    of the server's sweep results: mean ± std per metric, each configuration's instability
+    from the runs' test predictions (by run id), each row against ``baseline`` (the first
+    by default; UnknownBaselineError for neither a configuration nor a row's index)."""
+    from service import sweeps  # SQLAlchemy only when a grid's table is printed
+
+    rows = compare(runs, metrics)
+    experiments: dict[str, int] = {}
+    by_configuration: dict[str, dict[str, StoredPrediction | None]] = {}
+    for configuration, run in runs:
+        experiments[configuration] = experiments.get(configuration, 0) + 1
+        run_id = str(run.get("mlflow_run_id"))
+        by_configuration.setdefault(configuration, {})[run_id] = predictions.get(run_id)
+    plain = sweeps.SweepResults(list(metrics), rows, experiments, dict(experiments))
+    results = sweeps.analysed(plain, by_configuration, baseline)
+    return {
+        "metrics": results.metrics,
+        "rows": sweeps.results_records(results),
+        "baseline": results.baseline,
+    }

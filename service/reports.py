@@ -104,7 +104,7 @@ def _render_and_log(settings: Settings, session: Session, sweep: Sweep) -> str:
     }
     report = build_report(
         f"regbench sweep: {sweep.name}", results.rows, results.metrics, counts=counts,
-        subtitle=subtitle,
+        subtitle=subtitle, versus=results.versus, baseline=results.baseline,
     )  # fmt: skip
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     experiment_id = sweep.mlflow_experiment_id or ensure_experiment(
@@ -127,6 +127,7 @@ def _render_and_log(settings: Settings, session: Session, sweep: Sweep) -> str:
                 "sweep_id": sweep.id,
                 "metrics": results.metrics,
                 "rows": sweeps.results_records(results),
+                "baseline": results.baseline,
             }
             (folder / "results.json").write_text(json.dumps(records, indent=2), encoding="utf-8")
             client.log_artifacts(run_id, directory)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import functools
 import hashlib
 import io
@@ -53,6 +54,14 @@ from sqlalchemy.orm import Session, selectinload
 
 from regcore import grid as grids
 from regcore.compare import ComparisonRow, compare, result_metrics
+from regcore.instability import METRICS as INSTABILITY_METRICS
+from regcore.instability import (
+    Instability,
+    StoredPrediction,
+    add_instability,
+    configuration_instability,
+)
+from regcore.significance import Difference, versus_baseline
 from regcore.spec import ExperimentSpec, SpecHasher, SweepSpec
 from service import jobstore, limits
 from service.tables import (
@@ -646,38 +655,53 @@ class SweepProgress:
     experiments: dict[str, int]  # experiment state -> count
     jobs: dict[str, int]  # job state -> count
     progress: float  # 0..1, weighted by the expected duration of each job's kind
-    eta_s: float | None  # None until a job of each remaining kind has finished once
+    eta_s: float | None  # None while no job has finished or shown progress
     started_at: datetime | None
     finished_at: datetime | None
     running: list[RunningJob]
+    eta_estimated: bool = False  # a remaining kind has no finished job: its time is guessed
 
 
-def progress(sweep: Sweep, *, expected_s: dict[str, float], workers: int) -> SweepProgress:
+def progress(
+    sweep: Sweep, *, expected_s: dict[str, float], workers: int, now: datetime | None = None
+) -> SweepProgress:
     """Counts, weighted progress and an ETA for a loaded sweep (``summarize`` of its tally)."""
-    return summarize(tally(sweep), expected_s=expected_s, workers=workers)
+    return summarize(tally(sweep), expected_s=expected_s, workers=workers, now=now)
 
 
-def summarize(counted: SweepTally, *, expected_s: dict[str, float], workers: int) -> SweepProgress:
+def summarize(
+    counted: SweepTally,
+    *,
+    expected_s: dict[str, float],
+    workers: int,
+    now: datetime | None = None,
+) -> SweepProgress:
     """Counts, weighted progress and an ETA from a sweep's tally.
 
     ``expected_s``: expected seconds per job kind (``expected_durations``); ``workers``:
     live workers that share the remaining work. The ETA is the remaining expected work
-    (a running job counts its unfinished fraction) divided among the workers."""
+    (a running job counts its unfinished fraction) divided among the workers. A kind no
+    job of which has finished yet is estimated (``eta_estimated``): from its running jobs'
+    pace (``estimated_durations``), else as long as the kinds that are known."""
     fallback = _fallback(expected_s)
+    for_eta = estimated_durations(counted, expected_s, now or utcnow())
     done_work = total_work = remaining = 0.0
-    unknown = False
+    unknown = estimated = False
     for kind in sorted(counted.kinds):
         kind_tally = counted.kinds[kind]
         weight = expected_s.get(kind, fallback)
         total_work += weight * kind_tally.jobs
         finished = kind_tally.jobs - kind_tally.unfinished
         done_work += weight * (finished + kind_tally.progress)
-        remaining += weight * (kind_tally.unfinished - kind_tally.progress)
-        unknown = unknown or (kind_tally.unfinished > 0 and kind not in expected_s)
+        if kind_tally.unfinished > 0:
+            unknown = unknown or kind not in for_eta
+            estimated = estimated or kind not in expected_s
+            remaining += for_eta.get(kind, 0.0) * (kind_tally.unfinished - kind_tally.progress)
     status = sweep_status(counted.jobs, counted.experiments)
     if status in ("succeeded", "failed", "cancelled"):
         eta: float | None = 0.0
-    elif unknown or not expected_s:
+        estimated = False
+    elif unknown:
         eta = None
     else:
         eta = round(remaining / max(1, workers), 1)
@@ -690,11 +714,38 @@ def summarize(counted: SweepTally, *, expected_s: dict[str, float], workers: int
         started_at=counted.started_at,
         finished_at=counted.finished_at if status in jobstore.TERMINAL else None,
         running=list(counted.running),
+        eta_estimated=estimated and eta is not None,
     )
 
 
 def _fallback(expected_s: dict[str, float]) -> float:
     return sum(expected_s.values()) / len(expected_s) if expected_s else 1.0
+
+
+MIN_PACE_PROGRESS = 0.02  # below this a running job's pace says too little
+
+
+def estimated_durations(
+    counted: SweepTally, expected_s: Mapping[str, float], now: datetime
+) -> dict[str, float]:
+    """Seconds per job kind for the ETA: measured (``expected_s``) where a job of the kind
+    has finished; else the pace of its running jobs (elapsed / progress, averaged); else
+    the mean of the kinds known so far. Empty when nothing is known at all."""
+    paces: dict[str, list[float]] = {}
+    for running in counted.running:
+        job = running.job
+        if job.kind in expected_s or job.started_at is None or job.progress < MIN_PACE_PROGRESS:
+            continue
+        started = job.started_at
+        started = started.replace(tzinfo=now.tzinfo) if started.tzinfo is None else started
+        elapsed = (now - started).total_seconds()
+        if elapsed > 0:
+            paces.setdefault(job.kind, []).append(elapsed / job.progress)
+    known = dict(expected_s) | {kind: sum(p) / len(p) for kind, p in paces.items()}
+    if not known:
+        return {}
+    guess = sum(known.values()) / len(known)
+    return {kind: known.get(kind, guess) for kind in counted.kinds}
 
 
 def tally(sweep: Sweep) -> SweepTally:
@@ -899,11 +950,19 @@ class SweepResults:
     rows: list[ComparisonRow]
     experiments: dict[str, int]  # configuration -> experiments in it
     succeeded: dict[str, int]  # configuration -> succeeded experiments
+    baseline: str | None = None  # the configuration the others are compared with
+    # configuration -> metric -> the difference from the baseline (none for the baseline)
+    versus: dict[str, dict[str, Difference]] = field(default_factory=dict)
+    # configuration -> its instability across seeds (configurations of two members or more)
+    instability: dict[str, Instability] = field(default_factory=dict)
 
 
-def results(sweep: Sweep) -> SweepResults:
+def results(sweep: Sweep, baseline: str | int | None = None) -> SweepResults:
     """One row per configuration (grid order), mean ± std and n over the experiments
-    that have each metric; a failed experiment still counts with what it measured."""
+    that have each metric; a failed experiment still counts with what it measured. Each
+    configuration is compared with ``baseline`` (a name or an index; the first row by
+    default; ``UnknownBaselineError`` for neither), and those with two members or more get
+    their instability across seeds from the members' stored test predictions (one query)."""
     members = list(sweep.members)
     keys = {key for m in members for key in (m.experiment.metrics or {})}
     metrics = result_metrics(keys)
@@ -914,12 +973,42 @@ def results(sweep: Sweep) -> SweepResults:
         experiments[member.configuration] = experiments.get(member.configuration, 0) + 1
         ok = jobstore.experiment_status(member.experiment) == JobState.SUCCEEDED
         succeeded[member.configuration] = succeeded.get(member.configuration, 0) + int(ok)
-    return SweepResults(metrics, rows, experiments, succeeded)
+    session = Session.object_session(sweep)
+    stored = jobstore.stored_predictions(session, sweep_id=sweep.id) if session else {}
+    predictions: dict[str, dict[str, StoredPrediction | None]] = {}
+    for member in members:
+        by_member = predictions.setdefault(member.configuration, {})
+        by_member[member.experiment_id] = stored.get(member.experiment_id)
+    return analysed(SweepResults(metrics, rows, experiments, succeeded), predictions, baseline)
+
+
+def analysed(
+    results: SweepResults,
+    predictions: Mapping[str, Mapping[str, StoredPrediction | None]],
+    baseline: str | int | None = None,
+) -> SweepResults:
+    """The comparison with its instability (configuration -> member -> stored test
+    predictions, None where a member has none) and its differences from the baseline."""
+    instability = {
+        configuration: configuration_instability(members)
+        for configuration, members in predictions.items()
+        if len(members) >= 2
+    }
+    compared = [name for name in results.metrics if name not in INSTABILITY_METRICS]
+    index, versus = versus_baseline(results.rows, compared, baseline)
+    metrics = add_instability(results.rows, results.metrics, instability)
+    chosen = results.rows[index].configuration if results.rows else None
+    return dataclasses.replace(
+        results, metrics=metrics, baseline=chosen, versus=versus, instability=instability
+    )
 
 
 def results_records(results: SweepResults) -> list[dict[str, Any]]:
-    """JSON rows: ``{configuration, experiments, succeeded, metrics: {name: {mean, std, n}}}``
-    (NaN, from a metric no experiment has, becomes null)."""
+    """JSON rows: ``{configuration, experiments, succeeded, metrics: {name: {mean, std, n}},
+    versus_baseline: {name: {diff, ci_low, ci_high, p, p_holm, test, significant, n,
+    n_baseline, note}}, instability: {members, left_out: {experiment: reason}} | null}``
+    (NaN, from a metric no experiment has, becomes null; the baseline row compares with
+    nothing; an instability metric's std is null: one number per configuration)."""
     return [
         {
             "configuration": row.configuration,
@@ -929,19 +1018,61 @@ def results_records(results: SweepResults) -> list[dict[str, Any]]:
                 name: {"mean": _finite(s.mean), "std": _finite(s.std), "n": s.n}
                 for name, s in row.metrics.items()
             },
+            "versus_baseline": {
+                name: difference_record(d)
+                for name, d in results.versus.get(row.configuration, {}).items()
+            },
+            "instability": _instability_record(results.instability.get(row.configuration)),
         }
         for row in results.rows
     ]
 
 
+def difference_record(difference: Difference) -> dict[str, Any]:
+    return {
+        "diff": _finite(difference.diff),
+        "ci_low": _optional(difference.ci_low),
+        "ci_high": _optional(difference.ci_high),
+        "p": _optional(difference.p),
+        "p_holm": _optional(difference.p_holm),
+        "test": difference.test,
+        "significant": difference.significant,
+        "n": difference.n,
+        "n_baseline": difference.n_baseline,
+        "note": difference.note,
+    }
+
+
+def _instability_record(measured: Instability | None) -> dict[str, Any] | None:
+    if measured is None:
+        return None
+    return {"members": measured.members, "left_out": dict(measured.left_out)}
+
+
+def _optional(value: float | None) -> float | None:
+    return None if value is None else _finite(value)
+
+
+# Per metric, after its mean/std/n columns' block: the difference from the baseline row.
+VERSUS_COLUMNS = ("diff", "diff_ci_low", "diff_ci_high", "p", "p_holm", "test")
+
+
 def results_csv(results: SweepResults) -> str:
     """One line per configuration: ``configuration,experiments,succeeded`` then
-    ``<metric>_mean,<metric>_std,<metric>_n`` for every metric (empty where none)."""
+    ``<metric>_mean,<metric>_std,<metric>_n`` for every metric (empty where none); then
+    ``baseline`` (the configuration compared with), ``instability_members`` and
+    ``instability_left_out``, and per compared metric ``<metric>_diff``,
+    ``_diff_ci_low``, ``_diff_ci_high``, ``_p``, ``_p_holm`` and ``_test`` (``welch``,
+    ``paired``, ``baseline`` on the baseline's line, or why no test was possible)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["configuration", "experiments", "succeeded"]
     for name in results.metrics:
         header += [f"{name}_mean", f"{name}_std", f"{name}_n"]
+    compared = [name for name in results.metrics if name not in INSTABILITY_METRICS]
+    header += ["baseline", "instability_members", "instability_left_out"]
+    for name in compared:
+        header += [f"{name}_{column}" for column in VERSUS_COLUMNS]
     writer.writerow(header)
     for row in results.rows:
         line: list[Any] = [
@@ -955,8 +1086,33 @@ def results_csv(results: SweepResults) -> str:
                 line += ["", "", 0]
             else:
                 line += [_csv_number(summary.mean), _csv_number(summary.std), summary.n]
+        measured = results.instability.get(row.configuration)
+        line += [
+            results.baseline or "",
+            measured.members if measured is not None else "",
+            len(measured.left_out) if measured is not None else "",
+        ]
+        versus = results.versus.get(row.configuration, {})
+        for name in compared:
+            line += _csv_difference(
+                versus.get(name), is_baseline=row.configuration == results.baseline
+            )
         writer.writerow(line)
     return buffer.getvalue()
+
+
+def _csv_difference(difference: Difference | None, *, is_baseline: bool) -> list[Any]:
+    if difference is None:
+        return ["", "", "", "", "", "baseline" if is_baseline else ""]
+    numbers = (
+        difference.diff,
+        difference.ci_low,
+        difference.ci_high,
+        difference.p,
+        difference.p_holm,
+    )
+    test = difference.test or difference.note or ""
+    return [*("" if v is None else _csv_number(v) for v in numbers), test]
 
 
 def _finite(value: float) -> float | None:

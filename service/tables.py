@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -191,3 +192,19 @@ class Worker(Base):
     slots: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # jobs at once
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Prediction(Base):
+    """An experiment's final predicted labels on one split (``test``): compact numpy bytes
+    of ``dtype``, with ``n`` labels and the sha256 of the split's true labels (which test
+    set they were predicted on). Instability across seeds is computed from these."""
+
+    __tablename__ = "predictions"
+
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(16), primary_key=True)
+    labels: Mapped[bytes] = mapped_column(LargeBinary)
+    dtype: Mapped[str] = mapped_column(String(8))
+    n: Mapped[int] = mapped_column(Integer)
+    labels_checksum: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

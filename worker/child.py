@@ -60,7 +60,9 @@ from worker.supervisor import EXIT_CANCELLED, EXIT_FAILED, EXIT_SUCCEEDED
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from regcore.analysis.base import AnalysisEvent
     from regcore.data import DataSplits
+    from regcore.instability import StoredPrediction
     from regcore.spec import ExperimentSpec
     from regcore.train import Callbacks
     from service.tracking import MlflowTracker
@@ -184,9 +186,18 @@ class ProgressReporter:
             log.warning("progress not recorded: %s", exc)
         self.last_write = time.monotonic()
 
-    def throttled(self, progress: float) -> None:
+    def throttled(self, progress: float, message: str | None = None) -> None:
         if time.monotonic() - self.last_write >= self.min_interval_s:
-            self.write(progress)
+            self.write(progress, message)
+
+    def analysis(self, event: AnalysisEvent) -> None:
+        """An analysis job's progress: its one analysis's fraction and what it does now
+        (``pipeline.analyze``'s ``on_progress``); start and end are written at once."""
+        message = f"{event.kind}: {event.message}"
+        if event.fraction in (0.0, 1.0):
+            self.write(event.fraction, message)
+        else:
+            self.throttled(event.fraction, message)
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -467,7 +478,23 @@ def run_train(
         cancelled = isinstance(exc, TrainingCancelledError | JobStoppedError)
         report = {"mlflow_run_id": member.tracker.run_id} if cancelled else member.failed()
         raise RunError(exc, report) from exc
+    record_predictions(db, job, result.predictions)
     return member.succeeded(result.metrics)
+
+
+def record_predictions(db: Database, job: JobInfo, predictions: StoredPrediction | None) -> None:
+    """The experiment's final test labels into the job store (instability across seeds).
+    Informative like progress: a failed write leaves the experiment out of its
+    configuration's instability (the results say how many members it used), never fails
+    the training that succeeded."""
+    if predictions is None:
+        return
+    try:
+        with db.session() as session:
+            jobstore.store_predictions(session, job.experiment_id, predictions)
+            session.commit()
+    except SQLAlchemyError as exc:
+        log.warning("test predictions of experiment %s not recorded: %s", job.experiment_id, exc)
 
 
 def run_stack(
@@ -526,6 +553,8 @@ def run_stack(
                 )
         return reports
     note = f" (stacked with {len(members) - 1} more)"
+    for member, result in zip(members, results, strict=True):
+        record_predictions(db, member.job, result.predictions)
     return [
         {"status": "succeeded", **member.succeeded(result.metrics, note)}
         for member, result in zip(members, results, strict=True)
@@ -575,6 +604,7 @@ def run_analysis(
             workdir=workdir,
             history=history,
             data=load_data(settings, spec),
+            on_progress=reporter.analysis,
         )
         tracker.deliver_all()  # every metric is in MLflow before the job is recorded
     finally:

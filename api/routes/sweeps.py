@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse, PlainTextResponse
 from starlette.background import BackgroundTask
 
@@ -32,6 +32,7 @@ from api.schemas import (
     SweepSubmissionPublic,
 )
 from api.tracking import remove_download
+from regcore.significance import UnknownBaselineError
 from regcore.spec import SweepSpec
 from service import sweeps
 from service.limits import MAX_OFFSET
@@ -152,18 +153,43 @@ def cancel_sweep(
 def read_results(
     sweep: SweepDep,
     output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+    baseline: Annotated[
+        str | None,
+        Query(
+            max_length=2000,
+            description="the row the others are compared with: a configuration, or a row's "
+            "index from 0; default the first",
+        ),
+    ] = None,
 ) -> Response:
     """One row per configuration, in grid order: mean, std and n over its experiments
     (seeds) of test accuracy, robust accuracy at every attacked eps, boundary total
-    variation and distance, curvature, training time. ``format=csv`` for a CSV file."""
-    if output == "csv":
-        text = sweeps.results_csv(sweeps.results(sweep))
-        return PlainTextResponse(
-            text,
-            media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="sweep-{sweep.id}.csv"'},
-        )
-    results = operations.sweep_results(sweep)
+    variation and distance (with the fraction of planes where a boundary was found),
+    curvature, training time; the instability of its predictions
+    across seeds (``instability/*``, from two members up). Each row against the
+    ``baseline`` row, per metric: the difference of means, its 95% CI and a p-value (a
+    paired t-test when both rows used the same seeds, else Welch's), Holm-corrected over
+    the rows compared; a row of one run says no test is possible. A ``baseline`` that
+    names no configuration or row gives 422 with the choices. ``format=csv`` for a CSV
+    file."""
+    try:
+        if output == "csv":
+            text = sweeps.results_csv(sweeps.results(sweep, baseline))
+            return PlainTextResponse(
+                text,
+                media_type="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="sweep-{sweep.id}.csv"'},
+            )
+        results = operations.sweep_results(sweep, baseline)
+    except UnknownBaselineError as exc:
+        error = {
+            "loc": ["query", "baseline"],
+            "msg": str(exc),
+            "type": "unknown_baseline",
+            "input": baseline,
+            "ctx": {"choices": exc.choices},
+        }
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [error]) from None
     return Response(results.model_dump_json(), media_type="application/json")
 
 

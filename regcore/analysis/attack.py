@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -178,11 +179,13 @@ def robust_correct(
     *,
     batch_size: int,
     generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """(E, N) bool: the model's prediction at the attack's x' is y, for each eps (E,).
 
     One batched pass: each chunk of examples is repeated once per positive eps. A row
-    with eps = 0 is x itself (no attack).
+    with eps = 0 is x itself (no attack). ``progress(examples done, examples)`` after
+    each chunk.
     """
     correct = (predict(model, x, batch_size) == y).expand(len(eps), -1).clone()  # (E, N)
     rows = [i for i, value in enumerate(eps) if value > 0]
@@ -199,6 +202,8 @@ def robust_correct(
         with torch.no_grad():
             predicted = model(x_adv).argmax(dim=1).view(len(rows), count)  # (R, n)
         correct[attacked_rows, start:stop] = predicted == y[start:stop]
+        if progress is not None:
+            progress(stop, len(x))
     return correct
 
 
@@ -225,8 +230,20 @@ class AttackAnalysis(Analysis):
             torch.manual_seed(p.seed)  # for any randomness an attack draws globally
             generator = torch.Generator(device=ctx.device).manual_seed(p.seed)
             clean = predict(ctx.model, x, p.batch_size) == y  # (N,)
+            share = 0.8 if p.steps_curve else 1.0  # the steps curve is the rest
+
+            def attacked(done: int, examples: int) -> None:
+                ctx.report(share * done / examples, f"{tag}: {done}/{examples} examples")
+
             adversarial = robust_correct(
-                attack, ctx.model, x, y, p.eps, batch_size=p.batch_size, generator=generator
+                attack,
+                ctx.model,
+                x,
+                y,
+                p.eps,
+                batch_size=p.batch_size,
+                generator=generator,
+                progress=attacked,
             )  # (E, N)
             robust = (adversarial & clean).cpu()  # correct clean and under attack
             steps_eps, steps_accuracy = self._steps_curve(

@@ -10,16 +10,23 @@ training seed, so every model of a comparison sees the same examples and planes.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from regcore.data.base import DataSplits
 from regcore.registry import ComponentParams
+
+if TYPE_CHECKING:
+    from regcore.spec import ExperimentSpec
+
+# (fraction of this analysis done in 0..1, what it does now): a plain callable, so that
+# whoever runs the analysis (a worker, the command line) learns how far it is.
+ProgressCallback = Callable[[float, str], None]
 
 
 @dataclass
@@ -29,6 +36,28 @@ class AnalysisContext:
     device: torch.device
     outdir: Path  # this analysis writes its artifacts here
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch training metrics
+    spec: ExperimentSpec | None = None  # the run's spec (replaying its training); None if unknown
+    progress: ProgressCallback | None = None
+
+    def report(self, fraction: float, message: str = "") -> None:
+        """Tell the caller how far this analysis is (nothing happens when no one listens)."""
+        if self.progress is not None:
+            self.progress(min(1.0, max(0.0, fraction)), message)
+
+
+@dataclass(frozen=True)
+class AnalysisEvent:
+    """Where ``run_analyses`` is: analysis ``index`` (from 1) of ``total``, of ``kind``;
+    ``fraction`` of it done, ``message`` what it does, ``seconds`` since it started;
+    ``finished`` once it returned."""
+
+    index: int
+    total: int
+    kind: str
+    fraction: float
+    message: str
+    seconds: float
+    finished: bool = False
 
 
 @dataclass

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -105,8 +106,10 @@ def label_maps(
     clip: bool = False,
     batch_size: int = 16384,
     device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """(P, R, R) predicted labels; map[p, i, j] at x0_p + coords[i] v1_p + coords[j] v2_p."""
+    """(P, R, R) predicted labels; map[p, i, j] at x0_p + coords[i] v1_p + coords[j] v2_p.
+    ``progress(points done, points)`` after each batch."""
     count, resolution = planes.origins.shape[0], coords.numel()
     origins, v1, v2 = (t.to(device) for t in (planes.origins, planes.v1, planes.v2))
     a = coords.to(device=device, dtype=origins.dtype)
@@ -118,6 +121,8 @@ def label_maps(
         if clip:
             points = points.clamp(0.0, 1.0)
         labels[start:stop] = model(points.view(-1, *input_shape)).argmax(dim=1)
+        if progress is not None:
+            progress(stop, labels.numel())
     return labels.view(count, resolution, resolution).cpu()
 
 
@@ -182,11 +187,19 @@ class BoundaryAnalysis(Analysis):
         result = AnalysisResult()
         rows: list[dict[str, float | int]] = []
         saved: dict[str, np.ndarray] = {"indices": planes.indices.numpy()}
-        for width in params.half_width:
+        widths = len(params.half_width)
+        for number, width in enumerate(params.half_width):
             coords = grid_coordinates(width, params.resolution)
+
+            def mapped(done: int, points: int, number: int = number, width: float = width) -> None:
+                planes_done = done * params.planes // points
+                message = f"half width {width:g}: {planes_done}/{params.planes} planes"
+                ctx.report((number + done / points) / widths, message)
+
             maps = label_maps(
                 ctx.model, planes, coords, input_shape,
                 clip=params.clip, batch_size=params.batch_size, device=ctx.device,
+                progress=mapped,
             )  # fmt: skip
             per_plane = plane_metrics(maps, coords, centre_labels)
             prefix = f"boundary/w{width:g}"

@@ -3,7 +3,9 @@
 With confidences c_i = max_k p_k(x_i) split into equal-width bins B_1..B_M of (0, 1],
 ECE = sum_m |B_m|/N * |acc(B_m) - conf(B_m)| (Guo et al. 2017,
 https://arxiv.org/abs/1706.04599); MCE is the largest bin gap. Also the NLL and the
-Brier score of the full probability vector.
+Brier score of the full probability vector. The NLL is -log_softmax(z)_y =
+logsumexp(z) - z_y from the logits z, finite for any logit gap (the log of a softmax
+probability is -inf once that probability underflows, a gap above ~104 in float32).
 """
 
 from __future__ import annotations
@@ -59,11 +61,18 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int) -> 
 
 
 @torch.no_grad()
-def predict_probabilities(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """(N, C) softmax probabilities, in batches."""
+def predict_log_probabilities(
+    model: torch.nn.Module, x: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """(N, C) log-softmax of the logits, in batches."""
     return torch.cat(
-        [F.softmax(model(x[i : i + batch_size]), dim=1) for i in range(0, len(x), batch_size)]
+        [F.log_softmax(model(x[i : i + batch_size]), dim=1) for i in range(0, len(x), batch_size)]
     )
+
+
+def negative_log_likelihood(log_probabilities: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean -log p_y from (N, C) log-probabilities: finite where p_y underflows to 0."""
+    return float(-log_probabilities.gather(1, y[:, None]).double().mean())
 
 
 @ANALYSES.register("calibration")
@@ -77,7 +86,8 @@ class CalibrationAnalysis(Analysis):
         split = getattr(ctx.data, self.params.split)
         if split is None:
             raise ValueError(f"calibration: the dataset has no {self.params.split} split")
-        probabilities = predict_probabilities(ctx.model, split.x, self.params.batch_size)
+        log_probabilities = predict_log_probabilities(ctx.model, split.x, self.params.batch_size)
+        probabilities = log_probabilities.exp()  # (N, C)
         confidence, predicted = probabilities.max(dim=1)  # (N,), (N,)
         correct = predicted == split.y
         bins = reliability_bins(confidence.cpu().numpy(), correct.cpu().numpy(), self.params.bins)
@@ -85,7 +95,7 @@ class CalibrationAnalysis(Analysis):
         metrics = {
             "calibration/ece": bins.ece,
             "calibration/mce": bins.mce,
-            "calibration/nll": float(-probabilities.gather(1, split.y[:, None]).log().mean()),
+            "calibration/nll": negative_log_likelihood(log_probabilities, split.y),
             "calibration/brier": float(((probabilities - one_hot) ** 2).sum(dim=1).mean()),
             "calibration/mean_confidence": float(confidence.mean()),
             "calibration/accuracy": float(correct.double().mean()),

@@ -75,7 +75,8 @@ def test_catalog_lists_every_registry_with_params_schemas(api: Api) -> None:
     assert {"digits", "mnist", "blobs"} <= names["datasets"]
     assert {"lenet", "mlp", "resnet18"} <= names["models"]
     assert {"jacobian", "l2", "spectral_norm"} <= names["regularizers"]
-    assert {"boundary", "calibration", "geometry", "plots"} <= names["analyses"]
+    analyses = {"boundary", "calibration", "geometry", "noise", "plots", "training_animation"}
+    assert analyses <= names["analyses"]
     assert {"fgsm", "pgd"} <= names["attacks"]
     l2 = next(entry for entry in catalog["regularizers"] if entry["name"] == "l2")
     assert "weight" in l2["params"]["properties"] and l2["summary"]

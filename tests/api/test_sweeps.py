@@ -11,9 +11,13 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
+from regcore.instability import METRICS as INSTABILITY_METRICS
+from regcore.instability import StoredPrediction, labels_checksum
 from regcore.spec import SweepSpec
 from service import jobstore, sweeps
 from service.reports import RUN_KIND_TAG, SWEEP_TAG
@@ -252,11 +256,29 @@ def test_progress_weights_jobs_by_their_expected_duration_and_gives_an_eta(api: 
     }  # fmt: skip
     # Work: 4 x (30 + 10) = 160 s; done: 40 + 0.5 x 30 = 55 s; remaining 105 s, 1 worker.
     assert state["progress"] == pytest.approx(55 / 160, abs=1e-4)
-    assert state["eta_s"] == pytest.approx(105.0, abs=0.1)
+    assert state["eta_s"] == pytest.approx(105.0, abs=0.1) and state["eta_estimated"] is False
     [job] = state["running"]
     assert job["configuration"] == second["configuration"] and job["seed"] == second["seed"]
     assert job["progress"] == 0.5 and job["device"] == "cpu" and job["worker"] == "w1"
     assert job["kind"] == "train" and job["heartbeat_age_s"] is not None
+
+
+def test_an_eta_before_any_job_finished_is_estimated_from_the_running_train(api: Api) -> None:
+    sweep = submit(api)
+    now = utcnow()
+    with api.database.session() as session:
+        running = session.get(Experiment, sweep["experiments"][0]["id"])
+        assert running is not None
+        train = jobstore.train_job(running)
+        train.state, train.progress, train.worker = JobState.RUNNING, 0.5, "w1"
+        train.started_at = train.heartbeat_at = now - timedelta(seconds=60)
+        session.commit()
+    state = api.client.get(f"{SWEEPS}/{sweep['id']}").json()
+    listed = api.client.get(SWEEPS).json()["data"][0]
+    # Half a train job in 60 s: 120 s each, calibration guessed alike; 7.5 jobs left.
+    for answer in (state, listed):
+        assert answer["eta_s"] == pytest.approx(7.5 * 120, rel=0.01)
+        assert answer["eta_estimated"] is True
 
 
 def test_cancel_cancels_every_experiment_and_the_reconciler_reports_it(api: Api) -> None:
@@ -339,6 +361,67 @@ def test_results_give_mean_std_and_n_per_configuration_as_json_and_csv(any_api: 
             assert math.isclose(float(line[f"{name}_mean"]), summary["mean"])
             assert math.isclose(float(line[f"{name}_std"]), summary["std"])
             assert int(line[f"{name}_n"]) == summary["n"]
+
+
+def test_results_compare_each_row_with_a_chosen_baseline(any_api: Api) -> None:
+    """Seeds 0 and 1 in both rows: paired tests; the stored test predictions give the
+    instability; ``baseline`` picks the row compared with, by name or index, else 422."""
+    sweep = submit(any_api)
+    accuracy = [0.90, 0.80, 0.95, 0.87]  # (none, 0), (none, 1), (l2, 0), (l2, 1)
+    metrics = {
+        point["id"]: {"seed": point["seed"], "test_accuracy": value}
+        for point, value in zip(sweep["experiments"], accuracy, strict=True)
+    }
+    finish_all(any_api, sweep, metrics)
+    truth = np.array([0, 1, 2, 3])
+    predicted = [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3], [3, 1, 2, 3]]
+    with any_api.database.session() as session:
+        for point, labels in zip(sweep["experiments"], predicted, strict=True):
+            prediction = StoredPrediction(np.array(labels), labels_checksum(truth))
+            jobstore.store_predictions(session, point["id"], prediction)
+        session.commit()
+
+    url = f"{SWEEPS}/{sweep['id']}/results"
+    results = any_api.client.get(url).json()
+    assert results["baseline"] == CONFIGURATIONS[0]
+    assert results["metrics"][-4:] == list(INSTABILITY_METRICS)
+    base, l2 = results["rows"]
+    assert base["versus_baseline"] == {}
+    assert base["metrics"]["instability/churn"] == {"mean": 0.0, "std": None, "n": 2}
+    assert l2["metrics"]["instability/churn"]["mean"] == pytest.approx(0.25)
+    assert l2["instability"] == {"members": 2, "left_out": {}}
+    expected = stats.ttest_rel([0.95, 0.87], [0.90, 0.80])
+    difference = l2["versus_baseline"]["test_accuracy"]
+    assert difference["test"] == "paired" and difference["n"] == difference["n_baseline"] == 2
+    assert difference["diff"] == pytest.approx(0.06)
+    assert difference["p"] == pytest.approx(expected.pvalue)
+    assert difference["p_holm"] == pytest.approx(expected.pvalue)
+    assert difference["significant"] is False  # two seeds: a wide interval
+    assert difference["ci_low"] < 0 < difference["ci_high"]
+
+    for chosen in (CONFIGURATIONS[1], "1"):
+        reverse = any_api.client.get(url, params={"baseline": chosen}).json()
+        assert reverse["baseline"] == CONFIGURATIONS[1]
+        assert reverse["rows"][1]["versus_baseline"] == {}
+        assert reverse["rows"][0]["versus_baseline"]["test_accuracy"]["diff"] == pytest.approx(
+            -0.06
+        )
+    response = any_api.client.get(url, params={"baseline": CONFIGURATIONS[1], "format": "csv"})
+    lines = list(csv.DictReader(io.StringIO(response.text)))
+    assert [line["baseline"] for line in lines] == [CONFIGURATIONS[1]] * 2
+    assert lines[1]["test_accuracy_test"] == "baseline"
+    assert lines[0]["test_accuracy_test"] == "paired"
+    assert float(lines[0]["test_accuracy_diff"]) == pytest.approx(-0.06)
+
+    for bad in ("dropout", "2", "-1"):
+        response = any_api.client.get(url, params={"baseline": bad})
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["query", "baseline"] and error["type"] == "unknown_baseline"
+        assert error["ctx"]["choices"] == CONFIGURATIONS
+        assert CONFIGURATIONS[1] in error["msg"]
+    csv_response = any_api.client.get(url, params={"baseline": "dropout", "format": "csv"})
+    assert csv_response.status_code == 422
 
 
 def test_the_report_is_logged_to_mlflow_and_served_as_png_and_html(any_api: Api) -> None:

@@ -598,6 +598,92 @@ def test_results_csv_and_markdown_together_is_a_usage_error(server: FakeServer) 
     assert result.exit_code == 2 and server.requests == []
 
 
+def compared_results() -> dict[str, Any]:
+    """RESULTS with the server's comparison against the first row, and instability."""
+    answer = copy.deepcopy(RESULTS)
+    answer["baseline"] = "regularizers=none"
+    answer["metrics"] = [*answer["metrics"], "instability/churn"]
+    none, l2 = answer["rows"]
+    none["versus_baseline"] = {}
+    none["metrics"]["instability/churn"] = {"mean": 0.0125, "std": None, "n": 3}
+    l2["metrics"]["instability/churn"] = {"mean": 0.03, "std": None, "n": 2}
+    difference = {"test": "welch", "n": 2, "n_baseline": 3, "note": None}
+    l2["versus_baseline"] = {
+        "test_accuracy": {
+            **difference, "diff": 0.01766, "ci_low": 0.0101, "ci_high": 0.0252,
+            "p": 0.004, "p_holm": 0.008, "significant": True,
+        },
+        "geometry/curvature_mean": {
+            **difference, "diff": -1.25, "ci_low": -3.5, "ci_high": 1.0,
+            "p": 0.2, "p_holm": 0.4, "significant": False,
+        },
+        "attack/pgd_linf/acc_eps0.1": {
+            **difference, "diff": 0.1, "ci_low": None, "ci_high": None, "p": None,
+            "p_holm": None, "significant": None, "test": None, "n": 1,
+            "note": "n=1: no test possible",
+        },
+    }  # fmt: skip
+    return answer
+
+
+def test_results_against_a_baseline_mark_what_is_significant(server: FakeServer) -> None:
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = compared_results()
+
+    result = regbench("results", SWEEP_ID, "--baseline", "regularizers=none")
+
+    assert result.exit_code == 0, result.output
+    assert server.requests[0].url.params["baseline"] == "regularizers=none"
+    lines = result.stdout.splitlines()
+    assert any(" churn " in line for line in lines)  # the instability column
+    title = next(i for i, line in enumerate(lines) if "vs baseline regularizers=none" in line)
+    header = next(line for line in lines[title:] if "configuration" in line)
+    assert "test acc" in header and "curvature" in header and "TV w40" not in header
+    table = [line for line in lines[title:] if line.startswith("│")]
+    base = cells(next(line for line in table if "regularizers=none" in line))
+    assert base[1] == "baseline"
+    l2 = next(line for line in table if "regularizers=l2" in line)
+    assert "+0.0177 [+0.0101, +0.0252] p=0.008 *" in l2
+    assert "-1.2500 [-3.5000, +1.0000] p=0.4 n.s." in l2
+    assert "+0.1000 (n=1: no test possible)" in l2
+
+
+def test_results_markdown_adds_the_comparison(server: FakeServer) -> None:
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = compared_results()
+
+    result = regbench("results", SWEEP_ID, "--markdown", "--metrics", "test_accuracy")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith(
+        "| configuration | test | test acc |\n"
+        "| :-- | :-- | --: |\n"
+        "| regularizers=none | baseline |  |\n"
+        "| regularizers=l2(weight=0.0005) | welch | +0.0177 [+0.0101, +0.0252] p=0.008 * |\n"
+    )
+
+
+def test_results_with_an_unknown_baseline_show_the_servers_choices(server: FakeServer) -> None:
+    error = {
+        "loc": ["query", "baseline"],
+        "msg": "no configuration 'dropout': choose one of 'regularizers=none', ...",
+        "type": "unknown_baseline",
+    }
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = httpx.Response(422, json={"detail": [error]})
+
+    result = regbench("results", SWEEP_ID, "--baseline", "dropout")
+
+    assert result.exit_code != 0
+    assert "no configuration 'dropout': choose one of 'regularizers=none'" in result.stderr
+
+
+def test_results_csv_passes_the_baseline(server: FakeServer) -> None:
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = RESULTS_CSV
+
+    result = regbench("results", SWEEP_ID, "--csv", "--baseline", "1")
+
+    assert result.exit_code == 0, result.output
+    assert dict(server.requests[0].url.params) == {"format": "csv", "baseline": "1"}
+
+
 def test_a_wide_table_is_not_truncated_off_a_terminal(server: FakeServer) -> None:
     wide = copy.deepcopy(RESULTS)
     names = [f"attack/pgd_linf/acc_eps0.{n}" for n in range(1, 10)]
@@ -611,6 +697,25 @@ def test_a_wide_table_is_not_truncated_off_a_terminal(server: FakeServer) -> Non
     header = next(line for line in result.stdout.splitlines() if "configuration" in line)
     assert all(f"pgd_linf ε=0.{n}" in header for n in range(1, 10))
     assert "…" not in result.stdout
+
+
+def test_results_show_boundary_found_beside_the_distance(server: FakeServer) -> None:
+    found = copy.deepcopy(RESULTS)
+    names = ["boundary/w40/distance_mean", "boundary/w40/boundary_found"]
+    found["metrics"] = ["test_accuracy", *names]
+    for row in found["rows"]:
+        row["metrics"]["boundary/w40/distance_mean"] = {"mean": 3.5, "std": 0.25, "n": 3}
+        row["metrics"]["boundary/w40/boundary_found"] = {"mean": 0.625, "std": 0.125, "n": 3}
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = found
+
+    result = regbench("results", SWEEP_ID)
+
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "configuration" in line)
+    cells = [cell.strip() for cell in header.split("┃")[1:-1]]  # rich's heavy header rule
+    assert cells[-2:] == ["distance w40", "boundary found w40"], result.stdout
+    line = next(line for line in result.stdout.splitlines() if "regularizers=none" in line)
+    assert line.index("3.5000 ± 0.2500") < line.index("0.6250 ± 0.1250")
 
 
 # --------------------------------------------------------------------------- artifacts, report
@@ -806,6 +911,8 @@ def test_short_metric_titles() -> None:
     assert short_metric("attack/pgd_linf/acc_eps0.1") == "pgd_linf ε=0.1"
     assert short_metric("attack/fgsm_linf/acc_eps0.3_steps40") == "fgsm_linf ε=0.3 40 steps"
     assert short_metric("boundary/w40/tv_iso_mean") == "TV w40"
+    assert short_metric("boundary/w40/distance_mean") == "distance w40"
+    assert short_metric("boundary/w40/boundary_found") == "boundary found w40"
     assert short_metric("geometry/curvature_mean") == "curvature"
     assert short_metric("train_seconds") == "train s"
     assert short_metric("calibration/ece") == "ECE"
@@ -834,3 +941,135 @@ def _no_terminal_colours(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("FORCE_COLOR", raising=False)
     monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
     yield
+
+
+# --------------------------------------------------------------------------- narrow terminals
+
+
+def digits_grid_results() -> dict[str, Any]:
+    """A realistic grid's answer: long configurations, many metrics (attacks, boundary,
+    geometry, calibration, instability) and the comparison with the baseline."""
+    names = [
+        "test_accuracy", "test_loss", "val_accuracy", "train_seconds",
+        "attack/pgd_linf/acc_eps0.1", "attack/pgd_linf/acc_eps0.3_steps40",
+        "boundary/w40/tv_iso_mean", "boundary/w40/distance_mean", "boundary/w40/boundary_found",
+        "geometry/curvature_mean", "calibration/ece", "instability/churn",
+        "instability/label_entropy",
+    ]  # fmt: skip
+    configurations = [
+        "regularizers=none",
+        "regularizers=l2(weight=0.0005)",
+        "regularizers=jacobian(weight=0.01,projections=1) training.lr=0.05",
+        "regularizers=spectral_norm(coefficient=1.0) regularizers=dropout(p=0.25)",
+    ]
+    rows = []
+    for number, configuration in enumerate(configurations):
+        metrics = {name: {"mean": 0.9765 - number / 100, "std": 0.0123, "n": 3} for name in names}
+        metrics["instability/churn"] = {"mean": 0.0125, "std": None, "n": 3}
+        row: dict[str, Any] = {
+            "configuration": configuration, "experiments": 3, "succeeded": 3, "metrics": metrics,
+        }  # fmt: skip
+        if number:
+            row["versus_baseline"] = {
+                name: {
+                    "test": "welch", "n": 3, "n_baseline": 3, "note": None, "diff": -0.01766,
+                    "ci_low": -0.0252, "ci_high": -0.0101, "p": 0.004, "p_holm": 0.008,
+                    "significant": True,
+                }
+                for name in names[:4]
+            }  # fmt: skip
+            row["versus_baseline"]["test_loss"] |= {"p_holm": None, "note": "n=1: no test possible"}
+        rows.append(row)
+    return {
+        "sweep_id": SWEEP_ID, "metrics": names, "rows": rows, "baseline": configurations[0],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_results_fit_a_narrow_terminal_with_legends(server: FakeServer, width: int) -> None:
+    answer = digits_grid_results()
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = answer
+
+    result = regbench("results", SWEEP_ID, env={"COLUMNS": str(width)})
+
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert max(len(line) for line in text.splitlines()) <= width, text
+    assert "…" not in text, text
+    flat = " ".join(text.split())  # a legend line may wrap
+    for number, row in enumerate(answer["rows"], start=1):
+        assert f"{number} {row['configuration']}" in flat, text  # the legend of the rows
+    for name in answer["metrics"]:  # a column title, and its full name in the legend
+        assert short_metric(name) in flat and name in flat, name
+    assert "0.9765 ± 0.0123" in text and "-0.0177" in text and "p=0.008" in text
+    assert "n=1: no test possible" in flat and "baseline" in text
+
+
+def test_results_view_fits_the_width_it_is_given(capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    from client.tables import results_view
+
+    # as `regbench run` prints its table (print_results), without a server
+    Console(width=80).print(results_view(digits_grid_results(), width=80))
+
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+def test_status_watch_waits_for_the_report(server: FakeServer) -> None:
+    building = finished_sweep()
+    building["report"] = {"status": "building", "mlflow_run_id": None, "error": None, "files": []}
+    not_started = {**building, "report": {**building["report"], "status": "none"}}
+    server[f"GET /sweeps/{SWEEP_ID}"] = [RUNNING_SWEEP, not_started, building, finished_sweep()]
+
+    result = regbench("status", SWEEP_ID, "--watch", "--interval", "0")
+
+    assert result.exit_code == 0, result.output
+    assert server.paths().count(f"GET /sweeps/{SWEEP_ID}") == 4  # until the report is done
+    assert "report: done (report.png, report.html)" in result.stdout
+
+
+def test_status_watch_stops_when_no_report_is_started(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    never = finished_sweep()
+    never["report"] = {"status": "none", "mlflow_run_id": None, "error": None, "files": []}
+    server[f"GET /sweeps/{SWEEP_ID}"] = never
+    monkeypatch.setattr(cli, "REPORT_START_GRACE_S", 0.0)
+
+    result = regbench("status", SWEEP_ID, "--watch", "--interval", "0")
+
+    assert result.exit_code == 0, result.output
+    assert "report: none" in result.stdout
+
+
+def test_submit_wait_off_a_terminal_prints_a_line_only_when_progress_changes(
+    server: FakeServer, grid_file: Path
+) -> None:
+    server["POST /sweeps"] = SUBMITTED
+    # Five polls, 2 s apart: only the ETA moves, then one more experiment succeeds.
+    polls = [{**RUNNING_SWEEP, "eta_s": 185.0 - 2 * n} for n in range(5)]
+    advanced = {**RUNNING_SWEEP, "progress": 0.75, "eta_s": 120.0}
+    advanced["experiments"] = {**RUNNING_SWEEP["experiments"], "succeeded": 4, "queued": 1}
+    server[f"GET /sweeps/{SWEEP_ID}"] = [*polls, advanced, finished_sweep()]
+    server[f"GET /sweeps/{SWEEP_ID}/results"] = RESULTS
+
+    result = regbench("submit", str(grid_file), "--wait")
+
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"sweep {SWEEP_ID}:")]
+    assert [line.split(":")[1].split()[0] for line in lines] == ["62%", "75%", "100%"], lines
+    assert "ETA 3m05s" in lines[0] and "ETA 2m00s" in lines[1]
+
+
+def test_an_estimated_eta_says_so(server: FakeServer) -> None:
+    server[f"GET /sweeps/{SWEEP_ID}"] = {**RUNNING_SWEEP, "eta_estimated": True}
+
+    result = regbench("status", SWEEP_ID)
+
+    assert result.exit_code == 0, result.output
+    assert "ETA ~3m05s (estimate)" in result.stdout

@@ -107,6 +107,7 @@ def test_the_digits_grid_through_the_client_on_a_live_stack(
         "attack/pgd_linf/acc_eps0.2",
         "boundary/w20/tv_iso_mean",
         "boundary/w40/distance_mean",
+        "boundary/w40/boundary_found",
         "geometry/curvature_mean",
         "train_seconds",
     ):
@@ -115,6 +116,9 @@ def test_the_digits_grid_through_the_client_on_a_live_stack(
         runs = by_configuration[row["configuration"]]
         assert row["experiments"] == row["succeeded"] == len(runs) == 2
         for metric, summary in row["metrics"].items():
+            if metric.startswith("instability/"):  # one number per configuration, over seeds
+                assert summary["n"] == 2 and summary["std"] is None
+                continue
             values = [run[metric] for run in runs]
             assert summary["n"] == 2
             assert abs(summary["mean"] - statistics.fmean(values)) < 1e-12
@@ -135,7 +139,13 @@ def test_the_digits_grid_through_the_client_on_a_live_stack(
     assert [line["configuration"] for line in lines] == expected_labels
     assert all(int(line[f"{COLUMN}_n"]) == 2 for line in lines)
     markdown = regbench(server, "results", sweep_id, "--markdown").stdout.splitlines()
-    assert len(markdown) == 2 + 3 and markdown[0].startswith("| configuration | n |")
+    # the results, then each configuration against the first (paired: the same seeds)
+    assert len(markdown) == 2 + 3 + 1 + 2 + 3 and markdown[0].startswith("| configuration | n |")
+    assert markdown[6].startswith("| configuration | test |")
+    assert markdown[8].startswith("| regularizers=none | baseline |")
+    assert all("| paired |" in line for line in markdown[9:])
+    assert results["baseline"] == "regularizers=none"
+    assert results["rows"][0]["instability"] == {"members": 2, "left_out": {}}
 
     # `regbench status`: the finished sweep, then the overview of every sweep.
     done_view = regbench(server, "status", sweep_id)

@@ -106,3 +106,51 @@ def test_the_pipeline_runs_every_analysis_on_cuda(tmp_path: Path, cuda: torch.de
     assert any(path.suffix == ".png" for path, _ in tracker.artifacts)
     saved = load_checkpoint(result.model_path)  # written from the GPU, read on the CPU
     assert all(not t.is_cuda for t in saved["model"].values())
+
+
+def test_noise_on_cuda_sees_the_cpu_noise(
+    trained: tuple[nn.Module, torch.Tensor, torch.Tensor], tmp_path: Path, cuda: torch.device
+) -> None:
+    """The noise is drawn on the CPU whatever the device: the same points and draws on
+    CUDA as on the CPU, and (up to last-bit differences of the forward pass) the same
+    accuracies; zero noise is the clean accuracy."""
+    from regcore.analysis.base import AnalysisContext
+    from regcore.registries import ANALYSES
+
+    model, _, _ = trained
+    data = load_dataset(SPEC.dataset, SPEC.training.seed)
+    params = {"samples": 300, "draws": 2}
+    on_gpu = ANALYSES.build("noise", params).run(
+        AnalysisContext(model, data.to(cuda), cuda, tmp_path / "cuda")
+    )
+    cpu_model = model.to("cpu")
+    try:
+        on_cpu = ANALYSES.build("noise", params).run(
+            AnalysisContext(cpu_model, data, torch.device("cpu"), tmp_path / "cpu")
+        )
+    finally:
+        model.to(cuda)
+    assert (tmp_path / "cuda/noise/draws.json").read_text() == (
+        tmp_path / "cpu/noise/draws.json"
+    ).read_text()
+    assert on_gpu.metrics.keys() == on_cpu.metrics.keys()
+    for key, value in on_gpu.metrics.items():
+        assert value == pytest.approx(on_cpu.metrics[key], abs=2 / 300), key
+    with torch.no_grad():
+        clean = (model(data.test.x.to(cuda)).argmax(dim=1).cpu() == data.test.y).double().mean()
+    assert on_gpu.metrics["noise/gaussian_l2/acc_eps0"] == pytest.approx(clean.item())
+
+
+def test_training_animation_on_cuda(tmp_path: Path, cuda: torch.device) -> None:
+    spec = ExperimentSpec.model_validate(
+        {
+            "dataset": {"name": "blobs", "n_train": 200, "n_test": 100},
+            "model": {"name": "mlp", "hidden": [16]},
+            "training": {"epochs": 2, "batch_size": 30, "seed": 0, "device": "cuda"},
+            "analyses": [{"kind": "training_animation", "every": 3, "resolution": 30}],
+        }
+    )
+    result = run(spec, MemoryTracker(), workdir=tmp_path)
+    steps = 2 * math.ceil(180 / 30)  # 12: frames at 0, 3, 6, 9, 12
+    assert result.metrics["training_animation/frames"] == steps // 3 + 1
+    assert (tmp_path / "analyses/training_animation/decision_regions.gif").stat().st_size > 0

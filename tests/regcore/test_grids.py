@@ -31,6 +31,7 @@ EXPECTED: dict[str, tuple[int, list[int]]] = {
     "part3-cifar100-resnet18.yaml": (4 * 2, [0, 1, 2, 3, 4]),
     "low-curvature.yaml": (6, [0, 1, 2]),  # the table's six rows
     "digits.yaml": (3, [0, 1]),  # none, l2, jacobian
+    "toy-blobs.yaml": (5, [0, 1]),  # none, l1, l2, svb_hard, jacobian
     # {none, l2, jacobian, l2 + jacobian} x dropout {0, 0.5}: the paper's five rows + 3 more
     "reproduce-hoffman2019.yaml": (4 * 2, [0, 1, 2]),
     "reproduce-study-mnist.yaml": (3, [0, 1, 2, 3, 4]),  # none, l2, svb_hard
@@ -40,7 +41,7 @@ PART3 = {
     "part3-cifar10-ddnet.yaml": ("cifar10", "ddnet"),
     "part3-cifar100-resnet18.yaml": ("cifar100", "resnet18"),
 }
-LINF_BUDGET = {"mnist": 0.3, "cifar10": 8 / 255, "cifar100": 8 / 255}  # SCIENCE.md, Attacks
+LINF_BUDGET = {"mnist": 0.3, "cifar10": 8 / 255, "cifar100": 8 / 255}  # docs/science.md, Attacks
 
 # The end-to-end test runs digits.yaml in full on 2 CPU cores: keep every job seconds long.
 DIGITS_MAX_EXPERIMENTS = 6
@@ -239,6 +240,26 @@ def test_digits_grid_stays_small_enough_for_the_end_to_end_test() -> None:
         assert geometry.samples <= 200 and geometry.iterations <= 10
 
 
+# --------------------------------------------------------------------------- toy blobs
+
+
+def test_toy_blobs_grid_is_the_2d_toy_problem_and_animates_it() -> None:
+    assert {regularizer_names(spec) for spec in specs("toy-blobs.yaml")} == {
+        (),
+        ("l1",),
+        ("l2",),
+        ("svb_hard",),
+        ("jacobian",),
+    }
+    for spec in specs("toy-blobs.yaml"):
+        assert spec.dataset.name == "blobs" and spec.model.name == "mlp"
+        assert spec.training.device == "cpu" and spec.resources.queue == "cpu"
+        assert spec.training.epochs <= 30  # a CPU grid of minutes (grids/README.md)
+        (animation,) = analyses(spec, "training_animation")
+        assert animation.max_frames >= 2 and animation.every >= 1
+        assert analyses(spec, "noise") and analyses(spec, "boundary")
+
+
 # --------------------------------------------------------------------------- reproductions
 
 
@@ -284,9 +305,8 @@ def test_study_reproduction_grid_is_the_part3_recipe_with_dropout() -> None:
     rows = {regularizer_names(s) for s in specs("reproduce-study-mnist.yaml")}
     assert rows == {(), ("l2",), ("svb_hard",)}
     for spec in specs("reproduce-study-mnist.yaml"):
-        assert (
-            json.dumps(without_seed(spec)["training"], sort_keys=True) in part3
-        )  # the same recipe
+        recipe = json.dumps(without_seed(spec)["training"], sort_keys=True)
+        assert recipe in part3  # the study's recipe
         assert spec.model.params.dropout == 0.5 and spec.model.params.activation == "tanh"
         assert spec.dataset.params.val_fraction == 0 and spec.dataset.params.download is False
         (geometry,) = analyses(spec, "geometry")

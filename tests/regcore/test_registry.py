@@ -67,3 +67,13 @@ def test_project_registries_load_their_packages(registry: Registry) -> None:
 
 def test_analyses_registry_is_importable() -> None:
     ANALYSES.names()
+
+
+def test_every_analysis_has_a_summary_defaults_and_a_kind_the_job_table_holds() -> None:
+    from service.tables import Job  # an analysis job's kind is the analysis' name
+
+    column = Job.__table__.c.kind.type.length
+    for entry in ANALYSES:
+        assert entry.summary, f"analysis {entry.name} needs a docstring"
+        entry.params()  # every analysis has usable defaults
+        assert len(entry.name) <= column, f"analysis kind {entry.name!r} > String({column})"

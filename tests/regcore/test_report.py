@@ -11,8 +11,10 @@ import matplotlib.image
 import pytest
 
 from regcore.analysis.plots import STYLE
-from regcore.compare import ComparisonRow, Summary
+from regcore.compare import ComparisonRow, Summary, summarize
+from regcore.instability import CHURN, Instability, add_instability
 from regcore.report import PANEL_SIZE, build_report
+from regcore.significance import versus_baseline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASELINE = "baseline"
@@ -195,3 +197,73 @@ def test_runs_default_to_the_row_count_and_nan_shows_a_dash() -> None:
     ]
     table = html_rows(build_report("t", data, ["test_accuracy"]).html)
     assert table == {"a": ["2", "0.8000 ± 0.1000 (n=2)"], "b": ["2", "–"]}
+
+
+def test_html_table_shows_boundary_found_right_after_each_distance() -> None:
+    from regcore.compare import result_metrics
+
+    data = [
+        ComparisonRow(
+            BASELINE,
+            3,
+            {
+                "test_accuracy": Summary(0.9, 0.01, 3),
+                "boundary/w20/tv_iso_mean": Summary(1.5, 0.1, 3),
+                "boundary/w20/distance_mean": Summary(4.0, 0.5, 3),
+                "boundary/w20/boundary_found": Summary(0.25, 0.05, 3),
+            },
+        )
+    ]
+    metrics = result_metrics([*data[0].metrics, "boundary/w20/distance_std"])
+    report = build_report("t", data, metrics)
+    header = report.html.split("<thead>", 1)[1].split("</thead>", 1)[0]
+    assert re.findall(r"<th>(.*?)</th>", header) == [
+        "configuration", "runs", "test_accuracy", "boundary/w20/tv_iso",
+        "boundary/w20/distance", "boundary/w20/boundary_found",
+    ]  # fmt: skip
+    cells = html_rows(report.html)[BASELINE]
+    assert cells[-2:] == ["4.0000 ± 0.5000 (n=3)", "0.2500 ± 0.0500 (n=3)"]
+    # the found fraction is no total variation: the TV panel shows only tv_iso
+    assert report.panels == ["decision-boundary total variation", "test accuracy"]
+
+
+def test_report_shows_significance_against_the_baseline_and_instability() -> None:
+    """The comparison from real values: a significant row marked, one of one run says no
+    test is possible; the instability metrics are columns (one number, n members)."""
+    data = [
+        ComparisonRow(BASELINE, 3, values={"test_accuracy": [(0, 0.90), (1, 0.91), (2, 0.89)]}),
+        ComparisonRow(L2, 3, values={"test_accuracy": [(0, 0.95), (1, 0.97), (2, 0.93)]}),
+        ComparisonRow(ODD, 1, values={"test_accuracy": [(0, 0.5)]}),
+    ]
+    for row in data:
+        row.metrics["test_accuracy"] = summarize([v for _, v in row.values["test_accuracy"]])
+    columns = add_instability(
+        data[:2],
+        ["test_accuracy"],
+        {BASELINE: Instability({CHURN: 0.125}, 3), L2: Instability({CHURN: 0.0}, 3)},
+    )
+    _, versus = versus_baseline(data, columns)
+    report = build_report("t", data, columns, versus=versus, baseline=BASELINE)
+    assert report.png[:8] == PNG_MAGIC
+
+    table = html_rows(report.html)
+    assert table[BASELINE] == ["3", "0.9000 ± 0.0100 (n=3)", "0.1250 (n=3)"]
+    section = report.html.split(f"Against the baseline {BASELINE}", 1)[1]
+    body = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    lines = [
+        [html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", line)]
+        for line in re.findall(r"<tr>(.*?)</tr>", body)
+    ]
+    l2 = versus[L2]["test_accuracy"]
+    assert l2.significant is True and l2.test == "paired"
+    assert lines[0] == [BASELINE, "baseline", ""]
+    assert lines[1] == [
+        L2,
+        "paired",
+        f"+0.0500 [{l2.ci_low:+.4f}, {l2.ci_high:+.4f}] p={l2.p_holm:.2g} *",
+    ]
+    assert lines[2] == [ODD, "–", "-0.4000 (n=1: no test possible)"]
+    assert "instability/churn" not in section  # not compared: one number per configuration
+
+    plain = build_report("t", data, columns)  # no comparison given: no section
+    assert "Against the baseline" not in plain.html

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +95,23 @@ def test_grid_runs_every_point_and_prints_a_comparison(tmp_path: Path) -> None:
     assert "regularizers=none" in done.stdout and "regularizers=l1" in done.stdout
     assert "±" in done.stdout  # two seeds per configuration
     lines = [line for line in done.stdout.splitlines() if "regularizers=" in line]
-    assert len(lines) == 2 and all("│ 2 │" in line for line in lines)
+    table = lines[:2]
+    assert all("│ 2 │" in line for line in table)
+    assert " churn " in done.stdout and " all agree " in done.stdout  # instability of 2 seeds
+    # each row against the first: paired by seed, a test per metric, marked or n.s.
+    assert "vs baseline regularizers=none" in done.stdout
+    versus = lines[-2:]
+    assert "baseline" in versus[0] and "paired" in versus[1]
+    assert "p=" in versus[1] and ("n.s." in versus[1] or " *" in versus[1])
+
+
+def test_run_refuses_an_unknown_baseline_before_training(tmp_path: Path) -> None:
+    grid = {"base": SPEC, "grid": {"regularizers": [[], [{"name": "l1"}]]}}
+    path = write(tmp_path / "grid.yaml", grid)
+    done = regbench("run", str(path), "--baseline", "dropout", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "choose one of 'regularizers=none'" in done.stderr
+    assert not (tmp_path / "store").exists() and "test acc" not in done.stdout
 
 
 def test_invalid_grid_point_is_refused_before_anything_runs(tmp_path: Path) -> None:
@@ -187,6 +204,12 @@ def test_analyze_a_finished_run_logs_into_the_same_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     metrics = json.loads(done.stdout)
     assert metrics["mlflow_run_id"] == run_id and "calibration/ece" in metrics
+    # Feedback on stderr while it works (off a terminal: a line as each starts, finishes).
+    said = done.stderr.splitlines()
+    assert f"run {run_id}: fetching its checkpoint and data" in said
+    for number, kind in ((1, "calibration"), (2, "boundary")):
+        assert f"analysis {number}/2 {kind}: started" in said, done.stderr
+        assert re.search(rf"^analysis {number}/2 {kind}: done in \d+\.\d s$", done.stderr, re.M)
     client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     assert client.list_artifacts(run_id, "analyses/calibration")
     assert client.list_artifacts(run_id, "analyses/boundary")

@@ -24,7 +24,15 @@ from service.schema import (
 )
 from service.tables import Base
 
-TABLES = {"sweeps", "sweep_experiments", "experiments", "jobs", "workers", "users"}
+TABLES = {
+    "sweeps",
+    "sweep_experiments",
+    "experiments",
+    "jobs",
+    "workers",
+    "users",
+    "predictions",
+}
 
 
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
@@ -84,6 +92,41 @@ def test_0005_makes_sweeps_unique_per_owner(database_url: str) -> None:
     downgrade_database(database_url, "0004")  # back to one sweep per hash
     with pytest.raises(IntegrityError), engine.begin() as connection:
         connection.execute(text(insert), {"id": "s4", "owner": "bob"})
+    engine.dispose()
+
+
+def test_0006_adds_predictions_beside_the_experiments_recorded_before(database_url: str) -> None:
+    """Old experiments keep their rows and have no predictions; a new one may store them,
+    as bytes that come back unchanged; downgrading drops only the table."""
+    upgrade_database(database_url, "0005")
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO experiments (id, name, owner, spec, spec_hash, dedup_key, "
+                "created_at) VALUES ('e1', 'old', 'anonymous', '{}', 'h', 'h', "
+                "CURRENT_TIMESTAMP)"
+            )
+        )
+    upgrade_database(database_url)
+    labels = bytes([0, 9, 3, 255])
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT count(*) FROM predictions")).scalar() == 0
+        connection.execute(
+            text(
+                "INSERT INTO predictions (experiment_id, split, labels, dtype, n, "
+                "labels_checksum, created_at) VALUES ('e1', 'test', :labels, '|u1', 4, 'c', "
+                "CURRENT_TIMESTAMP)"
+            ),
+            {"labels": labels},
+        )
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT labels, n FROM predictions")).one()
+        assert (bytes(stored[0]), stored[1]) == (labels, 4)
+    downgrade_database(database_url, "0005")
+    assert "predictions" not in inspect(engine).get_table_names()
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT id FROM experiments")).scalars().all() == ["e1"]
     engine.dispose()
 
 

@@ -11,12 +11,17 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
+from scipy import stats
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from regcore.compare import compare
+from regcore.instability import CHURN, StoredPrediction, labels_checksum
+from regcore.instability import METRICS as INSTABILITY_METRICS
+from regcore.significance import UnknownBaselineError
 from regcore.spec import SweepSpec
 from service import jobstore, sweeps
 from service.db import Database
@@ -512,7 +517,7 @@ def test_results_rows_per_configuration(database: Database) -> None:
 
     text = sweeps.results_csv(results)
     lines = list(csv.reader(io.StringIO(text)))
-    assert lines[0] == [
+    assert lines[0][:9] == [
         "configuration",
         "experiments",
         "succeeded",
@@ -561,6 +566,14 @@ def test_results_of_a_single_run_and_a_metric_missing_from_a_configuration(
     assert float(parsed[0]["train_seconds_mean"]) == 3.0
 
 
+NO_COMPARISON = {  # the CSV's significance and instability columns of a bare SweepResults
+    "baseline": "",
+    "instability_members": "",
+    "instability_left_out": "",
+    **{f"test_accuracy_{column}": "" for column in sweeps.VERSUS_COLUMNS},
+}
+
+
 def test_nan_summaries_become_null_and_empty_cells() -> None:
     rows = compare(
         [("a", {"test_accuracy": math.nan}), ("a", {"test_accuracy": math.inf}), ("b", {})],
@@ -571,7 +584,14 @@ def test_nan_summaries_become_null_and_empty_cells() -> None:
     results = sweeps.SweepResults(["test_accuracy"], rows, {"a": 2, "b": 1}, {"a": 2, "b": 0})
     records = sweeps.results_records(results)
     assert records[0]["metrics"] == {"test_accuracy": {"mean": None, "std": None, "n": 0}}
-    assert records[1] == {"configuration": "b", "experiments": 1, "succeeded": 0, "metrics": {}}
+    assert records[1] == {
+        "configuration": "b",
+        "experiments": 1,
+        "succeeded": 0,
+        "metrics": {},
+        "versus_baseline": {},
+        "instability": None,
+    }
     parsed = list(csv.DictReader(io.StringIO(sweeps.results_csv(results))))
     assert [dict(line) for line in parsed] == [
         {
@@ -581,6 +601,7 @@ def test_nan_summaries_become_null_and_empty_cells() -> None:
             "test_accuracy_mean": "",
             "test_accuracy_std": "",
             "test_accuracy_n": "0",
+            **NO_COMPARISON,
         },
         {
             "configuration": "b",
@@ -589,8 +610,149 @@ def test_nan_summaries_become_null_and_empty_cells() -> None:
             "test_accuracy_mean": "",
             "test_accuracy_std": "",
             "test_accuracy_n": "0",
+            **NO_COMPARISON,
         },
     ]
+
+
+ACCURACY = {
+    (NONE_LABEL, 0): 0.90,
+    (NONE_LABEL, 1): 0.80,
+    (NONE_LABEL, 2): 0.85,
+    (L2_LABEL, 0): 0.95,
+    (L2_LABEL, 1): 0.86,
+    (L2_LABEL, 2): 0.93,
+}
+TRUTH = np.array([0, 1, 2, 0, 1, 2])
+PREDICTED = {  # L2's seed 2 failed before it predicted anything
+    (NONE_LABEL, 0): [0, 1, 2, 0, 1, 2],
+    (NONE_LABEL, 1): [0, 1, 2, 0, 1, 2],
+    (NONE_LABEL, 2): [0, 1, 2, 0, 1, 2],
+    (L2_LABEL, 0): [0, 1, 2, 0, 1, 2],
+    (L2_LABEL, 1): [0, 1, 2, 0, 1, 1],
+}
+
+
+def store_run(
+    session: Session, member: SweepMember, labels: list[int] | None, truth: np.ndarray = TRUTH
+) -> None:
+    accuracy = ACCURACY[(member.configuration, member.seed)]
+    member.experiment.metrics = {"seed": member.seed, "test_accuracy": accuracy}
+    finish_experiment(member.experiment, JobState.SUCCEEDED if labels else JobState.FAILED)
+    if labels is not None:
+        prediction = StoredPrediction(np.array(labels), labels_checksum(truth))
+        jobstore.store_predictions(session, member.experiment_id, prediction)
+
+
+def test_results_compare_rows_with_the_baseline_and_measure_instability(
+    database: Database,
+) -> None:
+    submission = submit(database, document())
+    with database.session() as session:
+        for member in load(session, submission.sweep.id).members:
+            store_run(session, member, PREDICTED.get((member.configuration, member.seed)))
+        session.commit()
+        failed = next(m.experiment_id for m in submission.members if m.seed == 2 and m.position > 2)
+    with database.session() as session:
+        results = sweeps.results(load(session, submission.sweep.id))
+
+    assert results.metrics == ["test_accuracy", *INSTABILITY_METRICS]
+    assert results.baseline == NONE_LABEL
+    none_row, l2_row = results.rows
+    assert {name: none_row.metrics[name].mean for name in INSTABILITY_METRICS} == {
+        CHURN: 0.0,
+        "instability/label_entropy": 0.0,
+        "instability/majority_agreement": 1.0,
+        "instability/all_agree": 1.0,
+    }
+    assert none_row.metrics[CHURN].n == 3 and math.isnan(none_row.metrics[CHURN].std)
+    assert l2_row.metrics[CHURN].mean == pytest.approx(1 / 6)  # one point of six differs
+    assert l2_row.metrics["instability/all_agree"].mean == pytest.approx(5 / 6)
+    assert l2_row.metrics[CHURN].n == 2  # the failed member is left out, and counted
+    assert results.instability[L2_LABEL].left_out == {failed: "no stored predictions"}
+
+    difference = results.versus[L2_LABEL]["test_accuracy"]
+    assert results.versus[NONE_LABEL] == {}  # the baseline compares with nothing
+    assert CHURN not in results.versus[L2_LABEL]  # one number per configuration: no test
+    expected = stats.ttest_rel([0.95, 0.86, 0.93], [0.90, 0.80, 0.85])  # paired by seed
+    assert difference.test == "paired"
+    assert difference.diff == pytest.approx((0.95 + 0.86 + 0.93) / 3 - 0.85)
+    assert difference.p == pytest.approx(expected.pvalue)
+    assert difference.p_holm == pytest.approx(expected.pvalue)  # one row compared
+    interval = expected.confidence_interval(0.95)
+    assert (difference.ci_low, difference.ci_high) == pytest.approx((interval.low, interval.high))
+
+    records = sweeps.results_records(results)
+    assert records[0]["versus_baseline"] == {}
+    assert records[0]["instability"] == {"members": 3, "left_out": {}}
+    assert records[0]["metrics"][CHURN] == {"mean": 0.0, "std": None, "n": 3}
+    record = records[1]["versus_baseline"]["test_accuracy"]
+    assert record["test"] == "paired" and record["significant"] == (expected.pvalue < 0.05)
+    assert record["p_holm"] == pytest.approx(expected.pvalue)
+    assert records[1]["instability"] == {
+        "members": 2,
+        "left_out": {failed: "no stored predictions"},
+    }
+
+    parsed = list(csv.DictReader(io.StringIO(sweeps.results_csv(results))))
+    assert parsed[0]["baseline"] == parsed[1]["baseline"] == NONE_LABEL
+    assert parsed[0]["test_accuracy_test"] == "baseline" and parsed[0]["test_accuracy_p"] == ""
+    assert parsed[1]["test_accuracy_test"] == "paired"
+    assert float(parsed[1]["test_accuracy_p_holm"]) == difference.p_holm
+    assert float(parsed[1]["test_accuracy_diff_ci_low"]) == difference.ci_low
+    assert float(parsed[1]["instability/churn_mean"]) == pytest.approx(1 / 6)
+    assert parsed[1]["instability_members"] == "2" and parsed[1]["instability_left_out"] == "1"
+    assert "instability/churn_p" not in parsed[0]
+
+    with database.session() as session:
+        by_name = sweeps.results(load(session, submission.sweep.id), baseline=L2_LABEL)
+        by_index = sweeps.results(load(session, submission.sweep.id), baseline="1")
+        with pytest.raises(UnknownBaselineError, match="choose one of"):
+            sweeps.results(load(session, submission.sweep.id), baseline="dropout")
+    assert by_name.baseline == by_index.baseline == L2_LABEL
+    reverse = by_name.versus[NONE_LABEL]["test_accuracy"]
+    assert reverse.diff == pytest.approx(-difference.diff)
+    assert reverse.p == pytest.approx(difference.p)
+
+
+def test_instability_leaves_out_members_predicted_on_another_test_set(
+    database: Database,
+) -> None:
+    submission = submit(database, document({"training.seed": [0, 1, 2]}))
+    other = np.array([2, 2, 2, 0, 1, 2])
+    with database.session() as session:
+        for member in load(session, submission.sweep.id).members:
+            member.configuration = NONE_LABEL  # ACCURACY's keys
+            truth = other if member.seed == 1 else TRUTH
+            store_run(session, member, [0, 1, 2, 0, 1, member.seed], truth)
+        session.commit()
+        moved = next(m.experiment_id for m in submission.members if m.seed == 1)
+    with database.session() as session:
+        results = sweeps.results(load(session, submission.sweep.id))
+    (row,) = results.rows
+    assert row.metrics[CHURN].n == 2
+    assert row.metrics[CHURN].mean == pytest.approx(1 / 6)  # seeds 0 and 2 differ once
+    assert results.instability[row.configuration].left_out == {
+        moved: "predicted on a different test set"
+    }
+    assert results.versus == {row.configuration: {}}  # one row: nothing to compare
+
+
+def test_a_single_run_row_says_no_test_is_possible(database: Database) -> None:
+    submission = submit(database, document({"regularizers": [[], L2], "training.seed": [0]}))
+    with database.session() as session:
+        sweep = load(session, submission.sweep.id)
+        for member in sweep.members:
+            member.experiment.metrics = {"seed": 0, "test_accuracy": 0.9}
+        session.commit()
+    with database.session() as session:
+        results = sweeps.results(load(session, submission.sweep.id))
+    record = sweeps.results_records(results)[1]["versus_baseline"]["test_accuracy"]
+    assert record["p"] is None and record["significant"] is None
+    assert record["note"] == "n=1: no test possible" and record["diff"] == 0.0
+    assert results.instability == {}  # one member per configuration
+    parsed = list(csv.DictReader(io.StringIO(sweeps.results_csv(results))))
+    assert parsed[1]["test_accuracy_test"] == "n=1: no test possible"
 
 
 # --------------------------------------------------------------------------- progress
@@ -651,13 +813,17 @@ def test_progress_counts_weights_and_eta(database: Database) -> None:
         ]
         lone = sweeps.progress(sweep, expected_s=expected, workers=0)
         assert lone.eta_s == pytest.approx(10.5)  # no live worker: counted as one
-        # calibration still has work left and no expected duration: no ETA, and its
-        # weight falls back to the mean of the known kinds (10)
-        partial = sweeps.progress(sweep, expected_s={"train": 10.0}, workers=3)
-        assert partial.eta_s is None
+        assert not state.eta_estimated
+        # calibration still has work left and no expected duration: its weight falls back
+        # to the mean of the known kinds (10); its ETA is estimated from the running
+        # calibration job, half done 2 s after it started (4 s): 0.5 * 4 + 7.5 + 4 on 3
+        partial = sweeps.progress(sweep, expected_s={"train": 10.0}, workers=3, now=at(12))
+        assert partial.eta_s == pytest.approx(4.5) and partial.eta_estimated
         assert partial.progress == pytest.approx((10 + 5 + 2.5) / 40)
-        unknown = sweeps.progress(sweep, expected_s={}, workers=3)
-        assert unknown.eta_s is None and unknown.progress == pytest.approx(1.75 / 4)
+        # nothing measured: train from its running job too (a quarter in 11 s: 44 s)
+        unknown = sweeps.progress(sweep, expected_s={}, workers=3, now=at(12))
+        assert unknown.eta_s == pytest.approx((2 + 33 + 4) / 3) and unknown.eta_estimated
+        assert unknown.progress == pytest.approx(1.75 / 4)
 
         # the remaining kinds known: an ETA even though a finished kind is not
         a, b = (jobs_by_kind(m.experiment) for m in sweep.members)
@@ -668,6 +834,31 @@ def test_progress_counts_weights_and_eta(database: Database) -> None:
         only_calibration = sweeps.progress(sweep, expected_s={"calibration": 2.0}, workers=1)
         assert only_calibration.eta_s == pytest.approx(1.0)
         session.rollback()
+
+
+def test_eta_of_job_kinds_that_never_finished_is_estimated(database: Database) -> None:
+    submission = submit(database, document({"regularizers": [[], L2]}))
+    with database.session() as session:
+        sweep = load(session, submission.sweep.id)
+        a, _ = (jobs_by_kind(m.experiment) for m in sweep.members)
+        set_job(a["train"], JobState.RUNNING, progress=0.25, started=T0)
+        session.commit()
+    with database.session() as session:
+        sweep = load(session, submission.sweep.id)
+        # A fresh store: no job has ever finished. The running train job, a quarter done
+        # after 30 s, takes about 120 s; the calibration jobs are guessed alike.
+        fresh = sweeps.progress(sweep, expected_s={}, workers=1, now=at(30))
+        assert fresh.eta_s == pytest.approx(0.75 * 120 + 120 + 2 * 120) and fresh.eta_estimated
+        counted = sweeps.tallies(session, [sweep])[sweep.id]  # the API's path, counted in SQL
+        listed = sweeps.summarize(counted, expected_s={}, workers=1, now=at(30))
+        assert listed.eta_s == fresh.eta_s and listed.eta_estimated
+        # train measured (10 s), calibration never finished anywhere: as long as train
+        trained = sweeps.progress(sweep, expected_s={"train": 10.0}, workers=1, now=at(30))
+        assert trained.eta_s == pytest.approx(7.5 + 10 + 2 * 10) and trained.eta_estimated
+        # every remaining kind measured: the ETA is no guess
+        known = {"train": 10.0, "calibration": 2.0}
+        measured = sweeps.progress(sweep, expected_s=known, workers=1, now=at(30))
+        assert measured.eta_s == pytest.approx(7.5 + 10 + 2 * 2) and not measured.eta_estimated
 
 
 def test_finished_sweep_has_eta_zero_and_a_finish_time(database: Database) -> None:

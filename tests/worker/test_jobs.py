@@ -40,6 +40,9 @@ def test_spec_is_trained_then_its_analysis_runs_into_the_same_run(backend: Backe
     metrics = experiment["metrics"]
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["epochs"] == 3
     assert "calibration/ece" in metrics  # the analysis job's metrics, merged in
+    with backend.db.session() as session:  # the test labels, for instability across seeds
+        predicted = jobstore.stored_predictions(session, [experiment_id])[experiment_id]
+    assert len(predicted.labels) > 0 and len(predicted.labels_checksum) == 64
 
     client = backend.mlflow()
     run_id = experiment["mlflow_run_id"]

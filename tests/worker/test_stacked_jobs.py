@@ -61,6 +61,11 @@ def test_seeds_train_stacked_each_an_experiment_of_its_own(embedded: Backend) ->
     lead_logs = list(embedded.settings.runs_dir.glob("*/logs/train-*.log"))
     assert any("training 3 jobs stacked" in path.read_text() for path in lead_logs)
 
+    with embedded.db.session() as session:  # each member's own test labels
+        predicted = jobstore.stored_predictions(session, stacked)
+    assert set(predicted) == set(stacked)
+    assert len({p.labels_checksum for p in predicted.values()}) == 1  # one test set
+
     client = embedded.mlflow()
     run_ids = [train.mlflow_run_id for train in trains]
     assert len(set(run_ids)) == 3 and None not in run_ids  # a run of its own each

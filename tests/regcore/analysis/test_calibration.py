@@ -56,3 +56,23 @@ def test_analysis_metrics_and_plots(tmp_path: Path) -> None:
     assert {p.name for p in result.artifacts} == {
         "reliability.csv", "reliability.png", "confidence_histogram.png",
     }  # fmt: skip
+
+
+def test_nll_is_finite_and_exact_for_a_logit_gap_of_120(tmp_path: Path) -> None:
+    # logits (120, 0, 0) - the first class wins by 120; softmax of the true class underflows
+    # to 0 in float32 (exp(-120) < 1e-45), so log of the probability would be inf.
+    info = DataInfo((3,), 3, (0.5,) * 3, (0.25,) * 3, ("a", "b", "c"))
+    x = torch.tensor([[120.0, 0.0, 0.0], [0.0, 0.0, 120.0]])  # (2, 3), logits = x
+    y = torch.tensor([1, 2])  # the first sample's true class loses by 120
+    split = Split(x, y)
+    model = nn.Identity()
+    ctx = AnalysisContext(
+        model, DataSplits(split, None, split, info), torch.device("cpu"), tmp_path
+    )
+    assert torch.softmax(x, dim=1)[0, 1].item() == 0.0  # the underflow the fix is for
+    result = CalibrationAnalysis(CalibrationParams(bins=5)).run(ctx)
+    direct = (torch.logsumexp(x.double(), dim=1) - x.double()[torch.arange(2), y]).mean()
+    assert np.isfinite(result.metrics["calibration/nll"])
+    assert result.metrics["calibration/nll"] == pytest.approx(direct.item(), rel=1e-6)
+    assert result.metrics["calibration/nll"] == pytest.approx((120 + 0) / 2, rel=1e-6)
+    assert result.metrics["calibration/accuracy"] == 0.5
