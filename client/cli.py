@@ -58,6 +58,11 @@ REPORT_START_GRACE_S = 30.0
 
 LOCAL_COMMANDS = {
     "run": ("service.cli", "run", "Run a spec or a grid here, in-process, and print results."),
+    "reproduce": (
+        "service.cli",
+        "reproduce",
+        "Run a published table's grid here and print it beside the published numbers.",
+    ),
     "analyze": ("service.cli", "analyze", "Run analyses on a finished run's checkpoint."),
     "catalog": ("service.cli", "catalog", "List datasets, models and regularizers with params."),
     "db": ("service.cli", "db", "Job-store schema: upgrade, downgrade, current."),

@@ -22,18 +22,29 @@ estimate of the batch mean at about k / B of the double-backward cost. With
 ``create_graph=True`` the results stay in the autograd graph and a penalty on them trains
 the weights (double backprop); otherwise they come back detached. Only x is
 differentiated: nothing accumulates in the parameters' .grad.
+
+Input units (``InputSpace``): everything above differentiates with respect to pixel
+inputs x in [0, 1]. ``in_input_space(model, "normalized", who)`` gives the composed function
+z -> model(mean + std * z) of the model's own normalized input z = (x - mean) / std (its
+``Normalize`` layer's statistics), so the same functions applied to it differentiate in
+Hoffman et al.'s units: per channel d/dz = std * d/dx, so ||J||_F is std times the pixel
+one (MNIST: 0.3081x), ||J||_F^2 and the Hessian std^2 times. A model without an input
+normalization has no such z: asking for it is an error naming the caller's field.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from regcore.attacks.pgd import eval_mode
+from regcore.models.layers import Normalize
 
 
 def _check_logits(logits: torch.Tensor) -> None:
@@ -243,3 +254,90 @@ def mean_frobenius_norm(model: nn.Module, x: torch.Tensor, batch_size: int = 256
             norms_sq = frobenius_norm_sq(model, x[start : start + batch_size])  # (b,)
             total += norms_sq.double().sqrt().sum().item()
     return total / len(x)
+
+
+# --------------------------------------------------------------------------- input units
+
+InputSpace = Literal["pixel", "normalized"]
+INPUT_SPACE_DESCRIPTION = (
+    "units of the input the derivatives are taken in: pixel, x in [0, 1] (regcore's "
+    "convention); normalized, z = (x - mean) / std as the model's first layer computes it "
+    "(Hoffman et al.'s code: ||J||_F is std times the pixel one, ||J||_F^2 and ||H|| std^2 "
+    "times, per channel); needs a model with normalize: true"
+)
+
+
+def input_space_field() -> Any:
+    """The ``input_space`` param of a component: pixel by default, and part of the spec
+    hash only when not pixel (``regcore.spec.IDENTITY_UNLESS_DEFAULT``, written out here
+    because the spec module imports the registries), so every spec written before the
+    param existed keeps its hash."""
+    return Field(
+        "pixel",
+        description=INPUT_SPACE_DESCRIPTION,
+        json_schema_extra={"identity": "unless_default"},
+    )
+
+
+def input_normalizer(model: nn.Module, who: str) -> Normalize:
+    """The model's input normalization (its first ``Normalize`` module, the member's own in
+    a stacked step). A model without one has no normalized input to differentiate: an
+    error naming ``who``'s field, rather than silently measuring in pixel units."""
+    for module in model.modules():
+        if isinstance(module, Normalize):
+            return module
+    raise ValueError(
+        f"{who}: input_space 'normalized' needs a model with an input normalization "
+        "(model param normalize: true); this model has none: use input_space 'pixel'"
+    )
+
+
+def pixel_from_normalized(normalizer: Normalize, z: torch.Tensor) -> torch.Tensor:
+    """x = mean + std * z (B, ...): the inverse of the model's normalization, the change of
+    variables every normalized-space derivative goes through."""
+    return normalizer.mean + normalizer.std * z
+
+
+class NormalizedInputModel(nn.Module):
+    """The composed function z -> model(mean + std * z): the model as a function of its
+    normalized input z = (x - mean) / std. Derivatives of it with respect to z are the
+    model's derivatives in normalized units (per channel, std * d/dx); ``to_input(x)``
+    maps pixel inputs to z. Modes (train/eval) pass through to the model."""
+
+    def __init__(self, model: nn.Module, who: str) -> None:
+        super().__init__()
+        self.model = model
+        self.normalizer = input_normalizer(model, who)
+
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.normalizer.mean) / self.normalizer.std  # (B, ...) z
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_from_normalized(self.normalizer, z))  # (B, C)
+
+
+def in_input_space(
+    model: nn.Module, space: InputSpace, who: str
+) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """(function, to_input): the model as a function of inputs in ``space`` and the map from
+    pixel inputs to them. Pixel: the model itself and the identity."""
+    if space == "pixel":
+        return model, lambda x: x
+    composed = NormalizedInputModel(model, who)
+    return composed, composed.to_input
+
+
+def pixel_gradient_to_normalized(
+    normalizer: Normalize, x: torch.Tensor, gradient: torch.Tensor
+) -> torch.Tensor:
+    """A gradient u_x = d(...)/dx (B, ...) taken at pixel inputs x, as the gradient with
+    respect to z = (x - mean) / std: the vector-Jacobian product of the change of variables
+    z -> mean + std * z at z, (dx/dz)^T u_x, taken by autograd on that map (per channel
+    std * u_x). create_graph keeps u_z in the graph of u_x, so a penalty on it still
+    trains the weights; used where the training forward's own graph starts at x."""
+    with torch.enable_grad():
+        z = ((x.detach() - normalizer.mean) / normalizer.std).requires_grad_(True)
+        (normalized,) = torch.autograd.grad(
+            pixel_from_normalized(normalizer, z), z, grad_outputs=gradient, create_graph=True
+        )
+    return normalized  # (B, ...)

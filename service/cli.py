@@ -511,3 +511,97 @@ def users_list() -> None:
         click.echo("no users: the API runs every request as the local user, without tokens")
     for name, admin, created_at in rows:
         click.echo(f"{name}\t{'admin' if admin else 'user'}\t{created_at:%Y-%m-%d %H:%M:%S}")
+
+
+@click.command()
+@click.argument("name")
+@click.option(
+    "--budget",
+    type=click.Choice(["reduced", "full"]),
+    default="reduced",
+    show_default=True,
+    help="reduced: the documented CPU budget (regcore/reproductions.py); full: the grid as "
+    "published (hours of GPU: on a cluster use `regbench submit grids/<grid> --wait`).",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    help="dataset.root of every run (default: $REGBENCH_DATA_ROOT, else the grid's ./data).",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Override REGBENCH_DATA_DIR.")
+@click.option("--device", help="Override training.device (auto, cpu, cuda, cuda:N, mps).")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def reproduce(
+    name: str,
+    budget: str,
+    data_root: Path | None,
+    data_dir: Path | None,
+    device: str | None,
+    quiet: bool,
+) -> None:
+    """Run a published table's grid in-process and print ours beside the published numbers."""
+    import datetime
+    import os
+
+    from regcore import reproductions
+
+    err = Console(stderr=True)
+    try:
+        reproduction = reproductions.get(name)
+    except reproductions.UnknownReproductionError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        sys.exit(EXIT_INVALID)
+    root = data_root or (
+        Path(os.environ["REGBENCH_DATA_ROOT"]) if "REGBENCH_DATA_ROOT" in os.environ else None
+    )
+    plan = []
+    try:
+        for point in reproductions.plan(reproduction, budget):  # type: ignore[arg-type]
+            spec = dict(point.spec)
+            if root is not None:
+                spec["dataset"] = {**spec["dataset"], "root": str(root)}
+            if device is not None:
+                spec["training"] = {**spec["training"], "device": device}
+            plan.append(PlannedRun(point.configuration, ExperimentSpec.model_validate(spec)))
+    except ValidationError as exc:
+        err.print(f"[red]invalid grid {reproduction.grid}:[/red]", highlight=False)
+        err.print(format_validation_error(exc), markup=False, highlight=False)
+        sys.exit(EXIT_INVALID)
+
+    from regcore.runtime import resolve_device
+    from service.local_runs import LocalRunner, RunFailedError
+    from service.settings import Settings
+
+    runner = LocalRunner(Settings(data_dir=data_dir) if data_dir is not None else Settings())
+    results: list[tuple[str, dict[str, Any]]] = []
+    with _progress(err, quiet) as progress:
+        overall = progress.add_task("runs", total=len(plan), status="")
+        for number, planned in enumerate(plan, start=1):
+            label = f"[{number}/{len(plan)}] {planned.configuration}"
+            try:
+                results.append((planned.configuration, runner.run(planned.spec, progress, label)))
+            except RunFailedError as exc:
+                progress.stop()
+                err.print(f"[red]{label} failed:[/red] {exc}", highlight=False)
+                sys.exit(EXIT_FAILED)
+            progress.advance(overall)
+
+    first = plan[0].spec
+    used = resolve_device(first.training.device)
+    threads = f", {torch_threads()} CPU threads" if used.type == "cpu" else ""
+    budget_lines = [
+        f"budget: {budget}"
+        + (f" ({reproduction.reduced.description})" if budget == "reduced" else " (as published)"),
+        f"epochs: {sorted({p.spec.training.epochs for p in plan})}, training images: "
+        f"{len(runner.dataset(first).train):,}, seeds: "
+        f"{sorted({p.spec.training.seed for p in plan})}, device: {used}{threads}",
+        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d}, grid: grids/{reproduction.grid}",
+    ]
+    rows = reproductions.summarize(reproduction, results)
+    click.echo(reproductions.format_report(reproduction, rows, budget_lines))
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

@@ -183,3 +183,19 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if reporter is not None:
         why = f" (missing: {', '.join(absent)})" if absent else ""
         reporter.write_line(f"README.md reliability section {'not ' if absent else ''}rebuilt{why}")
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """The data root holding real MNIST (torchvision layout, ``MNIST/raw``):
+    ``$REGBENCH_DATA_ROOT``, else ``../shared/datasets`` beside the repository. Never
+    downloaded: where it is absent a test skips with the reason, and fails under CI=true
+    (where the data must be there)."""
+    repository = Path(__file__).resolve().parents[1]
+    root = Path(os.environ.get("REGBENCH_DATA_ROOT", repository.parent / "shared" / "datasets"))
+    if not (root / "MNIST" / "raw").is_dir():
+        reason = f"real MNIST not found under {root}/MNIST/raw: set REGBENCH_DATA_ROOT"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return root

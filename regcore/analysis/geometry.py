@@ -24,6 +24,14 @@ since the check CHECK_EVERY steps before, or at ``iterations`` steps (Hessian-ve
 products); ``geometry/hessian_iterations_mean`` (steps taken, per sample) and
 ``geometry/hessian_converged_fraction`` (samples that met the tolerance or exhausted
 their Krylov space) say how it went.
+
+``input_space``: pixel (default) differentiates with respect to x in [0, 1]; normalized
+with respect to the model's normalized input z = (x - mean) / std, by differentiating the
+composed function z -> model(mean + std * z) (``regcore.jacobian.in_input_space``): for
+one channel ||g|| and ||J||_F are std times the pixel ones, ||H||_2 std^2 times, C std
+times. Hoffman et al.'s ||J||_F (MNIST LeNet 32.9 unregularized) is in normalized units.
+The metric names do not change; the space is the analysis param ``input_space``, in
+the spec and in the tracker's params (``analyses.N.input_space``).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from regcore.analysis.base import Aggregate, Analysis, AnalysisContext, AnalysisResult, batched
+from regcore.jacobian import InputSpace, in_input_space, input_space_field
 from regcore.registries import ANALYSES
 from regcore.registry import MAX_BATCH, MAX_COUNT, MAX_SAMPLES, MAX_SEED, ComponentParams
 from regcore.spec import IDENTITY_UNLESS_DEFAULT
@@ -65,6 +74,7 @@ class GeometryParams(ComponentParams):
     batch_size: int = Field(100, ge=1, le=MAX_BATCH)
     split: Literal["test", "val", "train"] = "test"
     seed: int = Field(0, ge=0, le=MAX_SEED, description="picks the samples and Lanczos starts")
+    input_space: InputSpace = input_space_field()
 
 
 @dataclass(frozen=True)
@@ -168,7 +178,7 @@ def hessian_spectral_norm(
 
 @ANALYSES.register("geometry")
 class GeometryAnalysis(Analysis):
-    """Input-gradient norm, Hessian spectral norm, normalized curvature and ||J||_F."""
+    """Input-gradient norm, Hessian spectral norm, curvature, ||J||_F; pixel or normalized units."""
 
     Params = GeometryParams
     params: GeometryParams
@@ -183,6 +193,9 @@ class GeometryAnalysis(Analysis):
         generator = torch.Generator().manual_seed(params.seed)
         order = torch.randperm(len(split), generator=generator)[: params.samples]
         x_all, y_all = split.x[order.to(split.x.device)], split.y[order.to(split.x.device)]
+        # The model as a function of inputs in params.input_space (pixel: itself), x_all in it
+        model, to_input = in_input_space(ctx.model, params.input_space, "geometry")
+        x_all = to_input(x_all)
 
         columns: dict[str, list[torch.Tensor]] = {
             "grad_norm": [], "hessian_norm": [], "jacobian_frobenius": [],
@@ -193,14 +206,14 @@ class GeometryAnalysis(Analysis):
             x, y = x_all[start:stop], y_all[start:stop]
 
             def loss(inputs: torch.Tensor, y: torch.Tensor = y) -> torch.Tensor:
-                return F.cross_entropy(ctx.model(inputs), y, reduction="none")  # (B,)
+                return F.cross_entropy(model(inputs), y, reduction="none")  # (B,)
 
             hessian = lanczos_hessian_norm(loss, x, params.iterations, params.tolerance, generator)
             columns["grad_norm"].append(hessian.grad_norm)  # on the device: one copy at the end
             columns["hessian_norm"].append(hessian.hessian_norm)
             hessian_steps.append(torch.full((len(x),), float(hessian.iterations)))
             hessian_converged.append(hessian.converged)
-            columns["jacobian_frobenius"].append(frobenius_norm_sq(ctx.model, x).sqrt())
+            columns["jacobian_frobenius"].append(frobenius_norm_sq(model, x).sqrt())
             ctx.report(stop / len(x_all), f"{stop}/{len(x_all)} samples")
         values = {name: torch.cat(parts).double().cpu() for name, parts in columns.items()}
         values["curvature"] = values["hessian_norm"] / (values["grad_norm"] + CURVATURE_EPS)

@@ -3,8 +3,9 @@ CUDA. Without CUDA every test here is skipped with the reason, on a laptop and i
 alike. Timings are printed, never asserted.
 
 Real MNIST is read from ``$REGBENCH_DATA_ROOT`` (default ``../shared/datasets`` beside the
-repository); where it is absent the MNIST test says so and skips, as the dataset's
-README asks. Everything else uses scikit-learn's digits, which need no files."""
+repository) by tests/conftest.py's ``mnist_root``; where it is absent the MNIST test says
+so and skips (fails under CI=true), as the dataset's README asks. Everything else uses
+scikit-learn's digits, which need no files."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from regcore.spec import DatasetSpec
 # deterministic-mode test needs it (imports alone do not start CUDA).
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-ROOT = Path(__file__).resolve().parents[2]
 CUDA_REASON = "needs a CUDA GPU: run `make gpu-test` on a GPU machine"
 
 
@@ -53,14 +53,6 @@ def no_tf32() -> Iterator[None]:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-@pytest.fixture(scope="session")
-def mnist_root() -> Path:
-    root = Path(os.environ.get("REGBENCH_DATA_ROOT", ROOT.parent / "shared" / "datasets"))
-    if not (root / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST not found under {root}/MNIST/raw: set REGBENCH_DATA_ROOT")
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ grids/digits.yaml, runs in full in an end-to-end test, so it is held small here.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Mapping
 from functools import cache
@@ -31,6 +32,9 @@ EXPECTED: dict[str, tuple[int, list[int]]] = {
     "low-curvature.yaml": (6, [0, 1, 2]),  # the table's six rows
     "digits.yaml": (3, [0, 1]),  # none, l2, jacobian
     "toy-blobs.yaml": (5, [0, 1]),  # none, l1, l2, svb_hard, jacobian
+    # {none, l2, jacobian, l2 + jacobian} x dropout {0, 0.5}: the paper's five rows + 3 more
+    "reproduce-hoffman2019.yaml": (4 * 2, [0, 1, 2]),
+    "reproduce-study-mnist.yaml": (3, [0, 1, 2, 3, 4]),  # none, l2, svb_hard
 }
 PART3 = {
     "part3-mnist-lenet.yaml": ("mnist", "lenet"),
@@ -254,3 +258,56 @@ def test_toy_blobs_grid_is_the_2d_toy_problem_and_animates_it() -> None:
         (animation,) = analyses(spec, "training_animation")
         assert animation.max_frames >= 2 and animation.every >= 1
         assert analyses(spec, "noise") and analyses(spec, "boundary")
+
+
+# --------------------------------------------------------------------------- reproductions
+
+
+def test_hoffman_reproduction_grid_follows_the_paper_and_its_code() -> None:
+    jacobian = ("jacobian",)
+    rows = {
+        (regularizer_names(s), s.model.params.dropout) for s in specs("reproduce-hoffman2019.yaml")
+    }
+    # none, L2, dropout, Jacobian, all combined (L2 + Jacobian + dropout) are among them
+    assert {
+        ((), 0.0),
+        (("l2",), 0.0),
+        ((), 0.5),
+        (jacobian, 0.0),
+        (("l2", "jacobian"), 0.5),
+    } <= rows
+    for spec in specs("reproduce-hoffman2019.yaml"):
+        assert spec.dataset.name == "mnist" and spec.model.name == "lenet"
+        assert spec.dataset.params.download is False and spec.dataset.params.val_fraction == 0
+        assert spec.model.params.normalize  # the normalized input exists
+        training = spec.training
+        assert (training.optimizer, training.lr, training.momentum) == ("sgd", 0.01, 0.9)
+        assert training.weight_decay == 0  # lambda_WD is the l2 row's
+        for regularizer in spec.regularizers:
+            params = regularizer.params
+            if regularizer.name == "l2":  # lambda_WD 5e-4 = 2 * weight
+                assert 2 * params.weight == pytest.approx(5e-4)
+            else:  # lambda_JR 0.01 in the paper's units, one projection
+                assert (params.weight, params.n_proj, params.input_space) == (
+                    0.01,
+                    1,
+                    "normalized",
+                )
+        (geometry,) = analyses(spec, "geometry")
+        assert geometry.input_space == "normalized" and geometry.samples >= 1000
+
+
+def test_study_reproduction_grid_is_the_part3_recipe_with_dropout() -> None:
+    part3 = {
+        json.dumps(without_seed(s)["training"], sort_keys=True)
+        for s in specs("part3-mnist-lenet.yaml")
+    }
+    rows = {regularizer_names(s) for s in specs("reproduce-study-mnist.yaml")}
+    assert rows == {(), ("l2",), ("svb_hard",)}
+    for spec in specs("reproduce-study-mnist.yaml"):
+        recipe = json.dumps(without_seed(spec)["training"], sort_keys=True)
+        assert recipe in part3  # the study's recipe
+        assert spec.model.params.dropout == 0.5 and spec.model.params.activation == "tanh"
+        assert spec.dataset.params.val_fraction == 0 and spec.dataset.params.download is False
+        (geometry,) = analyses(spec, "geometry")
+        assert geometry.input_space == "pixel"  # the study published no ||J||_F

@@ -222,7 +222,7 @@ def test_running_statistics_frozen_switches_only_batch_norm_and_restores_it() ->
 
 def test_jacobian_params() -> None:
     params = make("jacobian").params.model_dump()
-    assert params == {"weight": 0.01, "n_proj": 1, "subsample": None}
+    assert params == {"weight": 0.01, "n_proj": 1, "subsample": None, "input_space": "pixel"}
     assert make("jacobian", n_proj=-1).params.n_proj == -1
     for bad in ({"n_proj": 0}, {"n_proj": -2}, {"weight": -0.1}, {"subsample": 0}):
         with pytest.raises(ValidationError):
