@@ -120,42 +120,32 @@ class RobustCurve:
 
 def robust_curves(rows: Sequence[ComparisonRow]) -> list[RobustCurve]:
     """Per (configuration, attack), the robust-accuracy columns as a curve over eps."""
-    curves = []
-    for row in rows:
-        points: dict[str, list[tuple[float, Summary]]] = {}
-        for key, summary in row.metrics.items():
-            if (match := ROBUST_ACCURACY.match(key)) and summary.n > 0:
-                points.setdefault(match["attack"], []).append((float(match["eps"]), summary))
-        for attack, values in sorted(points.items()):
-            values.sort(key=lambda item: item[0])
-            curves.append(
-                RobustCurve(
-                    row.configuration,
-                    attack,
-                    eps=[eps for eps, _ in values],
-                    mean=[s.mean for _, s in values],
-                    std=[s.std for _, s in values],
-                    n=[s.n for _, s in values],
-                )
-            )
-    return curves
+    return _curves(rows, ROBUST_ACCURACY, "attack")
 
 
 def noise_curves(rows: Sequence[ComparisonRow]) -> list[RobustCurve]:
     """Per (configuration, noise kind), accuracy under random noise as a curve over its
     size (``regcore.analysis.noise``); the curve's ``attack`` is the noise kind."""
+    return _curves(rows, NOISE_ACCURACY, "kind")
+
+
+def _curves(
+    rows: Sequence[ComparisonRow], pattern: re.Pattern[str], group: str
+) -> list[RobustCurve]:
+    """Per (configuration, the ``group`` part of the key), the columns ``pattern`` matches
+    as a curve over their ``eps`` part, ascending."""
     curves = []
     for row in rows:
         points: dict[str, list[tuple[float, Summary]]] = {}
         for key, summary in row.metrics.items():
-            if (match := NOISE_ACCURACY.match(key)) and summary.n > 0:
-                points.setdefault(match["kind"], []).append((float(match["eps"]), summary))
-        for kind, values in sorted(points.items()):
+            if (match := pattern.match(key)) and summary.n > 0:
+                points.setdefault(match[group], []).append((float(match["eps"]), summary))
+        for name, values in sorted(points.items()):
             values.sort(key=lambda item: item[0])
             curves.append(
                 RobustCurve(
                     row.configuration,
-                    kind,
+                    name,
                     eps=[eps for eps, _ in values],
                     mean=[s.mean for _, s in values],
                     std=[s.std for _, s in values],

@@ -51,6 +51,9 @@ def test_every_grid_validates_at_both_budgets(name: str, budget: str) -> None:
     assert len({spec.spec_hash() for spec in planned}) == len(planned)
 
 
+MNIST_TRAIN = 60_000
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_the_reduced_budget_is_smaller_and_runs_the_published_rows(name: str) -> None:
     reproduction = REPRODUCTIONS[name]
@@ -59,11 +62,13 @@ def test_the_reduced_budget_is_smaller_and_runs_the_published_rows(name: str) ->
     points = reproductions.plan(reproduction, "reduced")
     assert {p.configuration for p in points} == {row.configuration for row in reproduction.rows}
     assert {p.values[SEED_PATH] for p in points} == set(reproduction.reduced.seeds)
-    assert max(s.training.epochs for s in reduced) < min(s.training.epochs for s in full)
+    # fewer training samples seen (images x epochs; both grids are MNIST's 60,000 in full)
+    seen = [(s.dataset.params.train_size or MNIST_TRAIN) * s.training.epochs for s in reduced]
+    assert max(seen) < min(MNIST_TRAIN * s.training.epochs for s in full) / 10
     for spec in reduced:
         assert spec.dataset.params.train_size is not None
         for analysis in spec.analyses:
-            if analysis.name in ("attack", "geometry"):
+            if analysis.name in ("attack", "geometry", "noise"):
                 assert analysis.params.samples <= 200
     # what the budget leaves alone stays as published: the recipe and the regularizers
     published = {(s.training.lr, s.training.batch_size, s.training.optimizer) for s in full}
@@ -144,13 +149,12 @@ def test_reproduce_command_rejects_an_unknown_name() -> None:
 
 # --------------------------------------------------------------------------- real MNIST
 
-# The reduced budget shortened again for a test: 500 training images, 30 epochs (~240
-# steps), one seed, the unregularized and Jacobian rows (LeNet, ReLU, SGD lr 0.01 as
-# published). Measured at this budget (seed 0, 2026-11-30): ||J||_F 5.57 vs 2.61 (2.1x) at
-# 91.1% vs 92.4%; 1,000 images x 15 epochs gave 1.7x. The paper's 30x needs its full
-# budget: ||J||_F of the unregularized model keeps growing with training.
-TEST_BUDGET = {"dataset.train_size": 500, "training.epochs": 30}
-MIN_RATIO = 1.5
+# The reduced budget itself (1,000 training images, 60 epochs, LeNet ReLU, SGD lr 0.01 as
+# published), one seed, the unregularized and Jacobian rows. Measured (2026-11-30, CPU):
+# seed 0 ||J||_F 6.64 vs 2.12 (3.1x) at 93.9% vs 95.2%; seed 1 7.21 vs 2.18 (3.3x) at
+# 94.2% vs 95.7%. The paper's 30x needs its full budget: the unregularized model's
+# ||J||_F keeps growing with training.
+MIN_RATIO = 2.5
 MAX_ACCURACY_GAP = 3.0  # points
 
 
@@ -165,8 +169,6 @@ def test_jacobian_row_has_a_far_smaller_jacobian_at_comparable_accuracy_on_mnist
         if point.configuration not in wanted or point.values[SEED_PATH] != 0:
             continue
         spec: dict[str, Any] = point.spec
-        for path, value in TEST_BUDGET.items():
-            set_path(spec, path, value)
         set_path(spec, "dataset.root", str(mnist_root))
         set_path(spec, "training.device", "cpu")
         spec["analyses"] = [a for a in spec["analyses"] if a["kind"] == "geometry"]
