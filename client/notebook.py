@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 LIST_PAGE = 500  # experiments per GET /experiments page (the API's limit)
 BAR_WIDTH = 24
+ETA_SEPARATOR = "  ETA "
+LOG_STEP_PERCENT = 10  # off a terminal: a new line per 10 % of progress or changed counts
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,7 @@ def describe_state(kind: str, state: dict[str, Any]) -> tuple[float, str]:
         counts = " · ".join(f"{n} {name}" for name, n in state["experiments"].items() if n)
         fraction = float(state.get("progress") or 0.0)
         eta = state.get("eta_s")
-        tail = f"  ETA {format_seconds(eta)}" if eta and status not in FINISHED else ""
+        tail = f"{ETA_SEPARATOR}{format_seconds(eta)}" if eta and status not in FINISHED else ""
         return (1.0 if status == "succeeded" else fraction), f"{status}: {counts}{tail}"
     jobs = state.get("jobs") or []
     done = [1.0 if job["state"] in FINISHED else float(job.get("progress") or 0) for job in jobs]
@@ -326,15 +328,17 @@ class _TqdmBar:
 class TextBar:
     """``sweep 1a2b3c:  46% ███████████░░░░░░░░░░░░░  running: 1 succeeded · 5 running``.
 
-    On a terminal or in a notebook (``redraw``) one line is rewritten in place; written
-    to a file or a pipe, a line is printed only when it differs from the last one, so a
-    log holds each change once rather than one line per poll.
+    On a terminal or in a notebook (``redraw``) one line is rewritten in place at every
+    change. Written to a file or a pipe, a new line comes only every 10 % of progress or
+    when the counts (the text without its ETA) change, so a log stays short: not one
+    line per poll.
     """
 
     def __init__(self, label: str, stream: IO[str], redraw: bool | None = None) -> None:
         self.label, self.stream = label, stream
         self.redraw = _can_redraw(stream) if redraw is None else redraw
         self.last = ""
+        self.logged: tuple[int, str] | None = None
 
     def update(self, fraction: float, text: str) -> None:
         fraction = min(max(fraction, 0.0), 1.0)
@@ -346,6 +350,10 @@ class TextBar:
         if self.redraw:
             self.stream.write("\r" + line.ljust(len(self.last)))
         else:
+            key = (int(100 * fraction) // LOG_STEP_PERCENT, text.split(ETA_SEPARATOR)[0])
+            if key == self.logged:
+                return
+            self.logged = key
             self.stream.write(line + "\n")
         self.stream.flush()
         self.last = line

@@ -57,18 +57,23 @@ def test_the_block_does_refuse_a_server_package() -> None:
     assert done.returncode != 0 and "blocked for this test: mlflow" in done.stderr
 
 
-def test_off_a_terminal_the_text_bar_prints_each_change_once() -> None:
+def test_off_a_terminal_the_text_bar_prints_a_line_per_change_not_per_poll() -> None:
     stream = io.StringIO()
     bar = TextBar("sweep abc", stream)
     assert not bar.redraw
-    for fraction, text in [(0.0, "queued"), (0.0, "queued"), (0.5, "running"), (0.5, "running"),
-                           (1.0, "succeeded")]:  # fmt: skip
+    polls = [
+        (0.0, "queued"), (0.0, "queued"),
+        (0.50, "running: 1 running  ETA 40s"), (0.51, "running: 1 running  ETA 39s"),
+        (0.55, "running: 1 running  ETA 30s"),  # only the ETA and 5 %: no new line
+        (1.0, "succeeded"),
+    ]  # fmt: skip
+    for fraction, text in polls:
         bar.update(fraction, text)
     bar.close()
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3 and "\r" not in stream.getvalue()
     assert lines[0].startswith("sweep abc:   0% ░") and lines[0].endswith("queued")
-    assert lines[1].startswith("sweep abc:  50% ████████████░")
+    assert lines[1].startswith("sweep abc:  50% ████████████░") and lines[1].endswith("40s")
     assert lines[2].startswith("sweep abc: 100% ████████████████████████  succeeded")
 
 
