@@ -30,3 +30,14 @@ def test_a_mistyped_grid_path_lists_the_valid_fields(api: Api) -> None:
     assert response.status_code == 422
     messages = [error["msg"] for error in response.json()["detail"]]
     assert "unknown field 'gird'; valid: name, base, grid; did you mean 'grid'?" in messages
+
+
+def test_a_grid_index_into_a_missing_list_names_it(api: Api) -> None:
+    base = {key: value for key, value in SPEC.items() if key != "regularizers"}
+    body = {"base": base, "grid": {"regularizers.0.weight": [0.1, 0.2]}}
+    response = api.client.post("/api/v1/sweeps", json=body)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "grid"]  # as every grid-path error: the path in the text
+    assert error["msg"].startswith("grid.regularizers.0.weight: the base spec has no list at")
+    assert "no list at 'regularizers' to index with 0" in error["msg"]
