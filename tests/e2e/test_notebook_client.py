@@ -1,7 +1,8 @@
 """The notebook client (client.notebook.Regbench) against a live stack: the API under
-uvicorn, a real Celery worker, the embedded SQLite job store and broker, a local MLflow
-store. Submit a grid from a YAML file, wait with the text progress bar, read the
-results and the experiments as DataFrames, download a run's artifacts."""
+uvicorn, a real Celery worker, on the embedded SQLite job store and broker and on
+PostgreSQL and Redis, with a local MLflow store. Submit a grid from a YAML file, wait
+with the text progress bar, read the results and the experiments as DataFrames,
+download a run's artifacts."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from tests.worker.conftest import FAST_SPEC, Backend, spec_with
 pytestmark = pytest.mark.slow
 
 
-def test_a_grid_from_a_notebook(embedded: Backend, tmp_path: Path) -> None:
-    api = start_api(embedded)
-    embedded.start_worker()
-    base = spec_with(FAST_SPEC, name="notebook", training={"epochs": 2})
+def test_a_grid_from_a_notebook(backend: Backend, tmp_path: Path) -> None:
+    api = start_api(backend)
+    backend.start_worker()
+    # A name of its own per backend: the MLflow store is shared by the session's tests.
+    base = spec_with(FAST_SPEC, name=f"notebook-{backend.name}", training={"epochs": 2})
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(yaml.safe_dump({"base": base, "grid": {"training.seed": [0, 1]}}))
 
