@@ -2,13 +2,15 @@
 
 Read from the files under ``.git`` (HEAD, the ref it names, ``packed-refs``), once per
 process: no ``git`` is spawned per run, and a checkout without git installed still
-reports its commit. Outside a git checkout (an installed wheel, a Docker image without
-``.git``) there is no commit, and runs carry no commit tag rather than a guessed one.
+reports its commit. Outside a git checkout the commit comes from ``REGBENCH_GIT_COMMIT``
+(the Docker image's build argument ``GIT_COMMIT``); without either, runs carry no commit
+tag rather than a guessed one.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 
@@ -17,12 +19,19 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 GIT_COMMIT_TAG = "regbench.git_commit"
 MLFLOW_GIT_COMMIT_TAG = "mlflow.source.git.commit"  # the MLflow UI shows this one
+COMMIT_ENV = "REGBENCH_GIT_COMMIT"
 
 
 @functools.cache
 def git_commit() -> str | None:
-    """The commit checked out where regcore lives, or None outside a git checkout."""
-    return commit_of(PACKAGE_DIR)
+    """The commit checked out where regcore lives; else ``$REGBENCH_GIT_COMMIT`` (a
+    Docker image has no ``.git``: its build passes the commit); else None."""
+    return commit_of(PACKAGE_DIR) or commit_from_env()
+
+
+def commit_from_env() -> str | None:
+    value = os.environ.get(COMMIT_ENV, "").strip().lower()
+    return value if SHA.match(value) else None
 
 
 def git_tags() -> dict[str, str]:

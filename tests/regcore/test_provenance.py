@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from regcore.pipeline import environment_tags
-from regcore.provenance import commit_of, git_commit
+from regcore.provenance import commit_from_env, commit_of, git_commit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,3 +69,15 @@ def test_outside_a_checkout_there_is_no_commit_and_no_tag(tmp_path: Path) -> Non
     (tmp_path / "empty").mkdir()
     git("init", "-q", cwd=tmp_path / "empty")
     assert commit_of(tmp_path / "empty") is None  # a branch with no commit yet
+
+
+def test_outside_a_checkout_the_build_s_commit_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Docker image has no .git: its build passes GIT_COMMIT as REGBENCH_GIT_COMMIT."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("REGBENCH_GIT_COMMIT", sha.upper())
+    assert commit_from_env() == sha
+    for junk in ("", "unknown", "$(git rev-parse HEAD)", sha[:12]):
+        monkeypatch.setenv("REGBENCH_GIT_COMMIT", junk)
+        assert commit_from_env() is None
