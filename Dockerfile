@@ -65,6 +65,10 @@ COPY examples ./examples
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps --editable . \
     && regbench --version
+# The commit every MLflow run is tagged with (regcore/provenance.py): .git is not in the
+# image, so the build passes it (docker-compose.yml: GIT_COMMIT=$(git rev-parse HEAD)).
+ARG GIT_COMMIT=""
+ENV REGBENCH_GIT_COMMIT=${GIT_COMMIT}
 
 # Mount points owned by the service user: a named volume mounted on an empty image
 # directory takes its owner. /data is REGBENCH_DATA_DIR (runs/ holds the checkpoints

@@ -61,7 +61,16 @@ def expand(base: Mapping[str, Any], grid: Mapping[str, Any]) -> list[GridPoint]:
 def set_path(document: dict[str, Any], path: str, value: Any) -> None:
     keys = path.split(".")
     node: Any = document
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1]):
+        following = keys[depth + 1]
+        if isinstance(node, dict) and key not in node and following.lstrip("-").isdigit():
+            # Else a dict {"0": ...} would be made where a list was meant.
+            where = ".".join(keys[: depth + 1])
+            raise GridError(
+                f"grid.{path}: the base spec has no list at {where!r} to index with "
+                f"{following}; write the list in the base, or give the whole {where!r} as "
+                "the grid's values"
+            )
         node = _child(node, key, path)
     last = keys[-1]
     if isinstance(node, list):

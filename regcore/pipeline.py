@@ -28,6 +28,7 @@ import regcore
 from regcore.analysis.base import AnalysisContext, AnalysisEvent
 from regcore.data import DataSplits, Split, load_dataset
 from regcore.instability import StoredPrediction, labels_checksum
+from regcore.provenance import git_tags
 from regcore.registries import ANALYSES
 from regcore.spec import AnalysisSpec, ExperimentSpec
 from regcore.stacked import train_stacked
@@ -54,11 +55,13 @@ class RunResult:
 
 
 def environment_tags() -> dict[str, str]:
-    """Versions that make a number reproducible, logged with every run."""
+    """Versions that make a number reproducible, logged with every run: the code's git
+    commit too, when it runs from a git checkout."""
     return {
         "regbench.version": regcore.__version__,
         "python.version": platform.python_version(),
         "torch.version": torch.__version__,
+        **git_tags(),
     }
 
 

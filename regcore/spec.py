@@ -17,6 +17,7 @@ shared part's JSON once.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -179,6 +180,7 @@ def _explain_unknown_params(
         if error["type"] == "extra_forbidden":
             field = error["loc"][-1]
             message = f"unknown parameter {field!r} for {what}; valid parameters: {valid}"
+            message += did_you_mean(field, params.model_fields)
             errors.append(_line_error(error["loc"], "unknown_parameter", message, error["input"]))
         else:
             errors.append(
@@ -220,10 +222,43 @@ MAX_REGULARIZERS = 32
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
+def did_you_mean(word: Any, choices: Iterator[str] | Mapping[str, Any] | list[str]) -> str:
+    """``"; did you mean 'epochs'?"`` for a close match of a mistyped name, else ``""``."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 class _Strict(BaseModel):
     # allow_inf_nan=False: NaN and infinities are never a valid setting, and neither
     # PostgreSQL's JSON nor the 422 that echoes them could hold them.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _explain_unknown_fields(cls, data: Any, handler: Any) -> Self:
+        """A mistyped field's error lists the fields that exist (and the closest one)
+        instead of pydantic's bare "Extra inputs are not permitted"."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            # Nested models explained their own fields; this one only its direct keys.
+            if not any(e["type"] == "extra_forbidden" and len(e["loc"]) == 1 for e in exc.errors()):
+                raise
+            raise _explain_unknown_fields(exc, cls) from None
+
+
+def _explain_unknown_fields(exc: ValidationError, model: type[BaseModel]) -> ValidationError:
+    valid = ", ".join(model.model_fields)
+    errors: list[dict[str, Any]] = []
+    for error in exc.errors():
+        if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+            field = error["loc"][0]
+            message = f"unknown field {field!r}; valid: {valid}"
+            message += did_you_mean(field, model.model_fields)
+        else:
+            message = error["msg"]
+        errors.append(_line_error(error["loc"], error["type"], message, error.get("input")))
+    return ValidationError.from_exception_data(exc.title, errors)
 
 
 class ConstantSchedule(_Strict):

@@ -24,7 +24,7 @@ from regcore.train import (
     load_checkpoint,
 )
 from service.settings import Settings, UnsafePathKeyError
-from service.tracking import MlflowTracker
+from service.tracking import RUN_KIND_TAG, TRAIN_RUN_KIND, MlflowTracker, train_run_name
 
 
 class RunFailedError(RuntimeError):
@@ -56,8 +56,8 @@ class LocalRunner:
             self.settings.mlflow_experiment,
             artifact_location=self.settings.default_artifact_location,
             confine_to=self.settings.local_artifact_root,
-            run_name=spec.name,
-            tags={"regbench.source": "local"},
+            run_name=train_run_name(spec.name, spec.training.seed),
+            tags={"regbench.source": "local", RUN_KIND_TAG: TRAIN_RUN_KIND},
         )
         workdir = self.settings.run_workdir(tracker.run_id)
         task = progress.add_task(label, total=spec.training.epochs, status="")

@@ -27,17 +27,22 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.orm import Session
 
+from regcore.provenance import git_tags
 from regcore.report import HISTORY_KEYS, History, RunLink, build_report
 from service import jobstore, sweeps
 from service.db import Database
 from service.settings import Settings
 from service.tables import Sweep, SweepMember, utcnow
-from service.tracking import check_run_location, ensure_experiment
+from service.tracking import (
+    REPORT_RUN_KIND,
+    RUN_KIND_TAG,
+    check_run_location,
+    ensure_experiment,
+)
 
 log = logging.getLogger(__name__)
 
 REPORT_FILES = ("report.png", "report.html", "results.csv", "results.json")
-RUN_KIND_TAG = "regbench.kind"
 SWEEP_TAG = "regbench.sweep_id"
 
 
@@ -200,7 +205,7 @@ def _render_and_log(settings: Settings, session: Session, sweep: Sweep) -> str:
     run = client.create_run(
         experiment_id,
         run_name=f"report {sweep.name}",
-        tags={SWEEP_TAG: sweep.id, RUN_KIND_TAG: "sweep-report"},
+        tags={SWEEP_TAG: sweep.id, RUN_KIND_TAG: REPORT_RUN_KIND, **git_tags()},
     )
     check_run_location(client, run, settings.local_artifact_root)
     run_id = run.info.run_id

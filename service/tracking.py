@@ -53,6 +53,11 @@ DEFAULT_FLUSH_EVERY_S = 5.0
 MAX_PARAM_LENGTH = 6000
 DEFAULT_RETRY_S = 6 * 3600.0  # how long finish() waits for an unreachable server
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 30.0  # finish()'s back-off between delivery attempts
+# What a run is, so the MLflow UI can filter training runs apart from sweep reports:
+# tags.`regbench.kind` = 'train'.
+RUN_KIND_TAG = "regbench.kind"
+TRAIN_RUN_KIND = "train"
+REPORT_RUN_KIND = "sweep-report"
 OUTAGE_FLUSH_EVERY_S = 10.0  # while training, an unreachable server is tried this often
 
 log = logging.getLogger(__name__)
@@ -404,3 +409,9 @@ def _batches(
             break
         batches.append({"params": chunk_params, "tags": chunk_tags, "metrics": chunk_metrics})
     return batches
+
+
+def train_run_name(label: str, seed: int) -> str:
+    """A training run's name: its configuration (or spec name) and its seed, so the seeds
+    of one configuration are told apart in the MLflow UI."""
+    return f"{label} seed={seed}"

@@ -267,7 +267,7 @@ def open_train_run(settings: Settings, db: Database, job: JobInfo) -> tuple[Mlfl
     """The train job's MLflow run, created once: (tracker, reopened). A first attempt of
     a sweep's job costs one call (create_run); nothing is looked up by name."""
     from regcore.pipeline import environment_tags
-    from service.tracking import MlflowTracker
+    from service.tracking import RUN_KIND_TAG, TRAIN_RUN_KIND, MlflowTracker, train_run_name
 
     client = mlflow_client(settings)
     run_id = job.mlflow_run_id or job.experiment_run_id
@@ -289,6 +289,7 @@ def open_train_run(settings: Settings, db: Database, job: JobInfo) -> tuple[Mlfl
             "regbench.sweep_id": job.sweep_id or "",
             "regbench.configuration": job.configuration or "",
             "regbench.source": "worker",
+            RUN_KIND_TAG: TRAIN_RUN_KIND,
             "spec_hash": job.spec_hash,
             **environment_tags(),
         }
@@ -297,7 +298,10 @@ def open_train_run(settings: Settings, db: Database, job: JobInfo) -> tuple[Mlfl
             settings.mlflow_experiment,
             client=client,
             experiment_id=mlflow_experiment_id(client, job, settings),
-            run_name=job.configuration or job.experiment_name,
+            run_name=train_run_name(
+                job.configuration or job.experiment_name,
+                int(job.spec.get("training", {}).get("seed", 0)),
+            ),
             tags=tags,
             confine_to=settings.local_artifact_root,
             buffered=True,

@@ -35,6 +35,16 @@ def test_bad_grids() -> None:
         expand(BASE, {"training.lr.x": [1]})
 
 
+def test_an_index_into_a_list_the_base_lacks_says_so() -> None:
+    """Not a mapping ``{"0": ...}`` made where a list was meant (it failed later as "Input
+    should be a valid list", naming nothing)."""
+    base = {"dataset": {"name": "digits"}, "model": {"name": "lenet"}}
+    with pytest.raises(GridError, match="no list at 'regularizers' to index with 0"):
+        expand(base, {"regularizers.0.weight": [0.1]})
+    with pytest.raises(GridError, match="no list at 'analyses' to index with 1"):
+        expand(base, {"analyses.1": [{"kind": "calibration"}]})
+
+
 def test_describe() -> None:
     label = describe({"regularizers": [{"name": "l2", "weight": 0.5}], "training.lr": 0.1})
     assert label == "regularizers=l2(weight=0.5), lr=0.1"

@@ -95,6 +95,27 @@ def test_training_errors() -> None:
     assert error["loc"] == ("trainig",) and error["type"] == "extra_forbidden"
 
 
+def test_a_mistyped_field_error_lists_the_valid_names_and_the_closest() -> None:
+    (error,) = errors_of({**BASE, "trainig": {}})
+    assert error["msg"].startswith("unknown field 'trainig'; valid: name, description, dataset")
+    assert error["msg"].endswith("did you mean 'training'?")
+    # A nested model names its own fields; the other errors keep their messages.
+    typo, bad_lr = sorted(
+        errors_of({**BASE, "training": {"epoch": 3, "lr": -1}}), key=lambda e: e["type"]
+    )
+    assert typo["loc"] == ("training", "epoch") and typo["type"] == "extra_forbidden"
+    assert "valid: epochs, batch_size, optimizer" in typo["msg"]
+    assert typo["msg"].endswith("did you mean 'epochs'?")
+    assert bad_lr["loc"] == ("training", "lr") and "greater than 0" in bad_lr["msg"]
+    (error,) = errors_of({**BASE, "training": {"schedule": {"kind": "step", "gama": 0.5}}})
+    assert "valid: kind, milestones, gamma; did you mean 'gamma'?" in error["msg"]
+    (error,) = errors_of({**BASE, "regularizers": [{"name": "l2", "wieght": 1}]})
+    assert error["msg"].endswith("valid parameters: weight, mode, exclude_bias_and_norm; "
+                                 "did you mean 'weight'?")  # fmt: skip
+    (error,) = errors_of({**BASE, "training": {"zzz": 1}})
+    assert "did you mean" not in error["msg"]  # nothing close: no guess
+
+
 def test_early_stopping_needs_a_validation_split() -> None:
     data = {
         **BASE,

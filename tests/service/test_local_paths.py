@@ -14,6 +14,7 @@ from rich.progress import Progress
 from regcore.spec import AnalysisSpec, ExperimentSpec
 from service.local_runs import LocalRunner, RunFailedError
 from service.settings import Settings, UnsafePathKeyError, confined
+from tests.regcore.test_provenance import git_head
 
 SPEC = {
     "dataset": {"name": "digits", "size": 8, "train_size": 200, "test_size": 100},
@@ -54,7 +55,11 @@ def test_a_local_run_writes_only_under_the_data_dir(tmp_path: Path) -> None:
     assert outside_files(tmp_path, data_dir) == []
     client = MlflowClient(settings.tracking_uri)
     run = client.get_run(run_id)
-    assert run.info.run_name == "../../../outside/run"  # shown as written, used nowhere
+    # Shown as written, with the seed (used nowhere); a training run, at this commit.
+    assert run.info.run_name == "../../../outside/run seed=0"
+    assert run.data.tags["regbench.kind"] == "train"
+    assert run.data.tags.get("mlflow.source.git.commit") == git_head()
+    assert run.data.tags.get("regbench.git_commit") == git_head()
     assert run.info.artifact_uri.startswith((settings.artifact_root / "default").as_uri())
 
 
