@@ -22,13 +22,14 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from regcore.compare import NOISE_ACCURACY, ROBUST_ACCURACY
 from regcore.grid import SEED_PATH, GridPoint, expand, set_path
 
 GRIDS = Path(__file__).resolve().parents[1] / "grids"
@@ -207,6 +208,7 @@ class ReportRow:
     published: PublishedRow | None
     accuracy: Summary  # %
     jacobian_frobenius: Summary
+    robustness: dict[str, Summary] = field(default_factory=dict)  # metric key -> accuracy %
 
 
 def summarize(
@@ -227,6 +229,10 @@ def summarize(
             published,
             _summary([100 * float(m[accuracy_key]) for m in runs if accuracy_key in m]),
             _summary([float(m[jacobian_key]) for m in runs if jacobian_key in m]),
+            {
+                key: _summary([100 * float(m[key]) for m in runs if key in m])
+                for key in robustness_columns({k for m in runs for k in m})
+            },
         )
 
     rows = [row(p.name, p.configuration, p) for p in reproduction.rows]
@@ -262,6 +268,43 @@ def format_report(
             row.jacobian_frobenius.format(2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if robustness := format_robustness(rows):
+        lines += ["", "Robustness (ours; eps and noise sizes in pixel units on [0, 1] inputs):", ""]
+        lines.append(robustness)
+    return "\n".join(lines)
+
+
+def robustness_columns(keys: Iterable[str]) -> list[str]:
+    """The robustness metrics beside the published table: each attack at its smallest
+    non-zero eps (larger ones drive every row towards 0 on MNIST), then each random-noise
+    kind at its largest size (where Hoffman et al.'s white-noise claim shows)."""
+    attacks: dict[str, list[tuple[float, str]]] = {}
+    noises: dict[str, list[tuple[float, str]]] = {}
+    for key in keys:
+        if (match := ROBUST_ACCURACY.match(key)) and float(match["eps"]) > 0:
+            attacks.setdefault(match["attack"], []).append((float(match["eps"]), key))
+        elif (match := NOISE_ACCURACY.match(key)) and float(match["eps"]) > 0:
+            noises.setdefault(match["kind"], []).append((float(match["eps"]), key))
+    return [min(attacks[a])[1] for a in sorted(attacks)] + [
+        max(noises[k])[1] for k in sorted(noises)
+    ]
+
+
+def format_robustness(rows: Sequence[ReportRow]) -> str:
+    """Our accuracy % under attack and under random noise, per row (nothing published to
+    set beside it: the paper plots these as curves); empty without such metrics."""
+    from regcore.report import metric_name
+
+    columns = list(dict.fromkeys(key for row in rows for key in row.robustness))
+    if not columns:
+        return ""
+    header = ["configuration", *(f"ours {metric_name(key)[0]} acc %" for key in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [
+            row.robustness.get(key, Summary(math.nan, math.nan, 0)).format(1) for key in columns
+        ]
+        lines.append("| " + " | ".join([row.name, *cells]) + " |")
     return "\n".join(lines)
 
 

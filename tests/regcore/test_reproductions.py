@@ -130,6 +130,36 @@ def test_summary_and_report_on_hand_made_results() -> None:
     assert "normalized units" in text
 
 
+def test_robustness_beside_the_table_attacks_at_their_smallest_eps_noise_at_its_largest() -> None:
+    reproduction = REPRODUCTIONS["hoffman2019"]
+    none, jacobian = reproduction.rows[0], reproduction.rows[3]
+    keys = {
+        "attack/pgd_linf/acc_eps0": 0.95, "attack/pgd_linf/acc_eps0.1": 0.40,
+        "attack/pgd_linf/acc_eps0.3": 0.0, "noise/gaussian_l2/acc_eps0": 0.95,
+        "noise/gaussian_l2/acc_eps4": 0.90, "noise/gaussian_l2/acc_eps8": 0.60,
+    }  # fmt: skip
+    assert reproductions.robustness_columns(keys) == [
+        "attack/pgd_linf/acc_eps0.1",
+        "noise/gaussian_l2/acc_eps8",
+    ]
+    results: list[tuple[str, dict[str, Any]]] = [
+        (none.configuration, {"test_accuracy": 0.95, **keys}),
+        (
+            jacobian.configuration,
+            {"test_accuracy": 0.95, **keys, "noise/gaussian_l2/acc_eps8": 0.9},
+        ),
+    ]
+    rows = reproductions.summarize(reproduction, results)
+    assert rows[3].robustness["noise/gaussian_l2/acc_eps8"].mean == pytest.approx(90.0)
+    text = reproductions.format_report(reproduction, rows, ["budget: test"])
+    robustness = text.split("Robustness (ours", 1)[1].splitlines()
+    header = next(line for line in robustness if line.startswith("| configuration"))
+    assert "ε=0.1" in header and "ε=8" in header
+    assert "| none | 40.0 ± 0.0 (n=1) | 60.0 ± 0.0 (n=1) |" in robustness
+    assert "| Jacobian | 40.0 ± 0.0 (n=1) | 90.0 ± 0.0 (n=1) |" in robustness
+    assert "| L2 | - | - |" in robustness  # not run
+
+
 def test_grid_document_writes_the_reduced_budget_into_a_copy() -> None:
     reproduction = REPRODUCTIONS["hoffman2019"]
     full = reproductions.grid_document(reproduction, "full")
