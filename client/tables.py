@@ -555,7 +555,12 @@ def sweep_jobs_table(running: Sequence[Mapping[str, Any]]) -> Table:
     """A sweep's running jobs: which configuration and seed, how far, on what."""
     table = Table(title="running jobs", title_justify="left")
     for column in ("configuration", "seed", "kind", "progress", "message", "device", "worker"):
-        table.add_column(column, justify="right" if column == "seed" else "left")
+        # A long configuration folds rather than losing its end; a bar is never cut.
+        table.add_column(
+            column, justify="right" if column == "seed" else "left",
+            overflow="fold" if column == "configuration" else "ellipsis",
+            no_wrap=column == "progress",
+        )  # fmt: skip
     for job in running:
         table.add_row(
             _cell(job.get("configuration")),

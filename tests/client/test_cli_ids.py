@@ -157,6 +157,27 @@ def test_status_without_a_sweep_never_cuts_sweep_ids(server: FakeServer) -> None
         assert sweep["id"] in result.stdout, result.stdout
 
 
+def test_status_of_a_sweep_folds_long_configurations_of_running_jobs(server: FakeServer) -> None:
+    """At 120 columns the running jobs of the digits grid read `regularizers=l2(weight=0.0…`
+    and each bar lost its end (`░░░░…`, its percentage on a line below)."""
+    sweep = copy.deepcopy(RUNNING_SWEEP)
+    sweep["running"][0] |= {
+        "configuration": "regularizers=jacobian(weight=0.01,n_proj=1)",
+        "message": "epoch 7/10: loss 0.05112, accuracy 1.000, val accuracy 0.993",
+    }
+    server[f"GET /sweeps/{SWEEP_ID}"] = sweep
+
+    result = regbench("status", SWEEP_ID, env={"COLUMNS": "120"})
+
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 120, result.stdout
+    assert "…" not in result.stdout, result.stdout
+    assert "░  50%" in result.stdout  # the whole bar, its percentage beside it
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    folded = "".join(row.split("│")[1].strip() for row in rows)
+    assert folded == "regularizers=jacobian(weight=0.01,n_proj=1)", result.stdout
+
+
 def test_results_ids_lists_each_configurations_experiments(server: FakeServer) -> None:
     server[f"GET /sweeps/{SWEEP_ID}/results"] = RESULTS
     server["GET /experiments"] = LISTED
