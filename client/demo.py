@@ -20,9 +20,8 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
-from client.cli import report_unsuccessful, stdout_console, watch_sweep
+from client.cli import print_results, report_unsuccessful, watch_sweep
 from client.remote import RegbenchClient, ServerError
-from client.tables import results_table
 
 PORT, MLFLOW_PORT = 8765, 5765
 
@@ -82,7 +81,7 @@ def main() -> int:
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
         serve.wait(timeout=60)
-    stdout_console().print(results_table(results))
+    print_results(results)  # as `regbench results`: fitted to the terminal, nothing cut
     if unsuccessful := report_unsuccessful(sweep):
         console.print(Text(unsuccessful, style="red"))
         return 1

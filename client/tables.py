@@ -535,7 +535,10 @@ def sweeps_table(sweeps: Sequence[Mapping[str, Any]]) -> Table:
     """GET /sweeps -> one line per sweep: bar, experiment counts by state, ETA."""
     table = Table(title="sweeps", title_justify="left")
     for column in ("sweep", "name", "status", "progress", "experiments", "ETA"):
-        table.add_column(column)
+        # The id is what the next command takes: never cut (32 hex digits).
+        table.add_column(
+            column, no_wrap=column == "sweep", min_width=32 if column == "sweep" else None
+        )
     for sweep in sweeps:
         table.add_row(
             Text(sweep["id"]),
@@ -552,7 +555,12 @@ def sweep_jobs_table(running: Sequence[Mapping[str, Any]]) -> Table:
     """A sweep's running jobs: which configuration and seed, how far, on what."""
     table = Table(title="running jobs", title_justify="left")
     for column in ("configuration", "seed", "kind", "progress", "message", "device", "worker"):
-        table.add_column(column, justify="right" if column == "seed" else "left")
+        # A long configuration folds rather than losing its end; a bar is never cut.
+        table.add_column(
+            column, justify="right" if column == "seed" else "left",
+            overflow="fold" if column == "configuration" else "ellipsis",
+            no_wrap=column == "progress",
+        )  # fmt: skip
     for job in running:
         table.add_row(
             _cell(job.get("configuration")),
@@ -685,7 +693,12 @@ def experiments_table(
 
     table = Table(title=title or "experiments", title_justify="left")
     for column in ("experiment", "configuration", "seed", "status", "MLflow run"):
-        table.add_column(column, justify="right" if column == "seed" else "left", no_wrap=True)
+        # The ids are what this table is for: never cut (32 hex digits); a configuration folds.
+        table.add_column(
+            column, justify="right" if column == "seed" else "left",
+            no_wrap=column != "configuration", overflow="fold",
+            min_width=32 if column in ("experiment", "MLflow run") else None,
+        )  # fmt: skip
     for experiment in sorted(experiments, key=key):
         table.add_row(
             Text(experiment["id"]),

@@ -17,6 +17,7 @@ import pytest
 from tests.client.test_cli import (
     EXPERIMENT_ID,
     GRID_FILE,
+    QUEUE,
     RESULTS,
     RUNNING_SWEEP,
     SUBMITTED,
@@ -115,6 +116,66 @@ def test_status_of_a_sweep_lists_experiment_ids_with_ids(server: FakeServer) -> 
         assert f"e{n}" in listed.stdout and f"run{n}" in listed.stdout
     request = next(r for r in server.requests if r.url.path.endswith("/experiments"))
     assert request.url.params["sweep"] == SWEEP_ID
+
+
+@pytest.mark.parametrize("width", [100, 120])
+def test_ids_are_never_cut_at_a_terminals_width(server: FakeServer, width: int) -> None:
+    """Real ids are 32 hex digits and the demo grid's configurations up to 41 characters:
+    at 120 columns `status --ids` printed `2c15c7893fb341c183c61b38ebdc…`, the one thing
+    the table is for. The configuration folds instead."""
+    configurations = ["regularizers=confidence_penalty(beta=0.1)", "regularizers=none"]
+    listed = copy.deepcopy(LISTED)
+    for n, experiment in enumerate(listed["data"]):
+        experiment |= {"id": f"{n:032x}", "mlflow_run_id": f"{n + 100:032x}"}
+        experiment["configuration"] = configurations[n % 2]
+    server[f"GET /sweeps/{SWEEP_ID}"] = finished_sweep()
+    server["GET /experiments"] = listed
+
+    result = regbench("status", SWEEP_ID, "--ids", env={"COLUMNS": str(width)})
+
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= width, result.stdout
+    assert "…" not in result.stdout, result.stdout
+    for experiment in listed["data"]:
+        assert experiment["id"] in result.stdout and experiment["mlflow_run_id"] in result.stdout
+
+
+def test_status_without_a_sweep_never_cuts_sweep_ids(server: FakeServer) -> None:
+    """The overview printed `329293a6de3b47f0abb6b1…` at 120 columns: the sweep id that
+    `status SWEEP`, `results` and `retry` take."""
+    sweeps = [
+        {**finished_sweep(), "id": f"{n:032x}", "name": "demo-digits-lenet"} for n in range(3)
+    ]
+    server["GET /sweeps"] = {"data": sweeps}
+    server["GET /queue"] = QUEUE
+
+    result = regbench("status", env={"COLUMNS": "120"})
+
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 120, result.stdout
+    for sweep in sweeps:
+        assert sweep["id"] in result.stdout, result.stdout
+
+
+def test_status_of_a_sweep_folds_long_configurations_of_running_jobs(server: FakeServer) -> None:
+    """At 120 columns the running jobs of the digits grid read `regularizers=l2(weight=0.0…`
+    and each bar lost its end (`░░░░…`, its percentage on a line below)."""
+    sweep = copy.deepcopy(RUNNING_SWEEP)
+    sweep["running"][0] |= {
+        "configuration": "regularizers=jacobian(weight=0.01,n_proj=1)",
+        "message": "epoch 7/10: loss 0.05112, accuracy 1.000, val accuracy 0.993",
+    }
+    server[f"GET /sweeps/{SWEEP_ID}"] = sweep
+
+    result = regbench("status", SWEEP_ID, env={"COLUMNS": "120"})
+
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 120, result.stdout
+    assert "…" not in result.stdout, result.stdout
+    assert "░  50%" in result.stdout  # the whole bar, its percentage beside it
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    folded = "".join(row.split("│")[1].strip() for row in rows)
+    assert folded == "regularizers=jacobian(weight=0.01,n_proj=1)", result.stdout
 
 
 def test_results_ids_lists_each_configurations_experiments(server: FakeServer) -> None:
