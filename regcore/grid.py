@@ -22,7 +22,12 @@ SEED_PATH = "training.seed"
 
 
 class GridError(ValueError):
-    """A grid that cannot be expanded (bad path, empty list of values, not a mapping)."""
+    """A grid that cannot be expanded (bad path, empty list of values, not a mapping);
+    ``path``: the grid entry at fault, when one is."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,8 @@ def set_path(document: dict[str, Any], path: str, value: Any) -> None:
             raise GridError(
                 f"grid.{path}: the base spec has no list at {where!r} to index with "
                 f"{following}; write the list in the base, or give the whole {where!r} as "
-                "the grid's values"
+                "the grid's values",
+                path,
             )
         node = _child(node, key, path)
     last = keys[-1]

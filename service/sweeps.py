@@ -144,7 +144,13 @@ def plan(
             written = fields.spec(chosen)
         except grids.GridError as exc:
             message = _grid_error(document, exc)
-            raise SweepInvalidError([_error(("grid",), message, "grid_path")]) from None
+            # the entry and the value at fault, when the error names one
+            where = (
+                ("grid", exc.path, chosen[paths.index(exc.path)])
+                if exc.path in paths
+                else ("grid",)
+            )
+            raise SweepInvalidError([_error(where, message, "grid_path")]) from None
         spec = fields.validated(chosen)
         if spec is None:  # invalid somewhere: validated whole, for the errors' paths
             try:

@@ -38,6 +38,6 @@ def test_a_grid_index_into_a_missing_list_names_it(api: Api) -> None:
     response = api.client.post("/api/v1/sweeps", json=body)
     assert response.status_code == 422, response.text
     (error,) = response.json()["detail"]
-    assert error["loc"] == ["body", "grid"]  # as every grid-path error: the path in the text
+    assert error["loc"] == ["body", "grid", "regularizers.0.weight", 0]  # the entry and value
     assert error["msg"].startswith("grid.regularizers.0.weight: the base spec has no list at")
     assert "no list at 'regularizers' to index with 0" in error["msg"]

@@ -302,8 +302,9 @@ def test_counts_in_sql_equal_counts_of_the_loaded_sweep(
                 assert other.progress == pytest.approx(kind_tally.progress)
                 assert other.succeeded_s == pytest.approx(kind_tally.succeeded_s, abs=1e-3)
             assert set(in_sql.kinds) == set(in_python.kinds)
-            from_sql = sweeps.summarize(in_sql, expected_s=expected_s, workers=2)
-            loaded_progress = sweeps.progress(loaded, expected_s=expected_s, workers=2)
+            now = datetime.now(UTC)  # one clock: an estimated ETA moves with it
+            from_sql = sweeps.summarize(in_sql, expected_s=expected_s, workers=2, now=now)
+            loaded_progress = sweeps.progress(loaded, expected_s=expected_s, workers=2, now=now)
             assert describe(from_sql) == describe(loaded_progress)
         statuses = {sweep_id: counted[sweep_id].experiments for sweep_id in ids}
     assert statuses[ids[0]]["queued"] == 2 and statuses[ids[1]]["succeeded"] == 2
