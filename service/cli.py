@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ from regcore.spec import AnalysisSpec, ExperimentSpec, SpecError, format_validat
 if TYPE_CHECKING:
     from regcore.analysis.base import AnalysisEvent
     from service.db import Database
+    from service.local_runs import LocalRunner
     from service.settings import Settings
 
 EXIT_INVALID = 2
@@ -145,7 +146,7 @@ def run(
         err.print(str(exc), markup=False, highlight=False)
         sys.exit(EXIT_INVALID)
 
-    from service.local_runs import LocalRunner, RunFailedError, local_results
+    from service.local_runs import LocalRunner, local_results
     from service.settings import Settings
 
     if baseline is not None and not as_json:  # a name the grid lacks: say so before training
@@ -157,19 +158,7 @@ def run(
             sys.exit(EXIT_INVALID)
     settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
     runner = LocalRunner(settings)
-    results: list[tuple[str, dict[str, Any]]] = []
-    with _progress(err, quiet) as progress:
-        overall = progress.add_task("runs", total=len(plan), status="")
-        for number, planned in enumerate(plan, start=1):
-            label = f"[{number}/{len(plan)}] {planned.configuration}"
-            try:
-                metrics = runner.run(planned.spec, progress, label)
-            except RunFailedError as exc:
-                progress.stop()
-                err.print(f"[red]{label} failed:[/red] {exc}", highlight=False)
-                sys.exit(EXIT_FAILED)
-            results.append((planned.configuration, metrics))
-            progress.advance(overall)
+    results = _run_all(plan, runner, err, quiet)
 
     if as_json:
         runs = [_deterministic(metrics) for _, metrics in results]
@@ -224,6 +213,29 @@ def _with_device(spec: ExperimentSpec, device: str) -> ExperimentSpec:
 def _deterministic(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Metrics fit for --json: no wall-clock times, nan/inf as null (strict JSON)."""
     return {k: as_json_value(v) for k, v in metrics.items() if k not in NON_DETERMINISTIC}
+
+
+def _run_all(
+    plan: Sequence[Any], runner: LocalRunner, err: Console, quiet: bool
+) -> list[tuple[str, dict[str, Any]]]:
+    """Run every planned point in order under one progress display; (configuration,
+    metrics) per point. The first failure stops everything with its reason (exit 1)."""
+    from service.local_runs import RunFailedError
+
+    results: list[tuple[str, dict[str, Any]]] = []
+    with _progress(err, quiet) as progress:
+        overall = progress.add_task("runs", total=len(plan), status="")
+        for number, planned in enumerate(plan, start=1):
+            label = f"[{number}/{len(plan)}] {planned.configuration}"
+            try:
+                metrics = runner.run(planned.spec, progress, label)
+            except RunFailedError as exc:
+                progress.stop()
+                err.print(f"[red]{label} failed:[/red] {exc}", highlight=False)
+                sys.exit(EXIT_FAILED)
+            results.append((planned.configuration, metrics))
+            progress.advance(overall)
+    return results
 
 
 def _progress(console: Console, quiet: bool) -> Progress:
@@ -569,22 +581,11 @@ def reproduce(
         sys.exit(EXIT_INVALID)
 
     from regcore.runtime import resolve_device
-    from service.local_runs import LocalRunner, RunFailedError
+    from service.local_runs import LocalRunner
     from service.settings import Settings
 
     runner = LocalRunner(Settings(data_dir=data_dir) if data_dir is not None else Settings())
-    results: list[tuple[str, dict[str, Any]]] = []
-    with _progress(err, quiet) as progress:
-        overall = progress.add_task("runs", total=len(plan), status="")
-        for number, planned in enumerate(plan, start=1):
-            label = f"[{number}/{len(plan)}] {planned.configuration}"
-            try:
-                results.append((planned.configuration, runner.run(planned.spec, progress, label)))
-            except RunFailedError as exc:
-                progress.stop()
-                err.print(f"[red]{label} failed:[/red] {exc}", highlight=False)
-                sys.exit(EXIT_FAILED)
-            progress.advance(overall)
+    results = _run_all(plan, runner, err, quiet)
 
     first = plan[0].spec
     used = resolve_device(first.training.device)
