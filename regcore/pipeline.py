@@ -149,7 +149,8 @@ def _conclude(
     """After training: final metrics, model.pt, metrics.json, history.json, the
     checkpoints and files logged, then the analyses."""
     data = data.to(result.device)
-    metrics = final_metrics(spec, result, data)
+    test_labels: list[torch.Tensor] = []  # (B,) per batch, from the test evaluation's pass
+    metrics = final_metrics(spec, result, data, test_labels)
     # reg/* terms are already in the per-epoch history; log each final number once.
     final = {k: float(v) for k, v in metrics.items() if _is_number(v) and not k.startswith("reg/")}
     tracker.log_metrics(final, step=result.epochs_run)
@@ -165,7 +166,7 @@ def _conclude(
     for name in ("metrics.json", "history.json"):
         tracker.log_artifact(workdir / name)
 
-    predictions = predicted_labels(result.model, data.test, spec.training.eval_batch_size)
+    predictions = stored_prediction(test_labels, data.test)
     (workdir / "predictions").mkdir(exist_ok=True)
     np.save(workdir / "predictions" / "test.npy", predictions.labels)
     tracker.log_artifact(workdir / "predictions" / "test.npy", "predictions")
@@ -177,18 +178,10 @@ def _conclude(
     return RunResult(metrics, result.history, workdir, model_path, predictions)
 
 
-@torch.no_grad()
-def predicted_labels(model: torch.nn.Module, split: Split, batch_size: int) -> StoredPrediction:
-    """The model's top-1 labels on a split (eval mode, restored), with the checksum of the
-    split's true labels that tells which test set they were predicted on."""
-    was_training = model.training
-    model.eval()
-    labels = [
-        model(split.x[start : start + batch_size]).argmax(dim=1)  # (B,)
-        for start in range(0, len(split), batch_size)
-    ]
-    model.train(was_training)
-    predicted = torch.cat(labels).cpu().numpy() if labels else np.zeros(0, dtype=np.int64)
+def stored_prediction(batches: Sequence[torch.Tensor], split: Split) -> StoredPrediction:
+    """The top-1 labels of a split (the batches ``evaluate`` collected), with the checksum
+    of the split's true labels that tells which test set they were predicted on."""
+    predicted = torch.cat(list(batches)).cpu().numpy() if batches else np.zeros(0, dtype=np.int64)
     return StoredPrediction(predicted.astype(np.int64), labels_checksum(split.y.cpu().numpy()))
 
 
@@ -286,13 +279,21 @@ def train_eval_subset(size: int, samples: int | None) -> torch.Tensor | None:
     return torch.randperm(size, generator=generator)[:samples].sort().values
 
 
-def final_metrics(spec: ExperimentSpec, result: TrainResult, data: DataSplits) -> dict[str, Any]:
+def final_metrics(
+    spec: ExperimentSpec,
+    result: TrainResult,
+    data: DataSplits,
+    test_predictions: list[torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """Clean (eval-mode) loss and accuracy on the test and validation splits and on
     ``training.final_train_eval`` training samples (``train_eval_samples`` says how many;
-    0 leaves out train_loss and train_accuracy), plus what identifies the run."""
+    0 leaves out train_loss and train_accuracy), plus what identifies the run. Given
+    ``test_predictions``, the test pass appends its top-1 labels to it."""
     batch, model = spec.training.eval_batch_size, result.model
     metrics: dict[str, Any] = {}
-    metrics["test_loss"], metrics["test_accuracy"] = evaluate(model, data.test, batch)
+    metrics["test_loss"], metrics["test_accuracy"] = evaluate(
+        model, data.test, batch, test_predictions
+    )
     samples = spec.training.final_train_eval
     metrics["train_eval_samples"] = 0
     if samples != 0:

@@ -154,8 +154,14 @@ def batch_order(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) in eval mode; the model's mode is restored."""
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    batch_size: int = 1000,
+    predictions: list[torch.Tensor] | None = None,
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) in eval mode; the model's mode is restored. Given
+    ``predictions``, each batch's top-1 labels are appended to it: one pass serves both."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=split.x.device)
@@ -164,7 +170,10 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[fl
         x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
         logits = model(x)  # (B, C)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(dim=1) == y).sum()
+        predicted = logits.argmax(dim=1)  # (B,)
+        correct += (predicted == y).sum()
+        if predictions is not None:
+            predictions.append(predicted)
     model.train(was_training)
     return loss_sum.item() / len(split), correct.item() / len(split)
 
