@@ -42,6 +42,7 @@ from torch import nn
 from regcore.analysis import plots
 from regcore.analysis.base import Analysis, AnalysisContext, AnalysisResult, batched
 from regcore.attacks.base import Attack, Norm
+from regcore.data.base import Split
 from regcore.registries import ANALYSES, ATTACKS
 from regcore.registry import (
     MAX_BATCH,
@@ -162,6 +163,16 @@ def draw_examples(total: int, samples: int, seed: int) -> torch.Tensor:
     return torch.randperm(total, generator=generator)[: min(samples, total)].sort().values
 
 
+def examples(
+    split: Split, samples: int, seed: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(indices (N,), x (N, ...), y (N,)): the ``draw_examples`` points of a split, on
+    ``device``; every analysis that takes them sees the same points for the same seed."""
+    indices = draw_examples(len(split), samples, seed)  # (N,)
+    at = indices.to(split.x.device)
+    return indices, split.x[at].to(device), split.y[at].to(device)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """(N,) predicted labels, in batches."""
@@ -220,9 +231,7 @@ class AttackAnalysis(Analysis):
         attack: Attack = ATTACKS.build(p.method, attack_params)
         tag = f"{p.method}_{attack.norm}"
         split = ctx.data.test
-        indices = draw_examples(len(split), p.samples, p.seed)  # (N,)
-        x = split.x[indices.to(split.x.device)].to(ctx.device)
-        y = split.y[indices.to(split.y.device)].to(ctx.device)
+        indices, x, y = examples(split, p.samples, p.seed, ctx.device)  # (N,), (N, ...), (N,)
 
         # torch.manual_seed seeds every CUDA device: fork them all, not just ctx.device.
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []

@@ -50,7 +50,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from regcore.analysis import plots
-from regcore.analysis.attack import _write_csv, draw_examples, predict
+from regcore.analysis.attack import _write_csv, examples, predict
 from regcore.analysis.base import Analysis, AnalysisContext, AnalysisResult, batched
 from regcore.registries import ANALYSES
 from regcore.registry import (
@@ -185,9 +185,8 @@ class NoiseAnalysis(Analysis):
         split = ctx.data.test if p.split == "test" else ctx.data.val
         if split is None:
             raise ValueError(f"noise: the dataset has no {p.split} split")
-        indices = draw_examples(len(split), p.samples, p.seed)  # (N,)
-        x = split.x[indices.to(split.x.device)].to(ctx.device)  # (N, ...)
-        y = split.y[indices.to(split.y.device)].to(ctx.device)  # (N,)
+        # the attack analysis's points at the same seed
+        indices, x, y = examples(split, p.samples, p.seed, ctx.device)  # (N,), (N, ...), (N,)
 
         clean = predict(ctx.model, x, p.batch_size) == y  # (N,) the eps = 0 rows, once
         metrics: dict[str, float] = {}
